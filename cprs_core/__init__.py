@@ -1,0 +1,42 @@
+"""cprs_core: QwenLong-CPRS query-aware context compression (model, critic, window-parallel engine, spans)."""
+
+from .compressor import DEFAULT_MODEL, CPRSCompressor
+from .configuration import CPRSConfig
+from .critic import BIOE_LABELS, TokenCritic, TokenizedText, WindowScores
+from .errors import (
+    BudgetError,
+    ContextTooLargeError,
+    CPRSError,
+    DeviceError,
+    EmptyContextError,
+    ModelLoadError,
+    TextDecodingError,
+    WindowSizeError,
+)
+from .modeling import CPRSForTokenCritic
+from .prompt import INSTRUCTIONS
+from .qwen_critic import QwenCritic
+from .result import CompressionResult, Span
+
+__all__ = [
+    "BIOE_LABELS",
+    "BudgetError",
+    "CPRSCompressor",
+    "CPRSConfig",
+    "CPRSError",
+    "CPRSForTokenCritic",
+    "CompressionResult",
+    "ContextTooLargeError",
+    "DEFAULT_MODEL",
+    "DeviceError",
+    "EmptyContextError",
+    "INSTRUCTIONS",
+    "ModelLoadError",
+    "QwenCritic",
+    "Span",
+    "TextDecodingError",
+    "TokenCritic",
+    "TokenizedText",
+    "WindowScores",
+    "WindowSizeError",
+]

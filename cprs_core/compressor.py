@@ -1,0 +1,160 @@
+"""Public entry point: :class:`CPRSCompressor`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .critic import TokenCritic
+from .engine import DEFAULT_MAX_CONTEXT_TOKENS, Granularity, WindowParallelEngine
+from .errors import ModelLoadError
+from .qwen_critic import QwenCritic
+from .result import CompressionResult
+
+DEFAULT_MODEL = "cprs-mini"
+"""Name of the embedded CPU critic shipped inside the package."""
+
+
+def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
+    """A local directory for ``path_or_id``: the path itself, or a Hugging Face cache snapshot (never downloads)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; give the model directory that holds config.json")
+    text = str(path_or_id)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            pass
+    raise ModelLoadError(
+        f"no model at {text!r}: it is not a local directory and not in the Hugging Face cache. cprs never "
+        "downloads at run time; fetch it first, e.g. `huggingface-cli download Tongyi-Zhiwen/QwenLong-CPRS-7B "
+        "--local-dir ./QwenLong-CPRS-7B`, then pass that directory"
+    )
+
+
+class CPRSCompressor:
+    """Query-aware context compression with a QwenLong-CPRS critic.
+
+    Build one with :meth:`from_pretrained`, then call :meth:`compress` as often as you like; the instance is
+    safe to share between threads that call it one at a time.
+
+    Args:
+        critic: the token critic (see :class:`~cprs_core.critic.TokenCritic`).
+        window_size: tokens per window, prompt prefix included; defaults to the critic's (8192 for the 7B).
+        max_context_tokens: longer contexts are refused rather than truncated.
+    """
+
+    def __init__(
+        self,
+        critic: TokenCritic,
+        window_size: int | None = None,
+        max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> None:
+        self.engine = WindowParallelEngine(critic, window_size, max_context_tokens)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike[str] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        window_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> "CPRSCompressor":
+        """Load a critic and wrap it.
+
+        Args:
+            path_or_id: a checkpoint directory (e.g. a local copy of ``Tongyi-Zhiwen/QwenLong-CPRS-7B``), a hub id
+                already in the local Hugging Face cache, or ``None``/``"cprs-mini"`` for the embedded CPU critic.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
+            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; ``None`` = bf16 on CUDA, fp32 on CPU.
+            window_size: tokens per window including the prompt prefix (must fit the model's positions).
+            max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
+            max_context_tokens: refuse longer contexts.
+
+        Raises:
+            ModelLoadError: missing path or a directory that is not a CPRS critic.
+            DeviceError: unknown/unavailable device or unsupported dtype.
+            WindowSizeError: ``window_size`` larger than the model allows.
+        """
+        from .mini import is_mini_checkpoint, load_mini_critic
+
+        critic: TokenCritic
+        if path_or_id is None or str(path_or_id) == DEFAULT_MODEL:
+            critic = load_mini_critic(None, device=device, dtype=dtype)
+        else:
+            directory = _resolve_model_dir(path_or_id)
+            if is_mini_checkpoint(directory):
+                critic = load_mini_critic(directory, device=device, dtype=dtype)
+            else:
+                critic = QwenCritic.from_pretrained(directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
+        return cls(critic, window_size=window_size, max_context_tokens=max_context_tokens)
+
+    @property
+    def critic(self) -> TokenCritic:
+        return self.engine.critic
+
+    @property
+    def window_size(self) -> int:
+        return self.engine.window_size
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the critic's tokenizer (the unit of budgets and ratios)."""
+        return self.critic.count_tokens(text)
+
+    def compress(
+        self,
+        context: str | bytes,
+        query: str = "",
+        instruction: str | None = None,
+        *,
+        granularity: Granularity = "token",
+        target_ratio: float | None = None,
+        target_tokens: int | None = None,
+        min_span_tokens: int = 1,
+        separator: str = "\n",
+    ) -> CompressionResult:
+        """Keep the parts of ``context`` the critic tags for ``query``.
+
+        Args:
+            context: the long text (``bytes`` must be UTF-8).
+            query: the user's question.
+            instruction: the control prompt with its tagging rule; a preset name (``"needle"``, ``"fact"``,
+                ``"chain"``) or free text; ``None`` = the supporting-facts preset.
+            granularity: ``"token"`` keeps the tagged spans; ``"sentence"``/``"paragraph"`` keep whole units
+                that contain tagged tokens.
+            target_ratio: keep about this fraction of tokens (0 < r <= 1): the highest-scoring units that fit.
+            target_tokens: keep at most this many tokens: the highest-scoring units that fit.
+            min_span_tokens: drop decoded spans shorter than this (no budget only).
+            separator: placed between spans in ``result.text``.
+
+        Raises:
+            EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError.
+        """
+        return self.engine.compress(
+            context,
+            query,
+            instruction,
+            granularity=granularity,
+            target_ratio=target_ratio,
+            target_tokens=target_tokens,
+            min_span_tokens=min_span_tokens,
+            separator=separator,
+        )
+
+    def compress_many(
+        self, contexts: Iterable[str | bytes], query: str = "", instruction: str | None = None, **options: object
+    ) -> list[CompressionResult]:
+        """:meth:`compress` each context with the same query and options."""
+        return [self.compress(context, query, instruction, **options) for context in contexts]  # type: ignore[arg-type]

@@ -1,0 +1,198 @@
+"""The window-parallel engine: split a long context into windows, score them with a critic, assemble spans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .critic import OUTSIDE_ID, TokenCritic, TokenizedText, WindowScores
+from .errors import BudgetError, ContextTooLargeError, EmptyContextError, TextDecodingError, WindowSizeError
+from .prompt import parse_tags, resolve_instruction
+from .result import CompressionResult, Span
+from .spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget, units_from_char_ranges
+from .text_units import paragraph_ranges, sentence_ranges
+
+Granularity = Literal["token", "sentence", "paragraph"]
+GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
+DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
+"""Upstream's document limit (it truncates there; cprs refuses instead, so nothing is lost silently)."""
+
+
+def decode_text(context: str | bytes) -> str:
+    """The context as ``str``; bytes must be UTF-8 (the error names the first bad byte)."""
+    if isinstance(context, str):
+        return context
+    if isinstance(context, (bytes, bytearray)):
+        try:
+            return bytes(context).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TextDecodingError(
+                f"context is not valid UTF-8: byte {error.start} ({bytes(context)[error.start:error.start + 1]!r}) "
+                f"{error.reason}; decode it yourself with the right encoding"
+            ) from error
+    raise TypeError(f"context must be str or bytes, not {type(context).__name__}")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a tokenized context is cut: the shared prefix ids and each window's token range."""
+
+    prefix_ids: list[int]
+    windows: list[range]
+
+
+class WindowParallelEngine:
+    """Runs one critic over windows of a long context and turns its labels into kept spans.
+
+    Args:
+        critic: any :class:`~cprs_core.critic.TokenCritic`.
+        window_size: tokens per forward pass, prompt prefix included (upstream: 8192); defaults to the critic's.
+        max_context_tokens: longer contexts are refused with :class:`ContextTooLargeError`.
+    """
+
+    def __init__(
+        self,
+        critic: TokenCritic,
+        window_size: int | None = None,
+        max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    ) -> None:
+        window_size = critic.default_window_size if window_size is None else window_size
+        if window_size > critic.max_positions:
+            raise WindowSizeError(
+                f"window_size {window_size} is larger than the model allows ({critic.max_positions} positions)"
+            )
+        if window_size < 2:
+            raise WindowSizeError(f"window_size must be at least 2, got {window_size}")
+        self.critic = critic
+        self.window_size = window_size
+        self.max_context_tokens = max_context_tokens
+
+    def plan(self, tokens: TokenizedText, instruction: str, query: str) -> WindowPlan:
+        """Encode the prefix and cut the context tokens into windows that fit ``window_size``."""
+        prefix_ids = self.critic.encode_prefix(instruction, query)
+        capacity = self.window_size - len(prefix_ids) - self.critic.suffix_tokens
+        if capacity < 1:
+            raise WindowSizeError(
+                f"the prompt (instruction + query) takes {len(prefix_ids)} tokens, which leaves no room for context "
+                f"in a window of {self.window_size}; shorten the query/instruction or raise window_size"
+            )
+        count = len(tokens.ids)
+        return WindowPlan(prefix_ids, [range(start, min(start + capacity, count)) for start in range(0, count, capacity)])
+
+    def compress(
+        self,
+        context: str | bytes,
+        query: str = "",
+        instruction: str | None = None,
+        *,
+        granularity: Granularity = "token",
+        target_ratio: float | None = None,
+        target_tokens: int | None = None,
+        min_span_tokens: int = 1,
+        separator: str = "\n",
+    ) -> CompressionResult:
+        """Compress ``context`` for ``query`` under ``instruction``; see :meth:`cprs_core.CPRSCompressor.compress`."""
+        text = decode_text(context)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if not text.strip():
+            raise EmptyContextError("context is empty; there is nothing to compress")
+        instruction_text = resolve_instruction(instruction)
+        tags = parse_tags(instruction_text)
+        tokens = self.critic.tokenize_context(text)
+        if len(tokens.ids) > self.max_context_tokens:
+            raise ContextTooLargeError(
+                f"context has {len(tokens.ids)} tokens, more than max_context_tokens={self.max_context_tokens}; "
+                "split it or raise the limit"
+            )
+        budget = _token_budget(len(tokens.ids), target_ratio, target_tokens)
+        plan = self.plan(tokens, instruction_text, query)
+        scores = self.critic.score_windows(plan.prefix_ids, [tokens.ids[w.start : w.stop] for w in plan.windows], tags)
+        bioe = np.concatenate([score.bioe for score in scores])
+        tag_index = _concat_tag_index(scores)
+        units = self._kept_units(text, tokens, bioe, granularity, budget, min_span_tokens)
+        groups = [group for group in merge_adjacent(units) if text[group[0].char_start : group[-1].char_end].strip()]
+        spans = [_span(text, group, bioe, tag_index, tags) for group in groups]
+        return CompressionResult(
+            text=separator.join(span.text for span in spans),
+            spans=spans,
+            original_tokens=len(tokens.ids),
+            compressed_tokens=sum(unit.tokens for group in groups for unit in group),
+            windows=len(plan.windows),
+            granularity=granularity,
+            separator=separator,
+            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": budget},
+        )
+
+    @staticmethod
+    def _kept_units(
+        text: str,
+        tokens: TokenizedText,
+        bioe: np.ndarray,
+        granularity: str,
+        budget: int | None,
+        min_span_tokens: int,
+    ) -> list[Unit]:
+        keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
+        labels = fill_short_gaps(bioe.argmax(axis=1))
+        if granularity == "token":
+            if budget is not None:
+                candidates = [
+                    Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
+                ]
+                return select_by_budget(candidates, budget, granularity)
+            return [
+                Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(keep_scores[start:end].mean()))
+                for i, (start, end) in enumerate(decode_spans(labels, min_span_tokens))
+            ]
+        ranges = sentence_ranges(text) if granularity == "sentence" else paragraph_ranges(text)
+        candidates = units_from_char_ranges(ranges, [end for _, end in tokens.offsets], keep_scores)
+        if budget is not None:
+            return select_by_budget(candidates, budget, granularity)
+        tagged = np.zeros(len(labels) + 1, dtype=np.int64)
+        for start, end in decode_spans(labels, min_span_tokens):
+            tagged[start:end] = 1
+        tagged_before = np.concatenate(([0], np.cumsum(tagged)))
+        return [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]]
+
+
+def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
+    if target_ratio is not None and target_tokens is not None:
+        raise BudgetError("give target_ratio or target_tokens, not both")
+    if target_ratio is not None:
+        if not 0.0 < target_ratio <= 1.0:
+            raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
+        return max(1, int(total_tokens * target_ratio))
+    if target_tokens is not None:
+        if isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1:
+            raise BudgetError(f"target_tokens must be a positive integer, got {target_tokens!r}")
+        return target_tokens
+    return None
+
+
+def _concat_tag_index(scores: Sequence[WindowScores]) -> np.ndarray | None:
+    if any(score.tag_index is None for score in scores):
+        return None
+    return np.concatenate([score.tag_index for score in scores])
+
+
+def _span(
+    text: str,
+    group: list[Unit],
+    bioe: np.ndarray,
+    tag_index: np.ndarray | None,
+    tags: list[str],
+) -> Span:
+    start, end = group[0].char_start, group[-1].char_end
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    token_start, token_end = group[0].token_start, group[-1].token_end
+    score = float(1.0 - bioe[token_start:token_end, OUTSIDE_ID].mean())
+    tag = tags[0]
+    if tag_index is not None:
+        tag = tags[int(np.bincount(tag_index[token_start:token_end], minlength=len(tags)).argmax())]
+    return Span(start=start, end=end, text=text[start:end], score=score, tag=tag)

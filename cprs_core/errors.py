@@ -1,0 +1,35 @@
+"""Errors raised by cprs. Every one is a ``CPRSError`` and a ``ValueError``, so callers can catch either."""
+
+from __future__ import annotations
+
+
+class CPRSError(ValueError):
+    """Base class of every error cprs raises on bad input or configuration."""
+
+
+class EmptyContextError(CPRSError):
+    """The context to compress is empty or only whitespace."""
+
+
+class ContextTooLargeError(CPRSError):
+    """The context has more tokens than the configured ``max_context_tokens``."""
+
+
+class WindowSizeError(CPRSError):
+    """The window is larger than the model's positions allow, or too small to hold the prompt."""
+
+
+class ModelLoadError(CPRSError):
+    """A model path is missing, or a checkpoint is not in a format cprs can load."""
+
+
+class DeviceError(CPRSError):
+    """An unknown or unavailable device, or a dtype the device cannot run."""
+
+
+class BudgetError(CPRSError):
+    """A ``target_ratio`` / ``target_tokens`` budget that is invalid or cannot be met."""
+
+
+class TextDecodingError(CPRSError):
+    """Input bytes that are not valid UTF-8."""

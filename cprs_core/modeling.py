@@ -1,0 +1,295 @@
+"""The QwenLong-CPRS token critic: a Qwen2 decoder with causal lower layers and bidirectional upper layers.
+
+Parameter names are exactly those of the released checkpoint (``model.embed_tokens``, ``model.layers.N.*``,
+``model.norm``, ``lm_head``, ``cls_head``), so ``CPRSForTokenCritic.from_pretrained`` loads
+``Tongyi-Zhiwen/QwenLong-CPRS-7B`` as it is. Two heads read the final hidden states:
+
+* ``cls_head`` (hidden -> 4): the BIOE boundary labels upstream's inference decodes into spans;
+* ``lm_head`` (the pretrained LM head, the "LM-as-critic"): only the rows of the tag label words (e.g.
+  ``needle``, ``fact``, ``outside``) are multiplied, never the full vocabulary.
+
+Window-parallel scoring shares the prompt prefix: in the causal layers the prefix never sees the window, so
+its keys and values are computed once and reused by every window; the bidirectional layers then run on
+``prefix + window`` as upstream does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.bias import causal_lower_right
+from transformers import PreTrainedModel
+
+from .configuration import CPRSConfig
+
+
+class CPRSRMSNorm(nn.Module):
+    """Qwen2's RMSNorm: normalise in float32, scale in the input dtype."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class CPRSRotaryEmbedding(nn.Module):
+    """Default RoPE (no scaling), as Qwen2.5 uses it."""
+
+    def __init__(self, config: CPRSConfig) -> None:
+        super().__init__()
+        dim = config.attention_head_dim
+        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape ``[len(positions), head_dim]`` for 1-D ``positions``."""
+        freqs = torch.outer(positions.float(), self.inv_freq.to(positions.device))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+@dataclass
+class KeyValue:
+    """Keys and values of one layer, ``[batch, kv_heads, seq, head_dim]`` each, rotary already applied."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+
+class CPRSAttention(nn.Module):
+    """Grouped-query self-attention with Qwen2's biased q/k/v projections, via ``scaled_dot_product_attention``."""
+
+    def __init__(self, config: CPRSConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.attention_head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        causal: bool,
+        past: KeyValue | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Attend ``hidden_states`` (after ``past`` positions, if given) and return output and this call's K/V.
+
+        ``key_padding_mask`` (``bool [batch, kv_len]``, True = real token) is only for padded batches.
+        """
+        batch, q_len, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        query, key = _apply_rope(query, cos, sin), _apply_rope(key, cos, sin)
+        own = KeyValue(key, value)
+        if past is not None:
+            key = torch.cat((past.key.expand(batch, -1, -1, -1), key), dim=2)
+            value = torch.cat((past.value.expand(batch, -1, -1, -1), value), dim=2)
+        kv_len = key.shape[2]
+        attn_mask: torch.Tensor | None = None
+        is_causal = False
+        if key_padding_mask is not None:
+            attn_mask = key_padding_mask[:, None, None, :kv_len]
+            if causal:
+                attn_mask = attn_mask & torch.ones(q_len, kv_len, dtype=torch.bool, device=key.device).tril(
+                    kv_len - q_len
+                )
+        elif causal and kv_len == q_len:
+            is_causal = True
+        elif causal:
+            attn_mask = causal_lower_right(q_len, kv_len)
+        output = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        output = output.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim)
+        return self.o_proj(output), own
+
+
+class CPRSMLP(nn.Module):
+    def __init__(self, config: CPRSConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class CPRSDecoderLayer(nn.Module):
+    """One pre-norm Qwen2 block; ``causal`` fixes whether its attention looks only backwards."""
+
+    def __init__(self, config: CPRSConfig, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.self_attn = CPRSAttention(config)
+        self.mlp = CPRSMLP(config)
+        self.input_layernorm = CPRSRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = CPRSRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past: KeyValue | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KeyValue]:
+        attended, kv = self.self_attn(
+            self.input_layernorm(hidden_states), cos, sin, self.causal, past, key_padding_mask
+        )
+        hidden_states = hidden_states + attended
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, kv
+
+
+class CPRSModel(nn.Module):
+    """Embeddings, the hybrid decoder stack and the final norm (the ``model.*`` weights)."""
+
+    def __init__(self, config: CPRSConfig) -> None:
+        super().__init__()
+        first_bi = config.first_bidirectional_layer
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(
+            CPRSDecoderLayer(config, causal=index < first_bi) for index in range(config.num_hidden_layers)
+        )
+        self.norm = CPRSRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = CPRSRotaryEmbedding(config)
+        self.first_bidirectional_layer = first_bi
+
+
+@dataclass
+class PrefixState:
+    """What the causal layers computed for the shared prompt prefix, reused by every window."""
+
+    past: list[KeyValue]
+    hidden_at_first_bidirectional: torch.Tensor
+    length: int
+
+
+@dataclass
+class CriticLogits:
+    """Head outputs for context positions: ``bioe [batch, len, 4]`` and ``tags [batch, len, n_labels]``."""
+
+    bioe: torch.Tensor
+    tags: torch.Tensor | None
+
+
+class CPRSForTokenCritic(PreTrainedModel):
+    """The QwenLong-CPRS critic (checkpoint-compatible with upstream's ``Qwen2ForCausalLMandBIO``)."""
+
+    config_class = CPRSConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["CPRSDecoderLayer"]
+    _supports_sdpa = True
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: CPRSConfig) -> None:
+        super().__init__(config)
+        self.model = CPRSModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.cls_head = nn.Linear(config.hidden_size, config.num_critic_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def _heads(self, hidden_states: torch.Tensor, label_token_ids: torch.Tensor | None) -> CriticLogits:
+        hidden_states = self.model.norm(hidden_states)
+        bioe = self.cls_head(hidden_states).float()
+        tags = None
+        if label_token_ids is not None:
+            tags = F.linear(hidden_states, self.lm_head.weight[label_token_ids]).float()
+        return CriticLogits(bioe, tags)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        label_token_ids: torch.Tensor | None = None,
+    ) -> CriticLogits:
+        """Full-sequence forward, as upstream runs it: ``input_ids [batch, seq]`` with an optional 0/1 padding mask.
+
+        Returns logits for every position; ``label_token_ids`` selects the LM-head rows to score.
+        """
+        seq_len = input_ids.shape[1]
+        positions = torch.arange(seq_len, device=input_ids.device)
+        hidden_states = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(positions, hidden_states.dtype)
+        key_padding_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        for layer in self.model.layers:
+            hidden_states, _ = layer(hidden_states, cos, sin, key_padding_mask=key_padding_mask)
+        return self._heads(hidden_states, label_token_ids)
+
+    @torch.no_grad()
+    def prefill_prefix(self, prefix_ids: torch.Tensor) -> PrefixState:
+        """Run the shared prompt prefix (``[1, prefix_len]``) through the causal layers once."""
+        prefix_len = prefix_ids.shape[1]
+        hidden_states = self.model.embed_tokens(prefix_ids)
+        cos, sin = self.model.rotary_emb(torch.arange(prefix_len, device=prefix_ids.device), hidden_states.dtype)
+        past: list[KeyValue] = []
+        for layer in self.model.layers[: self.model.first_bidirectional_layer]:
+            hidden_states, kv = layer(hidden_states, cos, sin)
+            past.append(kv)
+        return PrefixState(past=past, hidden_at_first_bidirectional=hidden_states, length=prefix_len)
+
+    @torch.no_grad()
+    def score_windows(
+        self, prefix: PrefixState, window_ids: torch.Tensor, label_token_ids: torch.Tensor | None = None
+    ) -> CriticLogits:
+        """Logits for the context positions of ``prefix + window`` for each row of ``window_ids [batch, len]``.
+
+        Exactly equal (up to float rounding) to :meth:`forward` on the concatenated sequence, without
+        recomputing the prefix in the causal layers.
+        """
+        batch, window_len = window_ids.shape
+        total = prefix.length + window_len
+        device = window_ids.device
+        hidden_states = self.model.embed_tokens(window_ids)
+        cos, sin = self.model.rotary_emb(torch.arange(total, device=device), hidden_states.dtype)
+        first_bi = self.model.first_bidirectional_layer
+        window_cos, window_sin = cos[prefix.length :], sin[prefix.length :]
+        for layer, past in zip(self.model.layers[:first_bi], prefix.past):
+            hidden_states, _ = layer(hidden_states, window_cos, window_sin, past=past)
+        if first_bi < len(self.model.layers):
+            shared = prefix.hidden_at_first_bidirectional.expand(batch, -1, -1)
+            hidden_states = torch.cat((shared, hidden_states), dim=1)
+            for layer in self.model.layers[first_bi:]:
+                hidden_states, _ = layer(hidden_states, cos, sin)
+            hidden_states = hidden_states[:, prefix.length :]
+        return self._heads(hidden_states, label_token_ids)

@@ -1,0 +1,142 @@
+"""The QwenLong-CPRS critic: a :class:`CPRSForTokenCritic` checkpoint plus its Qwen2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .batching import plan_batches
+from .critic import TokenizedText, WindowScores
+from .devices import resolve_device, resolve_dtype
+from .errors import ModelLoadError
+from .modeling import CPRSForTokenCritic
+from .prompt import OUTSIDE_TAG, build_prefix
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_WINDOW_SIZE = 8192
+CPU_BATCH_TOKENS = 16384
+_GPU_MEMORY_FRACTION = 0.6
+
+
+class QwenCritic:
+    """Scores windows with the hybrid-attention Qwen2 critic; implements :class:`~cprs_core.critic.TokenCritic`.
+
+    Args:
+        model: the loaded critic (eval mode, on its device).
+        tokenizer: its Qwen2 tokenizer (a fast tokenizer: offsets are needed).
+        name: shown in results.
+        use_lm_head_tags: score tag words with the LM head (False when the checkpoint has no ``lm_head``).
+        max_batch_tokens: tokens per forward batch; ``None`` sizes it from free GPU memory (CPU: 16384).
+    """
+
+    suffix_tokens = 0
+
+    def __init__(
+        self,
+        model: CPRSForTokenCritic,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str = "cprs-qwen2",
+        use_lm_head_tags: bool = True,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        if not tokenizer.is_fast:
+            raise ModelLoadError("the critic needs a fast tokenizer (tokenizer.json) for character offsets")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.use_lm_head_tags = use_lm_head_tags
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.default_window_size = min(UPSTREAM_WINDOW_SIZE, self.max_positions)
+        self.max_batch_tokens = max_batch_tokens or self._default_batch_tokens()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> "QwenCritic":
+        """Load a QwenLong-CPRS checkpoint directory (config.json, safetensors weights, tokenizer files)."""
+        directory = Path(path)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        config_file = directory / "config.json"
+        if not config_file.is_file():
+            raise ModelLoadError(f"{directory} has no config.json: not a model directory")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        if model_type != "qwen2":
+            raise ModelLoadError(f"{directory} holds a {model_type!r} model; a QwenLong-CPRS critic is 'qwen2'")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            model, info = CPRSForTokenCritic.from_pretrained(directory, dtype=torch_dtype, output_loading_info=True)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"could not load the critic from {directory}: {error}") from error
+        missing = set(info["missing_keys"])
+        if {"cls_head.weight", "cls_head.bias"} & missing:
+            raise ModelLoadError(
+                f"{directory} has no cls_head weights: it is a plain Qwen2 model, not a QwenLong-CPRS critic"
+            )
+        body_missing = sorted(key for key in missing if key.startswith("model."))
+        if body_missing:
+            raise ModelLoadError(f"{directory} is missing decoder weights, e.g. {body_missing[:3]}")
+        has_lm_head = "lm_head.weight" not in missing or bool(model.config.tie_word_embeddings)
+        if not has_lm_head:
+            logger.warning("%s has no lm_head weights: spans get the instruction's first tag", directory)
+        model.to(torch_device).eval()
+        return cls(model, tokenizer, name=str(path), use_lm_head_tags=has_lm_head, max_batch_tokens=max_batch_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _default_batch_tokens(self) -> int:
+        if self.device.type != "cuda":
+            return CPU_BATCH_TOKENS
+        config = self.model.config
+        free_bytes, _ = torch.cuda.mem_get_info(self.device)
+        bytes_per_token = (6 * config.hidden_size + 3 * config.intermediate_size) * self.model.dtype.itemsize
+        return max(UPSTREAM_WINDOW_SIZE, int(free_bytes * _GPU_MEMORY_FRACTION / bytes_per_token))
+
+    def tokenize_context(self, text: str) -> TokenizedText:
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return TokenizedText(list(encoding["input_ids"]), [tuple(pair) for pair in encoding["offset_mapping"]])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prefix(self, instruction: str, query: str) -> list[int]:
+        return list(self.tokenizer(build_prefix(instruction, query), add_special_tokens=False)["input_ids"])
+
+    def label_token_ids(self, tags: Sequence[str]) -> list[int]:
+        """LM-head rows of the label words: the first token of each tag, then ``outside`` (upstream's choice)."""
+        vocab = self.tokenizer.get_vocab()
+        ids = []
+        for word in [*tags, OUTSIDE_TAG]:
+            first_piece = self.tokenizer.tokenize(word)[0]
+            ids.append(vocab[first_piece])
+        return ids
+
+    @torch.inference_mode()
+    def score_windows(
+        self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
+    ) -> list[WindowScores]:
+        device = self.device
+        label_ids = torch.tensor(self.label_token_ids(tags), device=device) if self.use_lm_head_tags else None
+        prefix = self.model.prefill_prefix(torch.tensor([prefix_ids], device=device))
+        results: list[WindowScores | None] = [None] * len(windows)
+        for batch in plan_batches([len(window) for window in windows], self.max_batch_tokens):
+            window_ids = torch.tensor([windows[index] for index in batch], device=device)
+            logits = self.model.score_windows(prefix, window_ids, label_ids)
+            bioe = torch.softmax(logits.bioe, dim=-1).cpu().numpy()
+            tag_index = None if logits.tags is None else logits.tags[..., : len(tags)].argmax(-1).cpu().numpy()
+            for row, index in enumerate(batch):
+                results[index] = WindowScores(bioe[row], None if tag_index is None else tag_index[row])
+        return results  # type: ignore[return-value]

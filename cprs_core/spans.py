@@ -1,0 +1,130 @@
+"""From per-token BIOE labels and scores to kept units: upstream's span decoding, granularity and budgets."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+from .critic import BIOE_LABELS
+from .errors import BudgetError
+
+B, I, O, E = (BIOE_LABELS.index(label) for label in "BIOE")
+MAX_FILL_GAP = 20
+"""Upstream fills runs of O shorter than this between a B and the following non-O token (and before an E)."""
+
+
+def fill_short_gaps(labels: np.ndarray, max_gap: int = MAX_FILL_GAP) -> np.ndarray:
+    """Upstream's tag correction: inside a B ... E stretch, short O runs become I.
+
+    Walking forward from every B, each O run shorter than ``max_gap`` positions that ends at a non-O token is
+    relabelled I; the walk stops at the next B or E, or at a longer gap. The same is done walking backward
+    from every E. (Upstream's backward walk never terminates when an E follows an O; this is its intent.)
+    """
+    labels = labels.copy()
+    n = len(labels)
+    for start in np.flatnonzero(labels == B):
+        _fill_walk(labels, int(start), range(int(start) + 1, n), max_gap)
+    for start in np.flatnonzero(labels == E)[::-1]:
+        _fill_walk(labels, int(start), range(int(start) - 1, -1, -1), max_gap)
+    return labels
+
+
+def _fill_walk(labels: np.ndarray, anchor: int, path: range, max_gap: int) -> None:
+    last_tagged = anchor
+    for index in path:
+        if labels[index] == O:
+            continue
+        if abs(index - last_tagged) >= max_gap:
+            return
+        low, high = sorted((last_tagged, index))
+        labels[low + 1 : high] = I
+        if labels[index] in (B, E):
+            return
+        last_tagged = index
+
+
+def decode_spans(labels: np.ndarray, min_span_tokens: int = 1) -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of tagged spans, as upstream reads them.
+
+    A span starts at any non-O token and runs through the following non-O tokens up to (not including) the next
+    O or B. Spans shorter than ``min_span_tokens`` are dropped (upstream's ``min_keyword_len`` is
+    ``min_span_tokens - 1``).
+    """
+    spans = []
+    n = len(labels)
+    index = 0
+    while index < n:
+        if labels[index] == O:
+            index += 1
+            continue
+        end = index + 1
+        while end < n and labels[end] not in (O, B):
+            end += 1
+        if end - index >= min_span_tokens:
+            spans.append((index, end))
+        index = end
+    return spans
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A candidate piece of output: its position among all candidates, token range, character range, score."""
+
+    index: int
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    score: float
+
+    @property
+    def tokens(self) -> int:
+        return self.token_end - self.token_start
+
+
+def units_from_char_ranges(
+    char_ranges: list[tuple[int, int]], token_ends: list[int], keep_scores: np.ndarray
+) -> list[Unit]:
+    """Units for sentences/paragraphs: each owns the tokens whose last character lies inside it.
+
+    A unit's score is its best token's keep score (a sentence holding one needle token is relevant).
+    """
+    units = []
+    for char_start, char_end in char_ranges:
+        first = bisect.bisect_right(token_ends, char_start)
+        last = bisect.bisect_right(token_ends, char_end)
+        if first < last:
+            units.append(Unit(len(units), first, last, char_start, char_end, float(keep_scores[first:last].max())))
+    return units
+
+
+def select_by_budget(units: list[Unit], max_tokens: int, granularity: str) -> list[Unit]:
+    """The highest-scoring units whose tokens fit in ``max_tokens`` (greedy, ties by position), in order."""
+    if max_tokens < 1:
+        raise BudgetError(f"the budget allows {max_tokens} tokens; at least 1 is needed")
+    if units and min(unit.tokens for unit in units) > max_tokens:
+        smallest = min(unit.tokens for unit in units)
+        raise BudgetError(
+            f"no {granularity} fits in a budget of {max_tokens} tokens (the smallest has {smallest}); "
+            "raise target_tokens/target_ratio or use a finer granularity"
+        )
+    chosen = []
+    remaining = max_tokens
+    for unit in sorted(units, key=lambda unit: (-unit.score, unit.token_start)):
+        if unit.tokens <= remaining:
+            chosen.append(unit)
+            remaining -= unit.tokens
+    return sorted(chosen, key=lambda unit: unit.index)
+
+
+def merge_adjacent(units: list[Unit]) -> list[list[Unit]]:
+    """Group kept units with no dropped unit between them, so they come out as one span."""
+    groups: list[list[Unit]] = []
+    for unit in units:
+        if groups and groups[-1][-1].index + 1 == unit.index:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny released-format CPRS checkpoint and compressors over it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from cprs_core import CPRSCompressor, QwenCritic  # noqa: E402
+
+from .tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cprs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint in the exact released QwenLong-CPRS format (28 layers, Qwen2 tokenizer)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-cprs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_compressor(tiny_cprs_dir: Path) -> CPRSCompressor:
+    """A CPU compressor over the tiny checkpoint, with small windows so contexts span several of them."""
+    return CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu"), window_size=256)
