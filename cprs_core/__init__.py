@@ -1,14 +1,17 @@
 """cprs_core: QwenLong-CPRS query-aware context compression (model, critic, window-parallel engine, spans)."""
 
-from .compressor import DEFAULT_MODEL, CPRSCompressor
+from .compressor import DEFAULT_MODEL, Compressor, CPRSCompressor
+from .engine import CompressionRequest
 from .configuration import CPRSConfig
 from .critic import BIOE_LABELS, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
     ContextTooLargeError,
+    ContextTypeError,
     CPRSError,
     DeviceError,
     EmptyContextError,
+    GranularityError,
     ModelLoadError,
     TextDecodingError,
     WindowSizeError,
@@ -21,6 +24,10 @@ from .result import CompressionResult, Span
 __all__ = [
     "BIOE_LABELS",
     "BudgetError",
+    "CompressionRequest",
+    "Compressor",
+    "ContextTypeError",
+    "GranularityError",
     "CPRSCompressor",
     "CPRSConfig",
     "CPRSError",

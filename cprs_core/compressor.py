@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .critic import TokenCritic
-from .engine import DEFAULT_MAX_CONTEXT_TOKENS, Granularity, WindowParallelEngine
-from .errors import ModelLoadError
+from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, WindowParallelEngine
+from .errors import CPRSError, ModelLoadError
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
 
@@ -39,6 +39,26 @@ def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
         "downloads at run time; fetch it first, e.g. `huggingface-cli download Tongyi-Zhiwen/QwenLong-CPRS-7B "
         "--local-dir ./QwenLong-CPRS-7B`, then pass that directory"
     )
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """Anything that compresses like :class:`CPRSCompressor` (a local model or a remote cprs server)."""
+
+    def compress(
+        self,
+        context: str | bytes,
+        query: str = "",
+        instruction: str | None = None,
+        *,
+        granularity: Granularity = "token",
+        target_ratio: float | None = None,
+        target_tokens: int | None = None,
+        min_span_tokens: int = 1,
+        separator: str = "\n",
+    ) -> CompressionResult: ...
+
+    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]: ...
 
 
 class CPRSCompressor:
@@ -143,18 +163,21 @@ class CPRSCompressor:
             EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError.
         """
         return self.engine.compress(
-            context,
-            query,
-            instruction,
-            granularity=granularity,
-            target_ratio=target_ratio,
-            target_tokens=target_tokens,
-            min_span_tokens=min_span_tokens,
-            separator=separator,
+            CompressionRequest(
+                context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator
+            )
         )
 
+    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
+        """Compress several requests in shared forward batches; each slot holds a result or that request's error."""
+        return self.engine.compress_batch(requests)
+
     def compress_many(
-        self, contexts: Iterable[str | bytes], query: str = "", instruction: str | None = None, **options: object
+        self, contexts: Iterable[str | bytes], query: str = "", instruction: str | None = None, **options: Any
     ) -> list[CompressionResult]:
-        """:meth:`compress` each context with the same query and options."""
-        return [self.compress(context, query, instruction, **options) for context in contexts]  # type: ignore[arg-type]
+        """Compress each context for the same query (their windows share batches); raises the first error."""
+        outcomes = self.compress_batch([CompressionRequest(context, query, instruction, **options) for context in contexts])
+        for outcome in outcomes:
+            if isinstance(outcome, CPRSError):
+                raise outcome
+        return outcomes  # type: ignore[return-value]

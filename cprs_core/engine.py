@@ -8,7 +8,16 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .critic import OUTSIDE_ID, TokenCritic, TokenizedText, WindowScores
-from .errors import BudgetError, ContextTooLargeError, EmptyContextError, TextDecodingError, WindowSizeError
+from .errors import (
+    BudgetError,
+    ContextTooLargeError,
+    ContextTypeError,
+    CPRSError,
+    EmptyContextError,
+    GranularityError,
+    TextDecodingError,
+    WindowSizeError,
+)
 from .prompt import parse_tags, resolve_instruction
 from .result import CompressionResult, Span
 from .spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget, units_from_char_ranges
@@ -32,7 +41,24 @@ def decode_text(context: str | bytes) -> str:
                 f"context is not valid UTF-8: byte {error.start} ({bytes(context)[error.start:error.start + 1]!r}) "
                 f"{error.reason}; decode it yourself with the right encoding"
             ) from error
-    raise TypeError(f"context must be str or bytes, not {type(context).__name__}")
+    raise ContextTypeError(f"context must be str or bytes, not {type(context).__name__}")
+
+
+@dataclass(frozen=True)
+class CompressionRequest:
+    """One compression job: a context, the query and instruction, and output options.
+
+    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field.
+    """
+
+    context: str | bytes
+    query: str = ""
+    instruction: str | None = None
+    granularity: Granularity = "token"
+    target_ratio: float | None = None
+    target_tokens: int | None = None
+    min_span_tokens: int = 1
+    separator: str = "\n"
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,16 @@ class WindowPlan:
 
     prefix_ids: list[int]
     windows: list[range]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    request: CompressionRequest
+    text: str
+    tokens: TokenizedText
+    tags: list[str]
+    budget: int | None
+    plan: WindowPlan
 
 
 class WindowParallelEngine:
@@ -81,49 +117,74 @@ class WindowParallelEngine:
         count = len(tokens.ids)
         return WindowPlan(prefix_ids, [range(start, min(start + capacity, count)) for start in range(0, count, capacity)])
 
-    def compress(
-        self,
-        context: str | bytes,
-        query: str = "",
-        instruction: str | None = None,
-        *,
-        granularity: Granularity = "token",
-        target_ratio: float | None = None,
-        target_tokens: int | None = None,
-        min_span_tokens: int = 1,
-        separator: str = "\n",
-    ) -> CompressionResult:
-        """Compress ``context`` for ``query`` under ``instruction``; see :meth:`cprs_core.CPRSCompressor.compress`."""
-        text = decode_text(context)
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    def compress(self, request: CompressionRequest) -> CompressionResult:
+        """Compress one request; raises its error (see :meth:`cprs_core.CPRSCompressor.compress`)."""
+        outcome = self.compress_batch([request])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
+        """Compress several requests together; each gets its result or its own error, in order.
+
+        Requests with the same instruction and query share one prompt prefix, so their windows are scored
+        in the same forward batches (e.g. many documents compressed for one question).
+        """
+        outcomes: list[CompressionResult | CPRSError | None] = [None] * len(requests)
+        prepared: dict[int, _Prepared] = {}
+        for index, request in enumerate(requests):
+            try:
+                prepared[index] = self._prepare(request)
+            except CPRSError as error:
+                outcomes[index] = error
+        groups: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
+        for index, item in prepared.items():
+            groups.setdefault((tuple(item.plan.prefix_ids), tuple(item.tags)), []).append(index)
+        for (prefix_ids, tags), members in groups.items():
+            windows = [prepared[i].tokens.ids[w.start : w.stop] for i in members for w in prepared[i].plan.windows]
+            scores = iter(self.critic.score_windows(list(prefix_ids), windows, list(tags)))
+            for index in members:
+                item = prepared[index]
+                window_scores = [next(scores) for _ in item.plan.windows]
+                try:
+                    outcomes[index] = self._assemble(item, window_scores)
+                except CPRSError as error:
+                    outcomes[index] = error
+        return outcomes  # type: ignore[return-value]
+
+    def _prepare(self, request: CompressionRequest) -> _Prepared:
+        text = decode_text(request.context)
+        if request.granularity not in GRANULARITIES:
+            raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
-        instruction_text = resolve_instruction(instruction)
-        tags = parse_tags(instruction_text)
+        instruction_text = resolve_instruction(request.instruction)
         tokens = self.critic.tokenize_context(text)
         if len(tokens.ids) > self.max_context_tokens:
             raise ContextTooLargeError(
                 f"context has {len(tokens.ids)} tokens, more than max_context_tokens={self.max_context_tokens}; "
                 "split it or raise the limit"
             )
-        budget = _token_budget(len(tokens.ids), target_ratio, target_tokens)
-        plan = self.plan(tokens, instruction_text, query)
-        scores = self.critic.score_windows(plan.prefix_ids, [tokens.ids[w.start : w.stop] for w in plan.windows], tags)
+        budget = _token_budget(len(tokens.ids), request.target_ratio, request.target_tokens)
+        plan = self.plan(tokens, instruction_text, request.query)
+        return _Prepared(request, text, tokens, parse_tags(instruction_text), budget, plan)
+
+    def _assemble(self, item: _Prepared, scores: Sequence[WindowScores]) -> CompressionResult:
+        request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
         tag_index = _concat_tag_index(scores)
-        units = self._kept_units(text, tokens, bioe, granularity, budget, min_span_tokens)
+        units = self._kept_units(text, tokens, bioe, request.granularity, item.budget, request.min_span_tokens)
         groups = [group for group in merge_adjacent(units) if text[group[0].char_start : group[-1].char_end].strip()]
         spans = [_span(text, group, bioe, tag_index, tags) for group in groups]
         return CompressionResult(
-            text=separator.join(span.text for span in spans),
+            text=request.separator.join(span.text for span in spans),
             spans=spans,
             original_tokens=len(tokens.ids),
             compressed_tokens=sum(unit.tokens for group in groups for unit in group),
-            windows=len(plan.windows),
-            granularity=granularity,
-            separator=separator,
-            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": budget},
+            windows=len(item.plan.windows),
+            granularity=request.granularity,
+            separator=request.separator,
+            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget},
         )
 
     @staticmethod

@@ -33,3 +33,11 @@ class BudgetError(CPRSError):
 
 class TextDecodingError(CPRSError):
     """Input bytes that are not valid UTF-8."""
+
+
+class GranularityError(CPRSError):
+    """A granularity other than ``token``, ``sentence`` or ``paragraph``."""
+
+
+class ContextTypeError(CPRSError, TypeError):
+    """A context that is neither ``str`` nor ``bytes``."""
