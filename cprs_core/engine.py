@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -173,8 +174,8 @@ class WindowParallelEngine:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
         tag_index = _concat_tag_index(scores)
-        units = self._kept_units(text, tokens, bioe, request.granularity, item.budget, request.min_span_tokens)
-        groups = [group for group in merge_adjacent(units) if text[group[0].char_start : group[-1].char_end].strip()]
+        kept = self._kept_groups(text, tokens, bioe, request.granularity, item.budget, request.min_span_tokens)
+        groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
         spans = [_span(text, group, bioe, tag_index, tags) for group in groups]
         return CompressionResult(
             text=request.separator.join(span.text for span in spans),
@@ -188,14 +189,15 @@ class WindowParallelEngine:
         )
 
     @staticmethod
-    def _kept_units(
+    def _kept_groups(
         text: str,
         tokens: TokenizedText,
         bioe: np.ndarray,
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
-    ) -> list[Unit]:
+    ) -> list[list[Unit]]:
+        """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units)."""
         keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
         labels = fill_short_gaps(bioe.argmax(axis=1))
         if granularity == "token":
@@ -203,20 +205,22 @@ class WindowParallelEngine:
                 candidates = [
                     Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
                 ]
-                return select_by_budget(candidates, budget, granularity)
+                return merge_adjacent(select_by_budget(candidates, budget, granularity))
             return [
-                Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(keep_scores[start:end].mean()))
+                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(keep_scores[start:end].mean()))]
                 for i, (start, end) in enumerate(decode_spans(labels, min_span_tokens))
             ]
         ranges = sentence_ranges(text) if granularity == "sentence" else paragraph_ranges(text)
         candidates = units_from_char_ranges(ranges, [end for _, end in tokens.offsets], keep_scores)
         if budget is not None:
-            return select_by_budget(candidates, budget, granularity)
+            return merge_adjacent(select_by_budget(candidates, budget, granularity))
         tagged = np.zeros(len(labels) + 1, dtype=np.int64)
         for start, end in decode_spans(labels, min_span_tokens):
             tagged[start:end] = 1
         tagged_before = np.concatenate(([0], np.cumsum(tagged)))
-        return [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]]
+        return merge_adjacent(
+            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]]
+        )
 
 
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
@@ -247,6 +251,8 @@ def _span(
     tags: list[str],
 ) -> Span:
     start, end = group[0].char_start, group[-1].char_end
+    while end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end += 1  # a normalising tokenizer can leave a combining mark outside the last token's offsets
     while start < end and text[start].isspace():
         start += 1
     while end > start and text[end - 1].isspace():

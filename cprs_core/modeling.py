@@ -43,18 +43,23 @@ class CPRSRMSNorm(nn.Module):
 
 
 class CPRSRotaryEmbedding(nn.Module):
-    """Default RoPE (no scaling), as Qwen2.5 uses it."""
+    """Default RoPE (no scaling), as Qwen2.5 uses it.
+
+    The inverse frequencies are computed on each call (a few hundred floats) rather than kept in a buffer, so
+    they are right however the weights were materialised (``from_pretrained`` builds modules on the meta device).
+    """
 
     def __init__(self, config: CPRSConfig) -> None:
         super().__init__()
-        dim = config.attention_head_dim
-        inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dim = config.attention_head_dim
+        self.base = config.rope_base
 
     @torch.no_grad()
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape ``[len(positions), head_dim]`` for 1-D ``positions``."""
-        freqs = torch.outer(positions.float(), self.inv_freq.to(positions.device))
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=positions.device).float() / self.dim
+        inv_freq = 1.0 / (self.base**exponents)
+        freqs = torch.outer(positions.float(), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

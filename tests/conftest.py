@@ -25,3 +25,16 @@ def tiny_cprs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_compressor(tiny_cprs_dir: Path) -> CPRSCompressor:
     """A CPU compressor over the tiny checkpoint, with small windows so contexts span several of them."""
     return CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu"), window_size=256)
+
+
+@pytest.fixture(scope="session")
+def digit_tagger_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint with hand-set weights that tags exactly the digit tokens (see ``programmed_critic``)."""
+    from .programmed_critic import write_digit_tagger
+
+    return write_digit_tagger(tmp_path_factory.mktemp("digit-tagger"))
+
+
+@pytest.fixture(scope="session")
+def digit_compressor(digit_tagger_dir: Path) -> CPRSCompressor:
+    return CPRSCompressor(QwenCritic.from_pretrained(digit_tagger_dir, device="cpu"), window_size=128)

@@ -1,0 +1,78 @@
+"""Upstream's BIOE decoding rules, sentence/paragraph boundaries and budget selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cprs_core import BudgetError
+from cprs_core.spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget
+from cprs_core.text_units import paragraph_ranges, sentence_ranges
+
+LABEL_IDS = {"B": 0, "I": 1, "O": 2, "E": 3}
+
+
+def labels(pattern: str) -> np.ndarray:
+    return np.array([LABEL_IDS[c] for c in pattern])
+
+
+def pattern(values: np.ndarray) -> str:
+    return "".join("BIOE"[v] for v in values)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("OBOOIOOEO", "OBIIIIIEO"),  # short gaps between B ... E are filled
+        ("B" + "O" * 25 + "E", "B" + "O" * 25 + "E"),  # gaps of 20+ are left alone
+        ("OOOOEOO", "OOOOEOO"),  # an E after O only (upstream's backward walk would hang here)
+        ("IOOE", "IIIE"),  # walking back from E fills too
+        ("BOOBOOE", "BIIBIIE"),  # each walk fills up to the next B or E and stops there
+        ("BOOIO" + "O" * 20 + "IOE", "BIIIO" + "O" * 20 + "IIE"),  # a long gap stops the walk
+    ],
+)
+def test_fill_short_gaps(given: str, expected: str) -> None:
+    assert pattern(fill_short_gaps(labels(given))) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "min_tokens", "expected"),
+    [
+        ("OBIIEOO", 1, [(1, 5)]),
+        ("BIBI", 1, [(0, 2), (2, 4)]),  # a B starts a new span
+        ("OIIOEO", 1, [(1, 3), (4, 5)]),  # any non-O starts a span
+        ("OBIOBO", 2, [(1, 3)]),  # spans shorter than min_span_tokens are dropped
+        ("OOOO", 1, []),
+    ],
+)
+def test_decode_spans(given: str, min_tokens: int, expected: list[tuple[int, int]]) -> None:
+    assert decode_spans(labels(given), min_tokens) == expected
+
+
+def test_sentence_and_paragraph_ranges_index_the_text() -> None:
+    text = "First one. Second? Third!\n\n  Para two, sentence “quoted.” 你好。再见！\nLast line"
+    sentences = [text[s:e] for s, e in sentence_ranges(text)]
+    assert sentences == ["First one.", "Second?", "Third!", "Para two, sentence “quoted.”", "你好。", "再见！", "Last line"]
+    paragraphs = [text[s:e] for s, e in paragraph_ranges(text)]
+    assert paragraphs == ["First one. Second? Third!", "Para two, sentence “quoted.” 你好。再见！\nLast line"]
+
+
+def _units(scores_and_sizes: list[tuple[float, int]]) -> list[Unit]:
+    units, token = [], 0
+    for index, (score, size) in enumerate(scores_and_sizes):
+        units.append(Unit(index, token, token + size, token, token + size, score))
+        token += size
+    return units
+
+
+def test_budget_keeps_best_units_that_fit_in_order() -> None:
+    units = _units([(0.1, 5), (0.9, 5), (0.8, 20), (0.7, 3), (0.95, 2)])
+    chosen = select_by_budget(units, 10, "sentence")
+    assert [unit.index for unit in chosen] == [1, 3, 4]  # 0.95 (2) + 0.9 (5) + 0.7 (3); 0.8 (20) does not fit
+    assert sum(unit.tokens for unit in chosen) <= 10
+    assert [[u.index for u in group] for group in merge_adjacent(chosen)] == [[1], [3, 4]]
+
+
+def test_budget_that_no_unit_fits_is_an_error() -> None:
+    with pytest.raises(BudgetError, match="smallest has 5"):
+        select_by_budget(_units([(0.5, 5), (0.6, 8)]), 4, "sentence")
