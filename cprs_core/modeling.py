@@ -189,6 +189,12 @@ class CPRSModel(nn.Module):
         self.first_bidirectional_layer = first_bi
 
 
+def _run_layer(
+    layer: CPRSDecoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: KeyValue | None
+) -> tuple[torch.Tensor, KeyValue]:
+    return layer(hidden_states, cos, sin, past=past)
+
+
 @dataclass
 class PrefixState:
     """What the causal layers computed for the shared prompt prefix, reused by every window."""
@@ -220,7 +226,17 @@ class CPRSForTokenCritic(PreTrainedModel):
         self.model = CPRSModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.cls_head = nn.Linear(config.hidden_size, config.num_critic_labels)
+        self._layer_runner = _run_layer
         self.post_init()
+
+    def compile_layers(self) -> None:
+        """Run decoder layers through ``torch.compile`` (fuses norms, RoPE and activations; GPU inference).
+
+        All layers share one compiled function (the layer is an argument), so there is one graph per
+        layer kind and sequence shape rather than one per layer; the dynamo recompile limit is raised to hold them.
+        """
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._layer_runner = torch.compile(_run_layer, dynamic=False)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -269,7 +285,7 @@ class CPRSForTokenCritic(PreTrainedModel):
         cos, sin = self.model.rotary_emb(torch.arange(prefix_len, device=prefix_ids.device), hidden_states.dtype)
         past: list[KeyValue] = []
         for layer in self.model.layers[: self.model.first_bidirectional_layer]:
-            hidden_states, kv = layer(hidden_states, cos, sin)
+            hidden_states, kv = self._layer_runner(layer, hidden_states, cos, sin, None)
             past.append(kv)
         return PrefixState(past=past, hidden_at_first_bidirectional=hidden_states, length=prefix_len)
 
@@ -290,11 +306,11 @@ class CPRSForTokenCritic(PreTrainedModel):
         first_bi = self.model.first_bidirectional_layer
         window_cos, window_sin = cos[prefix.length :], sin[prefix.length :]
         for layer, past in zip(self.model.layers[:first_bi], prefix.past):
-            hidden_states, _ = layer(hidden_states, window_cos, window_sin, past=past)
+            hidden_states, _ = self._layer_runner(layer, hidden_states, window_cos, window_sin, past)
         if first_bi < len(self.model.layers):
             shared = prefix.hidden_at_first_bidirectional.expand(batch, -1, -1)
             hidden_states = torch.cat((shared, hidden_states), dim=1)
             for layer in self.model.layers[first_bi:]:
-                hidden_states, _ = layer(hidden_states, cos, sin)
+                hidden_states, _ = self._layer_runner(layer, hidden_states, cos, sin, None)
             hidden_states = hidden_states[:, prefix.length :]
         return self._heads(hidden_states, label_token_ids)

@@ -1,0 +1,203 @@
+"""GPU benchmark: the window-parallel engine vs a naive full-length forward vs the FLOP bound.
+
+Builds a randomly initialised critic with the exact QwenLong-CPRS-7B shape (weights do not change the cost) and,
+for each context length, measures in one run:
+
+* engine: ``CPRSCompressor.compress`` end to end (tokenize, shared prefix, windows, critic heads, spans);
+* naive: one full-length forward of ``transformers``' own Qwen2 body (sdpa, bf16) over the whole context;
+* bound: ``(2 * linear params * tokens + in-window attention FLOPs) / measured bf16 matmul FLOP/s``.
+
+Usage (on a CUDA machine, from the repository root)::
+
+    python -m benchmarks.gpu_engine --tokenizer DIR --out results.json
+
+``DIR`` holds a Qwen2 tokenizer (``python -m benchmarks.save_tokenizer DIR`` writes one offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
+
+from cprs_core import CPRSCompressor, CPRSConfig, CPRSForTokenCritic, QwenCritic
+
+QWEN25_7B_SHAPE = dict(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=False,
+)
+WORDS = (
+    "the report said river market ancient signal copper lantern orbit harvest quiet meadow protocol "
+    "engine winter garden theory cable silver window narrow thunder paper castle mirror planet"
+).split()
+
+
+@dataclass
+class Row:
+    tokens: int
+    engine_s: float
+    engine_peak_gib: float
+    naive_s: float | None
+    naive_peak_gib: float | None
+    bound_s: float
+    windows: int
+
+    @property
+    def engine_tokens_per_s(self) -> float:
+        return self.tokens / self.engine_s
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_gib(fn: Callable[[], object]) -> float:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def matmul_flops_per_s() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    seconds = median_time(lambda: a @ b, 20)
+    return 2 * 8192**3 / seconds
+
+
+def build_model(config: CPRSConfig) -> CPRSForTokenCritic:
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = CPRSForTokenCritic(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def linear_params(config: CPRSConfig) -> int:
+    hidden, inter, heads, kv = (config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                                config.num_key_value_heads)  # fmt: skip
+    head_dim = hidden // heads
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv * head_dim + 3 * hidden * inter
+    return config.num_hidden_layers * per_layer
+
+
+def attention_flops(config: CPRSConfig, window_lengths: list[int], prefix: int) -> float:
+    """QK^T and PV FLOPs inside windows: causal layers attend to half of prefix+window, bidirectional to all."""
+    hidden, layers, first_bi = config.hidden_size, config.num_hidden_layers, config.first_bidirectional_layer
+    total = 0.0
+    for length in window_lengths:
+        full = 4 * (prefix + length) ** 2 * hidden
+        total += first_bi * full / 2 + (layers - first_bi) * full
+    return total
+
+
+def make_text(tokenizer, tokens: int) -> str:
+    words = " ".join(WORDS[(i * 7 + i // 13) % len(WORDS)] for i in range(int(tokens * 1.2)))
+    encoding = tokenizer(words, add_special_tokens=False, return_offsets_mapping=True)
+    return words[: encoding["offset_mapping"][tokens - 1][1]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
+    parser.add_argument("--window-size", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    parser.add_argument("--max-batch-tokens", type=int, default=None)
+    parser.add_argument("--out", default="gpu_engine.json")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    config = CPRSConfig(**QWEN25_7B_SHAPE)
+    flops_per_s = matmul_flops_per_s()
+    model = build_model(config)
+    if args.compile:
+        model.compile_layers()
+    critic = QwenCritic(model, tokenizer, name="random-7B", max_batch_tokens=args.max_batch_tokens)
+    compressor = CPRSCompressor(critic, window_size=args.window_size)
+    naive = None
+    if not args.skip_naive:
+        body_config = Qwen2Config(**QWEN25_7B_SHAPE, max_window_layers=28)
+        body_config._attn_implementation = "sdpa"
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device("cuda"):
+            naive = Qwen2Model(body_config)
+        torch.set_default_dtype(torch.float32)
+        naive.load_state_dict({k.removeprefix("model."): v for k, v in model.state_dict().items()
+                               if k.startswith("model.")})  # fmt: skip
+        naive.eval()
+    query, instruction = "What is the special magic number for the copper lantern?", "needle"
+    rows = []
+    for length in args.lengths:
+        text = make_text(tokenizer, length)
+        run_engine = lambda: compressor.compress(text, query, instruction)  # noqa: E731
+        result = run_engine()
+        engine_s = median_time(run_engine, args.repeats)
+        engine_peak = peak_gib(run_engine)
+        prefix_len = len(compressor.critic.encode_prefix(instruction, query))
+        capacity = args.window_size - prefix_len
+        windows = [min(capacity, length - start) for start in range(0, length, capacity)]
+        bound = (2 * linear_params(config) * (length + prefix_len * len(windows)) + attention_flops(config, windows, prefix_len)) / flops_per_s
+        naive_s = naive_peak = None
+        if naive is not None:
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device="cuda")
+            with torch.inference_mode():
+                run_naive = lambda: naive(input_ids=ids, use_cache=False)  # noqa: E731
+                naive_s = median_time(run_naive, args.repeats)
+                naive_peak = peak_gib(run_naive)
+        rows.append(Row(length, engine_s, engine_peak, naive_s, naive_peak, bound, result.windows))
+        print(json.dumps({**asdict(rows[-1]), "engine_tok_s": rows[-1].engine_tokens_per_s}), flush=True)
+
+    device = torch.cuda.get_device_name()
+    summary = {
+        "device": device,
+        "torch": torch.__version__,
+        "matmul_tflops": flops_per_s / 1e12,
+        "linear_params": linear_params(config),
+        "window_size": args.window_size,
+        "compiled": args.compile,
+        "max_batch_tokens": critic.max_batch_tokens,
+        "rows": [asdict(row) for row in rows],
+    }
+    with open(args.out, "w") as handle:
+        json.dump(summary, handle, indent=2)
+    print(f"\n{device}, bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s, window {args.window_size}")
+    print("| tokens | engine s | tok/s | engine peak GiB | naive s | naive peak GiB | bound s | % of bound | speed-up vs naive |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        naive_cells = ("-", "-", "-") if row.naive_s is None else (
+            f"{row.naive_s:.2f}", f"{row.naive_peak_gib:.1f}", f"{row.naive_s / row.engine_s:.2f}x")
+        print(f"| {row.tokens} | {row.engine_s:.2f} | {row.engine_tokens_per_s:,.0f} | {row.engine_peak_gib:.1f} | "
+              f"{naive_cells[0]} | {naive_cells[1]} | {row.bound_s:.2f} | {100 * row.bound_s / row.engine_s:.0f}% | {naive_cells[2]} |")
+
+
+if __name__ == "__main__":
+    main()
