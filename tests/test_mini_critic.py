@@ -1,0 +1,141 @@
+"""The shipped ``cprs-mini`` critic, loaded offline: protocol, determinism, offsets and real behaviour."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import json
+import logging
+import random
+import re
+import string
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cprs_core import CPRSCompressor, TokenCritic
+from cprs_core.mini import MiniCritic, is_mini_checkpoint, load_mini_critic
+from cprs_core.mini.checkpoint import SHIPPED_DIR
+from cprs_core.mini.inputs import MAX_PREFIX_TOKENS
+
+NEEDLE = "One of the special magic numbers for bright-lantern is: 4821937."
+DISTRACTOR = "One of the special magic numbers for quiet-harbor is: 1234567."
+NEEDLE_QUERY = "What is the special magic number for bright-lantern mentioned in the provided text?"
+
+
+@pytest.fixture(scope="module")
+def critic() -> MiniCritic:
+    return load_mini_critic()
+
+
+@pytest.fixture(scope="module")
+def prose() -> str:
+    """A few thousand tokens of real English prose that ships with Python: standard-library module docs."""
+    modules = (argparse, collections, json, re, logging, string, inspect, textwrap)
+    return "\n\n".join(inspect.getdoc(module) or "" for module in modules)
+
+
+def plant(prose: str, sentences: list[str], seed: int = 0) -> str:
+    paragraphs = prose.split("\n\n")
+    rng = random.Random(seed)
+    for sentence in sentences:
+        paragraphs.insert(rng.randrange(len(paragraphs) + 1), sentence)
+    return "\n\n".join(paragraphs)
+
+
+def test_shipped_weights_are_a_small_mini_checkpoint() -> None:
+    assert is_mini_checkpoint(SHIPPED_DIR)
+    assert sum(path.stat().st_size for path in SHIPPED_DIR.iterdir()) < 10 * 2**20
+    config = json.loads((SHIPPED_DIR / "config.json").read_text())
+    assert config["cprs_critic"] == "mini" and config["labels"] == ["B", "I", "O", "E"]
+
+
+def test_is_mini_checkpoint_rejects_other_directories(tmp_path: Path) -> None:
+    assert not is_mini_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert not is_mini_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    assert not is_mini_checkpoint(tmp_path)
+
+
+def test_protocol_conformance(critic: MiniCritic) -> None:
+    assert isinstance(critic, TokenCritic)
+    assert critic.name == "cprs-mini"
+    assert (critic.max_positions, critic.default_window_size, critic.suffix_tokens) == (512, 512, 1)
+
+
+def test_prefix_is_short_cls_tags_query_sep(critic: MiniCritic) -> None:
+    prefix = critic.encode_prefix("needle-like rule\n- tag the needles with 'needle'", "where is it?")
+    assert prefix[0] == critic.tokenizer.token_to_id("[CLS]")
+    assert prefix[-1] == critic.tokenizer.token_to_id("[SEP]")
+    assert critic.tokenizer.decode(prefix[1:-1]) == "needle : where is it?"
+    long_prefix = critic.encode_prefix("plain instruction", "why " * 500)
+    assert len(long_prefix) == MAX_PREFIX_TOKENS and long_prefix[-1] == prefix[-1]
+
+
+def test_offsets_round_trip(critic: MiniCritic) -> None:
+    text = "Hello, World!  The café's naïve déjà-vu costs €5.\n\nUUID 3f2a-9B: done."
+    tokens = critic.tokenize_context(text)
+    assert len(tokens.ids) == len(tokens.offsets) == critic.count_tokens(text)
+    assert all(0 <= start < end <= len(text) for start, end in tokens.offsets)
+    assert [start for start, _ in tokens.offsets] == sorted(start for start, _ in tokens.offsets)
+    ascii_text = "The Quick brown-fox jumped over 12345 lazy dogs; unbelievably."
+    ascii_tokens = critic.tokenize_context(ascii_text)
+    for token_id, (start, end) in zip(ascii_tokens.ids, ascii_tokens.offsets):
+        assert critic.tokenizer.id_to_token(token_id).removeprefix("##") == ascii_text[start:end].lower()
+
+
+def test_scores_are_probabilities_deterministic_and_batch_independent(critic: MiniCritic, prose: str) -> None:
+    ids = critic.tokenize_context(plant(prose, [NEEDLE])).ids
+    prefix = critic.encode_prefix("needle", NEEDLE_QUERY)
+    windows = [ids[0:400], ids[400:800], ids[800:1000], ids[1000:1400], ids[1400:1401]]
+    first = critic.score_windows(prefix, windows, ["needle"])
+    again = critic.score_windows(prefix, windows, ["needle"])
+    for scores, window, repeat in zip(first, windows, again):
+        assert scores.bioe.shape == (len(window), 4) and scores.bioe.dtype == np.float32
+        assert scores.tag_index is None
+        np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(scores.bioe, repeat.bioe)
+    default_batch = critic.max_batch_tokens
+    try:
+        critic.max_batch_tokens = 1
+        one_by_one = critic.score_windows(prefix, windows, ["needle"])
+    finally:
+        critic.max_batch_tokens = default_batch
+    for batched, single in zip(first, one_by_one):
+        np.testing.assert_allclose(batched.bioe, single.bioe, atol=1e-5)
+
+
+def test_keeps_the_needle_and_drops_the_haystack(critic: MiniCritic, prose: str) -> None:
+    context = plant(prose, [NEEDLE, DISTRACTOR])
+    result = CPRSCompressor(critic).compress(context, query=NEEDLE_QUERY, instruction="needle")
+    assert NEEDLE in result.text
+    assert DISTRACTOR not in result.text
+    assert result.ratio > 20
+
+
+def test_keeps_the_supporting_fact_across_small_windows(critic: MiniCritic, prose: str) -> None:
+    fact = "Marla Quint's favourite colour is teal."
+    context = plant(prose, [fact, "Oskar Velde's favourite colour is amber."], seed=3)
+    compressor = CPRSCompressor(critic, window_size=128)
+    result = compressor.compress(context, query="What is Marla Quint's favourite colour?", instruction="fact")
+    assert fact in result.text and "Oskar" not in result.text
+    assert result.windows > 10 and result.ratio > 20
+
+
+def test_from_pretrained_without_arguments_is_the_mini_critic() -> None:
+    compressor = CPRSCompressor.from_pretrained(device="cpu")
+    assert compressor.critic.name == "cprs-mini" and compressor.window_size == 512
+    assert CPRSCompressor.from_pretrained(SHIPPED_DIR, device="cpu").critic.name == str(SHIPPED_DIR)
+
+
+def test_chain_statements_are_kept(critic: MiniCritic, prose: str) -> None:
+    chain = ["VAR QWERT = 55123.", "VAR ASDFG = VAR QWERT."]
+    context = plant(prose, chain + ["VAR ZXCVB = 90817."], seed=5)
+    query = "Find all variables that are assigned the value 55123 in the text above."
+    result = CPRSCompressor(critic).compress(context, query=query, instruction="chain")
+    assert all(statement in result.text for statement in chain)
+    assert "90817" not in result.text
