@@ -9,7 +9,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import torch
 
 from .critic import TokenCritic
-from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, WindowParallelEngine
+from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, ProgressCallback, WindowParallelEngine
 from .errors import CPRSError, ModelLoadError
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
@@ -144,6 +144,7 @@ class CPRSCompressor:
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
         separator: str = "\n",
+        progress: ProgressCallback | None = None,
     ) -> CompressionResult:
         """Keep the parts of ``context`` the critic tags for ``query``.
 
@@ -158,6 +159,7 @@ class CPRSCompressor:
             target_tokens: keep at most this many tokens: the highest-scoring units that fit.
             min_span_tokens: drop decoded spans shorter than this (no budget only).
             separator: placed between spans in ``result.text``.
+            progress: called with (windows scored, windows total) while scoring, e.g. to drive a progress bar.
 
         Raises:
             EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError.
@@ -165,12 +167,15 @@ class CPRSCompressor:
         return self.engine.compress(
             CompressionRequest(
                 context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator
-            )
+            ),
+            progress,
         )
 
-    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
+    def compress_batch(
+        self, requests: Sequence[CompressionRequest], progress: ProgressCallback | None = None
+    ) -> list[CompressionResult | CPRSError]:
         """Compress several requests in shared forward batches; each slot holds a result or that request's error."""
-        return self.engine.compress_batch(requests)
+        return self.engine.compress_batch(requests, progress)
 
     def compress_many(
         self, contexts: Iterable[str | bytes], query: str = "", instruction: str | None = None, **options: Any

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -28,6 +28,11 @@ Granularity = Literal["token", "sentence", "paragraph"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses instead, so nothing is lost silently)."""
+PROGRESS_CHUNK_WINDOWS = 16
+"""With a progress callback, windows go to the critic this many at a time so progress can be reported."""
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(windows_scored, windows_total)`` after each chunk of windows is scored."""
 
 
 def decode_text(context: str | bytes) -> str:
@@ -118,18 +123,21 @@ class WindowParallelEngine:
         count = len(tokens.ids)
         return WindowPlan(prefix_ids, [range(start, min(start + capacity, count)) for start in range(0, count, capacity)])
 
-    def compress(self, request: CompressionRequest) -> CompressionResult:
+    def compress(self, request: CompressionRequest, progress: ProgressCallback | None = None) -> CompressionResult:
         """Compress one request; raises its error (see :meth:`cprs_core.CPRSCompressor.compress`)."""
-        outcome = self.compress_batch([request])[0]
+        outcome = self.compress_batch([request], progress)[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
+    def compress_batch(
+        self, requests: Sequence[CompressionRequest], progress: ProgressCallback | None = None
+    ) -> list[CompressionResult | CPRSError]:
         """Compress several requests together; each gets its result or its own error, in order.
 
         Requests with the same instruction and query share one prompt prefix, so their windows are scored
-        in the same forward batches (e.g. many documents compressed for one question).
+        in the same forward batches (e.g. many documents compressed for one question). ``progress``, when
+        given, is called with (windows scored, windows total) as scoring advances.
         """
         outcomes: list[CompressionResult | CPRSError | None] = [None] * len(requests)
         prepared: dict[int, _Prepared] = {}
@@ -141,9 +149,18 @@ class WindowParallelEngine:
         groups: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
         for index, item in prepared.items():
             groups.setdefault((tuple(item.plan.prefix_ids), tuple(item.tags)), []).append(index)
+        total_windows = sum(len(item.plan.windows) for item in prepared.values())
+        scored_windows = 0
         for (prefix_ids, tags), members in groups.items():
             windows = [prepared[i].tokens.ids[w.start : w.stop] for i in members for w in prepared[i].plan.windows]
-            scores = iter(self.critic.score_windows(list(prefix_ids), windows, list(tags)))
+            chunk = len(windows) if progress is None else PROGRESS_CHUNK_WINDOWS
+            group_scores: list[WindowScores] = []
+            for start in range(0, len(windows), chunk):
+                group_scores += self.critic.score_windows(list(prefix_ids), windows[start : start + chunk], list(tags))
+                scored_windows += len(windows[start : start + chunk])
+                if progress is not None:
+                    progress(scored_windows, total_windows)
+            scores = iter(group_scores)
             for index in members:
                 item = prepared[index]
                 window_scores = [next(scores) for _ in item.plan.windows]

@@ -106,6 +106,17 @@ def test_batch_of_requests_equals_one_by_one(tiny_compressor: CPRSCompressor) ->
         assert [(s.start, s.end) for s in single.spans] == [(s.start, s.end) for s in result.spans]
 
 
+def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compressor: CPRSCompressor) -> None:
+    context = "Plain words and a code 12345 here. " * 400
+    calls: list[tuple[int, int]] = []
+    with_progress = digit_compressor.compress(context, "codes?", progress=lambda done, total: calls.append((done, total)))
+    total = with_progress.windows
+    assert total > 16, "the context should need more windows than one progress chunk"
+    assert calls[-1] == (total, total)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})  # strictly increasing
+    assert with_progress.to_dict() == digit_compressor.compress(context, "codes?").to_dict()
+
+
 def test_compression_is_deterministic(tiny_compressor: CPRSCompressor) -> None:
     first = tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2)
     assert first.to_dict() == tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2).to_dict()
