@@ -91,6 +91,7 @@ class CPRSCompressor:
         window_size: int | None = None,
         max_batch_tokens: int | None = None,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+        compile: bool = False,
     ) -> "CPRSCompressor":
         """Load a critic and wrap it.
 
@@ -102,6 +103,8 @@ class CPRSCompressor:
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
             max_context_tokens: refuse longer contexts.
+            compile: for a QwenLong-CPRS checkpoint on CUDA, fuse projections and ``torch.compile`` the layers
+                (about 1.2x faster scoring; the first compressions pay the compilation).
 
         Raises:
             ModelLoadError: missing path or a directory that is not a CPRS critic.
@@ -118,7 +121,9 @@ class CPRSCompressor:
             if is_mini_checkpoint(directory):
                 critic = load_mini_critic(directory, device=device, dtype=dtype)
             else:
-                critic = QwenCritic.from_pretrained(directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
+                critic = QwenCritic.from_pretrained(
+                    directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens, compile=compile
+                )
         return cls(critic, window_size=window_size, max_context_tokens=max_context_tokens)
 
     @property

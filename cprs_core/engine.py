@@ -21,7 +21,15 @@ from .errors import (
 )
 from .prompt import parse_tags, resolve_instruction
 from .result import CompressionResult, Span
-from .spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget, units_from_char_ranges
+from .spans import (
+    TokenScoreSums,
+    Unit,
+    decode_spans,
+    fill_short_gaps,
+    merge_adjacent,
+    select_by_budget,
+    units_from_char_ranges,
+)
 from .text_units import paragraph_ranges, sentence_ranges
 
 Granularity = Literal["token", "sentence", "paragraph"]
@@ -190,10 +198,16 @@ class WindowParallelEngine:
     def _assemble(self, item: _Prepared, scores: Sequence[WindowScores]) -> CompressionResult:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
-        tag_index = _concat_tag_index(scores)
-        kept = self._kept_groups(text, tokens, bioe, request.granularity, item.budget, request.min_span_tokens)
+        sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
+        kept = self._kept_groups(text, tokens, bioe, sums, request.granularity, item.budget, request.min_span_tokens)
         groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
-        spans = [_span(text, group, bioe, tag_index, tags) for group in groups]
+        token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
+        token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
+        spans = [
+            _span(text, group, float(score), tags[tag])
+            for group, score, tag in zip(groups, sums.mean_keep(token_starts, token_ends),
+                                         sums.majority_tag(token_starts, token_ends))
+        ]
         return CompressionResult(
             text=request.separator.join(span.text for span in spans),
             spans=spans,
@@ -210,6 +224,7 @@ class WindowParallelEngine:
         text: str,
         tokens: TokenizedText,
         bioe: np.ndarray,
+        sums: TokenScoreSums,
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
@@ -223,9 +238,11 @@ class WindowParallelEngine:
                     Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
                 ]
                 return merge_adjacent(select_by_budget(candidates, budget, granularity))
+            ranges = np.array(decode_spans(labels, min_span_tokens), dtype=np.int64).reshape(-1, 2)
+            scores = sums.mean_keep(ranges[:, 0], ranges[:, 1])
             return [
-                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(keep_scores[start:end].mean()))]
-                for i, (start, end) in enumerate(decode_spans(labels, min_span_tokens))
+                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(score))]
+                for i, ((start, end), score) in enumerate(zip(ranges.tolist(), scores))
             ]
         ranges = sentence_ranges(text) if granularity == "sentence" else paragraph_ranges(text)
         candidates = units_from_char_ranges(ranges, [end for _, end in tokens.offsets], keep_scores)
@@ -260,13 +277,7 @@ def _concat_tag_index(scores: Sequence[WindowScores]) -> np.ndarray | None:
     return np.concatenate([score.tag_index for score in scores])
 
 
-def _span(
-    text: str,
-    group: list[Unit],
-    bioe: np.ndarray,
-    tag_index: np.ndarray | None,
-    tags: list[str],
-) -> Span:
+def _span(text: str, group: list[Unit], score: float, tag: str) -> Span:
     start, end = group[0].char_start, group[-1].char_end
     while end < len(text) and unicodedata.category(text[end]).startswith("M"):
         end += 1  # a normalising tokenizer can leave a combining mark outside the last token's offsets
@@ -274,9 +285,4 @@ def _span(
         start += 1
     while end > start and text[end - 1].isspace():
         end -= 1
-    token_start, token_end = group[0].token_start, group[-1].token_end
-    score = float(1.0 - bioe[token_start:token_end, OUTSIDE_ID].mean())
-    tag = tags[0]
-    if tag_index is not None:
-        tag = tags[int(np.bincount(tag_index[token_start:token_end], minlength=len(tags)).argmax())]
     return Span(start=start, end=end, text=text[start:end], score=score, tag=tag)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 from transformers import PreTrainedModel
 
 from .configuration import CPRSConfig
@@ -35,11 +34,8 @@ class CPRSRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        normalised = F.rms_norm(hidden_states.float(), self.weight.shape, eps=self.variance_epsilon)
+        return self.weight * normalised.to(hidden_states.dtype)
 
 
 class CPRSRotaryEmbedding(nn.Module):
@@ -73,6 +69,26 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return x * cos + _rotate_half(x) * sin
 
 
+@torch.no_grad()
+def _fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of linears that read the same input; each keeps a view of its rows.
+
+    The parameters stay (same names, same values) so ``state_dict``/``save_pretrained`` are unchanged, but they
+    share the fused storage, so fusing costs no extra memory.
+    """
+    weight = torch.cat([linear.weight for linear in linears])
+    has_bias = linears[0].bias is not None
+    bias = torch.cat([linear.bias for linear in linears]) if has_bias else None
+    row = 0
+    for linear in linears:
+        rows = linear.out_features
+        linear.weight.data = weight[row : row + rows]
+        if bias is not None:
+            linear.bias.data = bias[row : row + rows]
+        row += rows
+    return weight, bias
+
+
 @dataclass
 class KeyValue:
     """Keys and values of one layer, ``[batch, kv_heads, seq, head_dim]`` each, rotary already applied."""
@@ -93,6 +109,21 @@ class CPRSAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.qkv_weight: torch.Tensor | None
+        self.qkv_bias: torch.Tensor | None
+        self.register_buffer("qkv_weight", None, persistent=False)  # set by fuse_projections
+        self.register_buffer("qkv_bias", None, persistent=False)
+
+    def fuse_projections(self) -> None:
+        """Compute q, k and v with one GEMM; the three projections' weights become views of the fused tensor."""
+        self.qkv_weight, self.qkv_bias = _fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+
+    def _project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_weight is None:
+            return self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        fused = F.linear(hidden_states, self.qkv_weight, self.qkv_bias)
+        kv_width = self.num_kv_heads * self.head_dim
+        return fused.split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
 
     def forward(
         self,
@@ -108,9 +139,10 @@ class CPRSAttention(nn.Module):
         ``key_padding_mask`` (``bool [batch, kv_len]``, True = real token) is only for padded batches.
         """
         batch, q_len, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        query, key, value = self._project(hidden_states)
+        query = query.reshape(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        key = key.reshape(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        value = value.reshape(batch, q_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         query, key = _apply_rope(query, cos, sin), _apply_rope(key, cos, sin)
         own = KeyValue(key, value)
         if past is not None:
@@ -125,13 +157,17 @@ class CPRSAttention(nn.Module):
                 attn_mask = attn_mask & torch.ones(q_len, kv_len, dtype=torch.bool, device=key.device).tril(
                     kv_len - q_len
                 )
-        elif causal and kv_len == q_len:
-            is_causal = True
         elif causal:
-            attn_mask = causal_lower_right(q_len, kv_len)
+            is_causal = True
+            if kv_len > q_len:
+                # Queries after cached positions: pad the query rows of the cached positions so the square
+                # (upper-left) causal mask of the fast flash kernel applies, then drop those rows. This is the
+                # lower-right causal mask, computed at the speed of the plain causal kernel.
+                query = torch.cat((query.new_zeros(batch, self.num_heads, kv_len - q_len, self.head_dim), query), 2)
         output = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
+        output = output[:, :, kv_len - q_len :] if output.shape[2] > q_len else output
         output = output.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim)
         return self.o_proj(output), own
 
@@ -142,9 +178,18 @@ class CPRSMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_weight: torch.Tensor | None
+        self.register_buffer("gate_up_weight", None, persistent=False)  # set by fuse_projections
+
+    def fuse_projections(self) -> None:
+        """Compute gate and up with one GEMM; their weights become views of the fused tensor."""
+        self.gate_up_weight, _ = _fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class CPRSDecoderLayer(nn.Module):
@@ -229,14 +274,27 @@ class CPRSForTokenCritic(PreTrainedModel):
         self._layer_runner = _run_layer
         self.post_init()
 
-    def compile_layers(self) -> None:
-        """Run decoder layers through ``torch.compile`` (fuses norms, RoPE and activations; GPU inference).
+    def compile_layers(self, mode: str | None = None) -> None:
+        """Fuse the projections and run decoder layers through ``torch.compile`` (GPU inference speed).
 
-        All layers share one compiled function (the layer is an argument), so there is one graph per
-        layer kind and sequence shape rather than one per layer; the dynamo recompile limit is raised to hold them.
+        Compilation fuses norms, RoPE and activations; q/k/v and gate/up become single GEMMs
+        (:meth:`fuse_projections`; measured slower without compilation, so only done here). All layers share
+        one compiled function (the layer is an argument): one graph per layer kind, with sequence lengths
+        made dynamic after the first change (``torch.compile``'s default), so new context lengths do not
+        recompile. ``mode`` is passed to ``torch.compile`` (e.g. ``"max-autotune-no-cudagraphs"``).
         """
+        self.fuse_projections()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self._layer_runner = torch.compile(_run_layer, dynamic=False)
+        self._layer_runner = torch.compile(_run_layer, mode=mode)
+
+    def fuse_projections(self) -> None:
+        """Fuse q/k/v and gate/up into single GEMMs in every layer (inference speed; call after moving the model).
+
+        Parameter names and values are unchanged, so the fused model still saves in the released format.
+        """
+        for layer in self.model.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

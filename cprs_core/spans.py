@@ -52,20 +52,43 @@ def decode_spans(labels: np.ndarray, min_span_tokens: int = 1) -> list[tuple[int
     O or B. Spans shorter than ``min_span_tokens`` are dropped (upstream's ``min_keyword_len`` is
     ``min_span_tokens - 1``).
     """
-    spans = []
-    n = len(labels)
-    index = 0
-    while index < n:
-        if labels[index] == O:
-            index += 1
-            continue
-        end = index + 1
-        while end < n and labels[end] not in (O, B):
-            end += 1
-        if end - index >= min_span_tokens:
-            spans.append((index, end))
-        index = end
-    return spans
+    labels = np.asarray(labels)
+    tagged = labels != O
+    previous_tagged = np.concatenate(([False], tagged[:-1]))
+    starts_here = tagged & (~previous_tagged | (labels == B))
+    next_starts = np.concatenate((starts_here[1:], [True]))
+    next_untagged = np.concatenate((~tagged[1:], [True]))
+    starts = np.flatnonzero(starts_here)
+    ends = np.flatnonzero(tagged & (next_untagged | next_starts)) + 1
+    keep = ends - starts >= min_span_tokens
+    return [(int(start), int(end)) for start, end in zip(starts[keep], ends[keep])]
+
+
+class TokenScoreSums:
+    """Prefix sums over per-token scores, so any token range's mean keep score and majority tag cost O(1).
+
+    Args:
+        keep_scores: ``1 - P(outside)`` per token.
+        tag_index: per-token index of the most likely tag word, or ``None``.
+        tag_count: how many tag words there are.
+    """
+
+    def __init__(self, keep_scores: np.ndarray, tag_index: np.ndarray | None, tag_count: int) -> None:
+        self._keep = np.concatenate(([0.0], np.cumsum(keep_scores, dtype=np.float64)))
+        self._tags = None
+        if tag_index is not None:
+            one_hot = np.eye(tag_count, dtype=np.int64)[tag_index]
+            self._tags = np.concatenate((np.zeros((1, tag_count), dtype=np.int64), np.cumsum(one_hot, axis=0)))
+
+    def mean_keep(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Mean keep score of each token range ``[starts[i], ends[i])``."""
+        return (self._keep[ends] - self._keep[starts]) / (ends - starts)
+
+    def majority_tag(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """For each token range, the tag most of its tokens carry (all 0 without tag scores; ties: the first)."""
+        if self._tags is None:
+            return np.zeros(len(starts), dtype=np.int64)
+        return np.argmax(self._tags[ends] - self._tags[starts], axis=1)
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,21 @@ def test_padding_mask_hides_padded_keys() -> None:
     mask = torch.cat((torch.ones(1, 20), torch.zeros(1, 6)), dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model(padded, attention_mask=mask).bioe[:, :20], model(ids).bioe, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_projections_compute_the_same_and_save_the_released_format(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CPRSForTokenCritic(_small_config()).eval()
+    ids = torch.randint(0, 300, (2, 40))
+    labels = torch.tensor([5, 7])
+    before = model(ids, label_token_ids=labels)
+    model.fuse_projections()
+    attention = model.model.layers[0].self_attn
+    assert attention.q_proj.weight.data_ptr() == attention.qkv_weight.data_ptr()  # views: no extra memory
+    after = model(ids, label_token_ids=labels)
+    torch.testing.assert_close(after.bioe, before.bioe)
+    torch.testing.assert_close(after.tags, before.tags)
+    model.save_pretrained(tmp_path)
+    reloaded = CPRSForTokenCritic.from_pretrained(tmp_path).eval()
+    assert reloaded.state_dict().keys() == model.state_dict().keys()
+    torch.testing.assert_close(reloaded(ids, label_token_ids=labels).bioe, before.bioe)

@@ -49,6 +49,30 @@ def test_decode_spans(given: str, min_tokens: int, expected: list[tuple[int, int
     assert decode_spans(labels(given), min_tokens) == expected
 
 
+def _spans_by_reading(values: np.ndarray, min_tokens: int) -> list[tuple[int, int]]:
+    """The rule read literally, token by token: the oracle for the vectorised decoder."""
+    spans, index = [], 0
+    while index < len(values):
+        if values[index] == LABEL_IDS["O"]:
+            index += 1
+            continue
+        end = index + 1
+        while end < len(values) and values[end] not in (LABEL_IDS["O"], LABEL_IDS["B"]):
+            end += 1
+        if end - index >= min_tokens:
+            spans.append((index, end))
+        index = end
+    return spans
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decode_spans_matches_the_rule_on_random_labels(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.choice(4, size=2000, p=[0.1, 0.2, 0.55, 0.15])
+    for min_tokens in (1, 3):
+        assert decode_spans(values, min_tokens) == _spans_by_reading(values, min_tokens)
+
+
 def test_sentence_and_paragraph_ranges_index_the_text() -> None:
     text = "First one. Second? Third!\n\n  Para two, sentence “quoted.” 你好。再见！\nLast line"
     sentences = [text[s:e] for s, e in sentence_ranges(text)]
