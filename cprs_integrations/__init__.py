@@ -1,0 +1,40 @@
+"""cprs_integrations: LangChain and LlamaIndex adapters, agent tool-output pruning, and the cprs server.
+
+Names are imported on first use, so ``import cprs_integrations`` needs neither framework: LangChain
+(``pip install cprs[langchain]``) only for :class:`CPRSDocumentCompressor` and :func:`pruned_tool`, LlamaIndex
+(``pip install cprs[llamaindex]``) only for :class:`CPRSNodePostprocessor`.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._shared import CompressorSettings, DocumentSettings
+    from .langchain import CPRSDocumentCompressor
+    from .llamaindex import CPRSNodePostprocessor
+    from .tools import prune_tool_output, pruned_tool
+
+_EXPORTS = {
+    "CPRSDocumentCompressor": ".langchain",
+    "CPRSNodePostprocessor": ".llamaindex",
+    "CompressorSettings": "._shared",
+    "DocumentSettings": "._shared",
+    "prune_tool_output": ".tools",
+    "pruned_tool": ".tools",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

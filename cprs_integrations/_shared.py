@@ -1,0 +1,259 @@
+"""What every framework adapter shares: where the compressor comes from, and how texts are compressed for a query.
+
+The adapters (:mod:`cprs_integrations.langchain`, :mod:`cprs_integrations.llamaindex`,
+:mod:`cprs_integrations.tools`) only translate their framework's objects to texts and back; the options, the
+choice of compressor, the per-document/joint compression and the metadata schema all live here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from pydantic import BaseModel, Field, model_validator
+
+from cprs_core import (
+    DEFAULT_MODEL,
+    CompressionRequest,
+    CompressionResult,
+    Compressor,
+    CPRSCompressor,
+    CPRSError,
+    EmptyContextError,
+    Span,
+)
+from cprs_core.engine import Granularity
+
+SERVER_URL_ENV = "CPRS_SERVER_URL"
+"""When no compressor, ``server_url`` or local model setting is configured, a server URL in this variable is used."""
+
+API_KEY_ENV = "CPRS_API_KEY"
+"""The server's API key when ``api_key`` is not given."""
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds a remote compression may take."""
+
+Mode = Literal["per_document", "joint"]
+SUMMARY_KEYS = ("original_tokens", "compressed_tokens", "ratio", "keep_ratio", "windows", "granularity")
+"""The :meth:`CompressionResult.to_dict` entries copied into each kept text's metadata."""
+
+_LOCAL_FIELDS = ("model", "device", "dtype", "window_size")
+
+_cache_lock = threading.Lock()
+_local_compressors: dict[tuple[str, str | None, str | None, int | None], CPRSCompressor] = {}
+_remote_compressors: dict[tuple[str, float, str | None], Compressor] = {}
+_call_locks_lock = threading.Lock()
+_call_locks: "weakref.WeakKeyDictionary[CPRSCompressor, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def local_compressor(
+    model: str | None = None, device: str | None = None, dtype: str | None = None, window_size: int | None = None
+) -> CPRSCompressor:
+    """The process-wide :class:`CPRSCompressor` for these settings, loaded on first use (``None`` = cprs-mini)."""
+    key = (model or DEFAULT_MODEL, device, dtype, window_size)
+    with _cache_lock:
+        if key not in _local_compressors:
+            _local_compressors[key] = CPRSCompressor.from_pretrained(
+                key[0], device=device, dtype=dtype, window_size=window_size
+            )
+        return _local_compressors[key]
+
+
+def remote_compressor(server_url: str, timeout: float = DEFAULT_TIMEOUT, api_key: str | None = None) -> Compressor:
+    """The process-wide client of the cprs server at ``server_url`` (``cprs_core.remote.RemoteCompressor``)."""
+    from cprs_core.remote import RemoteCompressor
+
+    key = (server_url.rstrip("/"), timeout, api_key)
+    with _cache_lock:
+        if key not in _remote_compressors:
+            _remote_compressors[key] = RemoteCompressor(key[0], timeout=timeout, api_key=api_key)
+        return _remote_compressors[key]
+
+
+def exclusive(compressor: Compressor) -> AbstractContextManager[Any]:
+    """Hold while calling ``compressor``: a local :class:`CPRSCompressor` serves one call at a time.
+
+    Threads (e.g. ``asyncio.to_thread`` from concurrent async calls) queue on one lock per local model; remote
+    compressors and other implementations are called concurrently.
+    """
+    if not isinstance(compressor, CPRSCompressor):
+        return nullcontext()
+    with _call_locks_lock:
+        return _call_locks.setdefault(compressor, threading.Lock())
+
+
+@dataclass(frozen=True)
+class KeptText:
+    """What was kept of one source text.
+
+    Attributes:
+        text: the kept spans joined by the separator.
+        spans: the kept spans, with character offsets into the source text (not into a joint context).
+        result: the compression it came from (in joint mode, that of all texts together).
+    """
+
+    text: str
+    spans: list[Span]
+    result: CompressionResult
+
+    @property
+    def score(self) -> float:
+        """The highest span score: how confidently the critic found query-relevant text in the source."""
+        return max(span.score for span in self.spans)
+
+
+class CompressorSettings(BaseModel):
+    """Where the compressor comes from and how it compresses; the fields every adapter takes.
+
+    The compressor is, in this order: ``compressor`` (any :class:`cprs_core.Compressor`), ``server_url`` (a
+    running cprs server, through ``cprs_core.remote.RemoteCompressor``; ``api_key`` or ``$CPRS_API_KEY`` when
+    it needs one), a local model configured by ``model``/``device``/``dtype``/``window_size``, the server in
+    ``$CPRS_SERVER_URL``, and finally the embedded cprs-mini. Local models and server clients are cached per
+    process, so adapters with the same settings share one loaded model. The compression options are those of
+    :meth:`cprs_core.CPRSCompressor.compress`.
+    """
+
+    instruction: str | None = Field(
+        default=None, description="Tagging instruction: 'needle', 'fact', 'chain' or free text; None = 'fact'."
+    )
+    granularity: Granularity = Field(
+        default="sentence", description="Keep tagged spans ('token') or the whole sentences/paragraphs holding them."
+    )
+    target_ratio: float | None = Field(default=None, description="Keep about this fraction of tokens (0 < r <= 1).")
+    target_tokens: int | None = Field(default=None, description="Keep at most this many tokens.")
+    min_span_tokens: int = Field(default=1, description="Drop kept spans shorter than this (no budget only).")
+    separator: str = Field(default="\n", description="Placed between kept spans of one text.")
+    compressor: Any = Field(default=None, exclude=True, repr=False, description="A Compressor object to use.")
+    server_url: str | None = Field(default=None, description="Base URL of a running cprs server.")
+    timeout: float = Field(default=DEFAULT_TIMEOUT, description="Seconds a remote compression may take.")
+    api_key: str | None = Field(
+        default=None, exclude=True, repr=False, description="The server's API key; None = $CPRS_API_KEY, if set."
+    )
+    model: str | None = Field(default=None, description="Local checkpoint directory or cached hub id.")
+    device: str | None = Field(default=None, description="Device of a local model; None = CUDA when present.")
+    dtype: str | None = Field(default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU.")
+    window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CompressorSettings":
+        local = [name for name in _LOCAL_FIELDS if getattr(self, name) is not None]
+        if self.compressor is not None and (self.server_url or local):
+            given = self.server_url or ", ".join(local)
+            raise ValueError(f"give a compressor object or the settings to build one, not both (got {given})")
+        if self.compressor is not None and not isinstance(self.compressor, Compressor):
+            raise ValueError(f"compressor must implement cprs_core.Compressor, got {type(self.compressor).__name__}")
+        if self.server_url and local:
+            raise ValueError(f"server_url uses the server's model; {', '.join(local)} only configure a local model")
+        return self
+
+    def resolve_compressor(self) -> Compressor:
+        """The configured compressor (see the class docstring for the order)."""
+        if self.compressor is not None:
+            return self.compressor
+        configured_locally = any(getattr(self, name) is not None for name in _LOCAL_FIELDS)
+        server_url = self.server_url or (None if configured_locally else os.environ.get(SERVER_URL_ENV))
+        if server_url:
+            return remote_compressor(server_url, self.timeout, self.api_key or os.environ.get(API_KEY_ENV))
+        return local_compressor(self.model, self.device, self.dtype, self.window_size)
+
+    def request(self, context: str, query: str) -> CompressionRequest:
+        """A request for ``context`` and ``query`` with these options."""
+        return CompressionRequest(
+            context, query, self.instruction, self.granularity, self.target_ratio, self.target_tokens,
+            self.min_span_tokens, self.separator,
+        )
+
+    def compress_batch(self, contexts: Sequence[str], query: str) -> list[CompressionResult | CPRSError]:
+        """Compress ``contexts`` for ``query`` in one batch call; each slot holds a result or its error."""
+        compressor = self.resolve_compressor()
+        with exclusive(compressor):
+            return compressor.compress_batch([self.request(context, query) for context in contexts])
+
+    def compress(self, context: str, query: str) -> CompressionResult:
+        """Compress one context for ``query``; raises its :class:`CPRSError`."""
+        outcome = self.compress_batch([context], query)[0]
+        if isinstance(outcome, CPRSError):
+            raise outcome
+        return outcome
+
+
+class DocumentSettings(CompressorSettings):
+    """:class:`CompressorSettings` plus how a list of documents is compressed and where metadata goes."""
+
+    mode: Mode = Field(
+        default="per_document",
+        description="'per_document': each text compressed on its own (one batch call, budgets per text); "
+        "'joint': all texts as one context (budgets shared, the most relevant parts of all texts win).",
+    )
+    document_separator: str = Field(default="\n\n", description="Joins the texts into one context in joint mode.")
+    metadata_key: str = Field(default="cprs", description="Metadata key of the compression metadata.")
+
+    def compress_texts(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
+        """What was kept of each text for ``query``; ``None`` for a text that is empty or had nothing kept.
+
+        Raises:
+            CPRSError: any error other than an empty text (a bad budget, a context too large, ...).
+        """
+        if not texts:
+            return []
+        if self.mode == "joint":
+            return self._compress_jointly(texts, query)
+        return [_kept(outcome) for outcome in self.compress_batch(texts, query)]
+
+    def compression_metadata(self, kept: KeptText) -> dict[str, Any]:
+        """The compression metadata of one kept text (stored under ``metadata_key``).
+
+        ``original_tokens``, ``compressed_tokens``, ``ratio`` (``None`` when nothing was kept), ``keep_ratio``,
+        ``windows`` and ``granularity`` describe the compressed context: the text itself in per-document mode,
+        all texts together in joint mode. ``spans`` are this text's kept spans (``start``/``end`` character
+        offsets into the original text, ``text``, ``score``, ``tag``); ``score`` is the highest span score.
+        """
+        summary = kept.result.to_dict()
+        return {
+            "mode": self.mode,
+            **{key: summary[key] for key in SUMMARY_KEYS},
+            "score": kept.score,
+            "spans": [span.to_dict() for span in kept.spans],
+        }
+
+    def _compress_jointly(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
+        starts = []
+        position = 0
+        for text in texts:
+            starts.append(position)
+            position += len(text) + len(self.document_separator)
+        outcome = self.compress_batch([self.document_separator.join(texts)], query)[0]
+        if isinstance(outcome, EmptyContextError):
+            return [None] * len(texts)
+        if isinstance(outcome, CPRSError):
+            raise outcome
+        kept: list[KeptText | None] = []
+        for text, start in zip(texts, starts):
+            spans = [clipped for span in outcome.spans if (clipped := _clip(span, text, start)) is not None]
+            kept.append(KeptText(self.separator.join(span.text for span in spans), spans, outcome) if spans else None)
+        return kept
+
+
+def _kept(outcome: CompressionResult | CPRSError) -> KeptText | None:
+    if isinstance(outcome, EmptyContextError):
+        return None
+    if isinstance(outcome, CPRSError):
+        raise outcome
+    return KeptText(outcome.text, list(outcome.spans), outcome) if outcome.spans else None
+
+
+def _clip(span: Span, text: str, offset: int) -> Span | None:
+    """The part of a joint-context ``span`` inside ``text`` (which starts at ``offset``), whitespace trimmed."""
+    start = max(span.start - offset, 0)
+    end = min(span.end - offset, len(text))
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if start >= end:
+        return None
+    return Span(start=start, end=end, text=text[start:end], score=span.score, tag=span.tag)

@@ -1,0 +1,64 @@
+"""LlamaIndex: :class:`CPRSNodePostprocessor`, a node postprocessor that keeps the query-relevant text.
+
+Use it in a query engine::
+
+    query_engine = index.as_query_engine(node_postprocessors=[CPRSNodePostprocessor(instruction="needle")])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import List, Optional
+
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from ._shared import DocumentSettings
+
+
+class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
+    """Compresses retrieved nodes to the parts a CPRS critic tags for the query.
+
+    Each returned node is a copy of its source with the same ``id_``, relationships and metadata, whose text is
+    the kept text. The compression metadata goes into ``metadata[metadata_key]`` (default ``"cprs"``; schema in
+    :meth:`~cprs_integrations._shared.DocumentSettings.compression_metadata`, plus ``retrieval_score``, the
+    node's score before compression); that key is left out of the metadata the LLM and the embedding see.
+    The node's score becomes the highest critic score of its kept spans (0..1: how confidently query-relevant
+    text was found in it); nodes keep their retrieval order. Nodes that are empty or had nothing kept are
+    dropped.
+
+    ``mode``, the compressor source and the compression options are those of
+    :class:`~cprs_integrations.langchain.CPRSDocumentCompressor`
+    (:class:`~cprs_integrations._shared.DocumentSettings`).
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CPRSNodePostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> List[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("CPRSNodePostprocessor compresses for a query: pass query_bundle or query_str")
+        texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
+        processed = []
+        for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str)):
+            if kept is None:
+                continue
+            node = item.node.model_copy(deep=True)
+            node.set_content(kept.text)
+            node.metadata = {
+                **item.node.metadata,
+                self.metadata_key: {**self.compression_metadata(kept), "retrieval_score": item.score},
+            }
+            node.excluded_llm_metadata_keys = [*item.node.excluded_llm_metadata_keys, self.metadata_key]
+            node.excluded_embed_metadata_keys = [*item.node.excluded_embed_metadata_keys, self.metadata_key]
+            processed.append(NodeWithScore(node=node, score=kept.score))
+        return processed
+
+    async def _apostprocess_nodes(
+        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> List[NodeWithScore]:
+        """:meth:`_postprocess_nodes` in a worker thread, so the event loop keeps running while the model works."""
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)

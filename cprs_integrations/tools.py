@@ -1,0 +1,143 @@
+"""Agent tool-output pruning: compress a tool's long output against the agent's question before it enters the context.
+
+:func:`prune_tool_output` is a plain function for any agent framework; :func:`pruned_tool` wraps a LangChain
+tool (LangChain is imported only when it is called).
+"""
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from cprs_core import CompressionResult, Compressor
+
+from ._shared import CompressorSettings
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+DEFAULT_MIN_TOKENS = 1024
+"""Outputs of at most this many tokens (in the critic's tokenizer) enter the context unchanged."""
+
+NOTHING_KEPT = "[cprs: nothing in this tool output ({tokens} tokens) was relevant to the question]"
+"""Returned instead of an empty string when no part of a long output was kept."""
+
+ToolInput = str | Mapping[str, Any]
+"""A tool's input: its arguments, or the one string a single-input ``Tool`` takes."""
+
+Question = str | Callable[[ToolInput], str]
+"""The question to prune against: a fixed string, or a function of the tool's input that returns it."""
+
+
+def prune(
+    output: str, question: str, settings: CompressorSettings, min_tokens: int = DEFAULT_MIN_TOKENS
+) -> tuple[str, CompressionResult | None]:
+    """The text to put in the agent's context for ``output``, and the compression (``None`` when not pruned).
+
+    Outputs of at most ``min_tokens`` tokens come back unchanged; a long output from which nothing was kept
+    becomes the :data:`NOTHING_KEPT` note, so the agent knows the tool did answer.
+    """
+    if not output.strip():
+        return output, None
+    compressor = settings.resolve_compressor()
+    count_tokens = getattr(compressor, "count_tokens", None)
+    if count_tokens is not None and count_tokens(output) <= min_tokens:
+        return output, None
+    result = settings.compress(output, question)
+    if result.original_tokens <= min_tokens:
+        return output, None
+    return (result.text if result.spans else NOTHING_KEPT.format(tokens=result.original_tokens)), result
+
+
+def prune_tool_output(
+    output: str,
+    question: str,
+    compressor: Compressor | None = None,
+    *,
+    min_tokens: int = DEFAULT_MIN_TOKENS,
+    **options: Any,
+) -> str:
+    """Keep the parts of a tool's ``output`` relevant to the agent's ``question``; short outputs pass unchanged.
+
+    Args:
+        output: what the tool returned.
+        question: the agent's current question (the user's request or the step being worked on).
+        compressor: any :class:`cprs_core.Compressor`; ``None`` = configured by ``options`` (``server_url``,
+            ``model``, ...) or the embedded cprs-mini.
+        min_tokens: outputs of at most this many tokens are returned as they are.
+        options: :class:`~cprs_integrations._shared.CompressorSettings` fields (``instruction``,
+            ``granularity`` (default ``"sentence"``), ``target_ratio``, ``target_tokens``, ``server_url``, ...).
+
+    Returns:
+        The kept text, the output itself when short, or the :data:`NOTHING_KEPT` note.
+    """
+    return prune(output, question, CompressorSettings(compressor=compressor, **options), min_tokens)[0]
+
+
+def pruned_tool(
+    tool: "BaseTool",
+    question: Question,
+    compressor: Compressor | None = None,
+    *,
+    min_tokens: int = DEFAULT_MIN_TOKENS,
+    **options: Any,
+) -> "BaseTool":
+    """A LangChain tool that runs ``tool`` and prunes its string output against the question (sync and async).
+
+    The wrapper has ``tool``'s name, description, argument schema and ``return_direct``, so an agent sees the
+    same tool (a ``StructuredTool``, or a ``Tool`` when ``tool`` is a single-string-input ``Tool``). It answers
+    in ``content_and_artifact`` format: the content is the pruned output (see :func:`prune_tool_output`), the
+    artifact ``{"cprs": summary}`` with the compression's ``original_tokens``, ``compressed_tokens``,
+    ``ratio``, ``keep_ratio``, ``windows``, ``granularity`` and ``spans`` (``None`` when the output was not
+    pruned). When invoked with a tool call the agent gets a ``ToolMessage`` carrying both;
+    the artifact is not sent to the model. Outputs that are not strings pass through unchanged; an inner
+    tool's own artifact is not carried over.
+
+    Args:
+        tool: the tool to wrap.
+        question: the agent's question, or a function of the tool's input that returns it: the input is the
+            arguments dict (as in a tool call), or the string the tool was invoked with. E.g.
+            ``lambda args: state["question"]`` reads the agent's current question, ``lambda args: args["query"]``
+            uses the tool's own query argument.
+        compressor, min_tokens, options: as for :func:`prune_tool_output`.
+    """
+    from langchain_core.runnables import RunnableConfig
+    from langchain_core.tools import StructuredTool, Tool
+
+    # This module has no ``from __future__ import annotations``: StructuredTool finds the ``config`` parameter
+    # of ``run``/``arun`` by its evaluated annotation, RunnableConfig, imported here so LangChain stays optional.
+
+    settings = CompressorSettings(compressor=compressor, **options)
+
+    def pruned(output: Any, tool_input: ToolInput) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(output, str):
+            return output, {"cprs": None}
+        text, result = prune(output, question(tool_input) if callable(question) else question, settings, min_tokens)
+        return text, {"cprs": None if result is None else _summary(result)}
+
+    def run(*args: str, config: RunnableConfig, **arguments: Any) -> tuple[Any, dict[str, Any]]:
+        tool_input = args[0] if args else arguments
+        return pruned(tool.invoke(tool_input, config), tool_input)
+
+    async def arun(*args: str, config: RunnableConfig, **arguments: Any) -> tuple[Any, dict[str, Any]]:
+        tool_input = args[0] if args else arguments
+        output = await tool.ainvoke(tool_input, config)
+        return await asyncio.to_thread(pruned, output, tool_input)
+
+    fields = {
+        "name": tool.name,
+        "description": tool.description,
+        "func": run,
+        "coroutine": arun,
+        "return_direct": tool.return_direct,
+        "response_format": "content_and_artifact",
+        "tags": tool.tags,
+        "metadata": tool.metadata,
+    }
+    if tool.args_schema is None:
+        return Tool(**fields)
+    return StructuredTool(args_schema=tool.args_schema, **fields)
+
+
+def _summary(result: CompressionResult) -> dict[str, Any]:
+    summary = result.to_dict()
+    del summary["text"], summary["metadata"]
+    return summary

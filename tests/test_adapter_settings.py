@@ -1,0 +1,49 @@
+"""How adapters find their compressor: an object, a server URL (argument or environment), or a shared local model."""
+
+from __future__ import annotations
+
+import pytest
+
+from cprs_core import CPRSCompressor
+from cprs_core.remote import RemoteCompressor
+from cprs_integrations._shared import API_KEY_ENV, SERVER_URL_ENV, CompressorSettings, exclusive
+from cprs_integrations.langchain import CPRSDocumentCompressor
+from cprs_integrations.llamaindex import CPRSNodePostprocessor
+
+
+@pytest.fixture(autouse=True)
+def no_server_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SERVER_URL_ENV, raising=False)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+
+
+def test_adapters_share_one_loaded_default_model() -> None:
+    compressor = CPRSDocumentCompressor().resolve_compressor()
+    assert isinstance(compressor, CPRSCompressor) and compressor.critic.name == "cprs-mini"
+    assert CPRSNodePostprocessor(instruction="needle").resolve_compressor() is compressor
+    assert CompressorSettings(model="cprs-mini").resolve_compressor() is compressor
+    assert CompressorSettings(window_size=256).resolve_compressor() is not compressor
+
+
+def test_server_url_selects_a_shared_remote_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = CPRSDocumentCompressor(server_url="http://gpu-box:8091/", timeout=5, api_key="secret").resolve_compressor()
+    assert isinstance(remote, RemoteCompressor)
+    assert (remote.base_url, remote.timeout, remote.api_key) == ("http://gpu-box:8091", 5, "secret")
+    same = CPRSNodePostprocessor(server_url="http://gpu-box:8091", timeout=5, api_key="secret")
+    assert same.resolve_compressor() is remote
+    assert "secret" not in repr(CPRSDocumentCompressor(server_url="http://gpu-box:8091", api_key="secret"))
+
+    monkeypatch.setenv(SERVER_URL_ENV, "http://from-env:8091")
+    monkeypatch.setenv(API_KEY_ENV, "env-key")
+    from_env = CompressorSettings().resolve_compressor()
+    assert isinstance(from_env, RemoteCompressor)
+    assert (from_env.base_url, from_env.api_key) == ("http://from-env:8091", "env-key")
+    assert isinstance(CompressorSettings(device="cpu").resolve_compressor(), CPRSCompressor)
+
+
+def test_local_models_are_called_one_at_a_time_remote_ones_concurrently() -> None:
+    local = CompressorSettings().resolve_compressor()
+    assert exclusive(local) is exclusive(local)
+    remote = CompressorSettings(server_url="http://gpu-box:8091").resolve_compressor()
+    with exclusive(remote), exclusive(remote):
+        pass

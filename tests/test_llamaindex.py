@@ -1,0 +1,145 @@
+"""CPRSNodePostprocessor with real LlamaIndex objects: nodes, a VectorStoreIndex query engine, async, remote mode.
+
+The critic is the digit tagger (``digit_compressor``): it keeps exactly the digit tokens.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
+
+from cprs_core import CPRSCompressor
+from cprs_integrations.llamaindex import CPRSNodePostprocessor
+
+from .event_loop import ticks_while
+from .live_server import serve
+
+QUERY = "What is the code?"
+FILLER = "Nothing here is a number at all. " * 30
+
+
+def _nodes() -> list[NodeWithScore]:
+    source = RelatedNodeInfo(node_id="source-doc")
+    return [
+        NodeWithScore(
+            node=TextNode(
+                id_="node-a",
+                text=f"{FILLER}The code is 4471. {FILLER}",
+                metadata={"file": "a.txt"},
+                excluded_llm_metadata_keys=["file"],
+                relationships={NodeRelationship.SOURCE: source},
+            ),
+            score=0.9,
+        ),
+        NodeWithScore(node=TextNode(id_="node-empty", text="  \n "), score=0.8),
+        NodeWithScore(node=TextNode(id_="node-filler", text=FILLER), score=0.7),
+        NodeWithScore(
+            node=TextNode(id_="node-b", text=f"Room 12 is open. {FILLER}", metadata={"file": "b.txt"}), score=0.2
+        ),
+    ]
+
+
+@pytest.fixture
+def postprocessor(digit_compressor: CPRSCompressor) -> CPRSNodePostprocessor:
+    return CPRSNodePostprocessor(compressor=digit_compressor, instruction="needle")
+
+
+def test_is_a_llamaindex_postprocessor_that_serializes_its_options(postprocessor: CPRSNodePostprocessor) -> None:
+    assert isinstance(postprocessor, BaseNodePostprocessor)
+    assert CPRSNodePostprocessor.class_name() == "CPRSNodePostprocessor"
+    data = postprocessor.to_dict()
+    assert data["class_name"] == "CPRSNodePostprocessor" and data["instruction"] == "needle"
+    assert "compressor" not in data
+    restored = CPRSNodePostprocessor.from_dict(data)
+    assert restored.instruction == "needle" and restored.granularity == postprocessor.granularity
+
+
+def test_nodes_keep_id_relationships_metadata_and_get_critic_scores(postprocessor: CPRSNodePostprocessor) -> None:
+    nodes = _nodes()
+    processed = postprocessor.postprocess_nodes(nodes, query_str=QUERY)
+
+    assert [item.node.node_id for item in processed] == ["node-a", "node-b"]
+    first, second = processed
+    assert first.node.get_content() == "The code is 4471."
+    assert second.node.get_content() == "Room 12 is open."
+    assert first.node.relationships == nodes[0].node.relationships
+    assert first.node.metadata["file"] == "a.txt"
+    cprs = first.node.metadata["cprs"]
+    assert cprs["retrieval_score"] == 0.9 and cprs["mode"] == "per_document"
+    assert first.score == cprs["score"] == max(span["score"] for span in cprs["spans"])
+    assert 0.5 < first.score <= 1.0
+    assert nodes[0].node.text[cprs["spans"][0]["start"] : cprs["spans"][0]["end"]] == "The code is 4471."
+    assert first.node.excluded_llm_metadata_keys == ["file", "cprs"]
+    assert "cprs" in first.node.excluded_embed_metadata_keys
+    assert first.node.get_content(metadata_mode=MetadataMode.LLM) == "The code is 4471."
+    assert second.node.get_content(metadata_mode=MetadataMode.LLM) == "file: b.txt\n\nRoom 12 is open."
+    assert nodes[0].node.text.startswith(FILLER) and "cprs" not in nodes[0].node.metadata
+
+
+def test_joint_mode_and_missing_query(digit_compressor: CPRSCompressor) -> None:
+    joint = CPRSNodePostprocessor(compressor=digit_compressor, instruction="needle", mode="joint", granularity="token")
+    processed = joint.postprocess_nodes(_nodes(), QueryBundle(QUERY))
+    kept = [(item.node.node_id, item.node.get_content()) for item in processed]
+    assert kept == [("node-a", "4471"), ("node-b", "12")]
+    assert processed[0].node.metadata["cprs"]["mode"] == "joint"
+    with pytest.raises(ValueError, match="query"):
+        joint.postprocess_nodes(_nodes())
+
+
+def _index() -> VectorStoreIndex:
+    documents = [
+        Document(text=f"{FILLER}The code is 4471. {FILLER}", metadata={"file": "a.txt"}),
+        Document(text=FILLER, metadata={"file": "filler.txt"}),
+        Document(text=f"Room 12 is open. {FILLER}", metadata={"file": "b.txt"}),
+    ]
+    return VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+
+
+async def test_query_engine_sync_and_async(postprocessor: CPRSNodePostprocessor) -> None:
+    index = _index()
+    engine = RetrieverQueryEngine.from_args(
+        index.as_retriever(similarity_top_k=3), llm=MockLLM(), node_postprocessors=[postprocessor]
+    )
+    for response in (engine.query(QUERY), await engine.aquery(QUERY)):
+        kept = sorted(item.node.get_content() for item in response.source_nodes)
+        assert kept == ["Room 12 is open.", "The code is 4471."]
+        assert all(item.node.ref_doc_id in index.ref_doc_info for item in response.source_nodes)
+        prompt = str(response)  # MockLLM answers with its prompt
+        assert "The code is 4471." in prompt and "Room 12 is open." in prompt
+        assert "Nothing here is a number" not in prompt and "retrieval_score" not in prompt
+
+    as_query_engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=3, node_postprocessors=[postprocessor])
+    assert len(as_query_engine.query(QUERY).source_nodes) == 2
+
+
+async def test_async_postprocessing_does_not_block_the_event_loop(postprocessor: CPRSNodePostprocessor) -> None:
+    texts = [f"{FILLER * 8} Code {index}7. {FILLER * 8}" for index in range(4)]
+    nodes = [NodeWithScore(node=TextNode(text=text), score=1.0) for text in texts]
+    processed, during = await ticks_while(postprocessor.apostprocess_nodes(nodes, query_str=QUERY))
+    assert len(processed) == 4
+    assert during >= 5, f"the ticker advanced {during} times while compressing: the loop was blocked"
+
+
+def test_remote_mode_calls_a_running_cprs_server(
+    digit_compressor: CPRSCompressor, postprocessor: CPRSNodePostprocessor
+) -> None:
+    local = postprocessor.postprocess_nodes(_nodes(), query_str=QUERY)
+    with serve(digit_compressor) as url:
+        remote_postprocessor = CPRSNodePostprocessor(server_url=url, instruction="needle")
+        remote = remote_postprocessor.postprocess_nodes(_nodes(), query_str=QUERY)
+    assert [(item.node.node_id, item.node.text, item.score, item.node.metadata) for item in remote] == [
+        (item.node.node_id, item.node.text, item.score, item.node.metadata) for item in local
+    ]

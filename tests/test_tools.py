@@ -1,0 +1,133 @@
+"""Agent tool-output pruning: the plain function and the LangChain tool wrapper (sync, async, tool calls, remote)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool, StructuredTool, Tool, tool
+
+from cprs_core import CPRSCompressor
+from cprs_integrations.tools import NOTHING_KEPT, prune_tool_output, pruned_tool
+
+from .event_loop import ticks_while
+from .live_server import serve
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What is the code?"
+FILLER = "Nothing here is a number at all. " * 30
+LONG_OUTPUT = f"{FILLER}The code is 4471. {FILLER}"
+
+
+@tool
+def read_log(path: str, lines: int = 100) -> str:
+    """Read the last lines of a log file."""
+    return LONG_OUTPUT if path == "long.log" else f"{path}: 3 lines"
+
+
+@tool
+def stats(path: str) -> dict[str, Any]:
+    """File statistics."""
+    return {"path": path, "size": 12}
+
+
+def test_long_output_is_pruned_short_output_and_empty_pass_unchanged(digit_compressor: CPRSCompressor) -> None:
+    options = {"compressor": digit_compressor, "instruction": "needle", "min_tokens": 50}
+    assert prune_tool_output(LONG_OUTPUT, QUESTION, **options) == "The code is 4471."
+    assert prune_tool_output("Status 200 in 12 ms.", QUESTION, **options) == "Status 200 in 12 ms."
+    assert prune_tool_output("  ", QUESTION, **options) == "  "
+    unchanged = prune_tool_output(LONG_OUTPUT, QUESTION, digit_compressor, instruction="needle", min_tokens=10_000)
+    assert unchanged == LONG_OUTPUT
+
+
+def test_nothing_kept_becomes_a_note(digit_compressor: CPRSCompressor) -> None:
+    pruned = prune_tool_output(FILLER, QUESTION, digit_compressor, instruction="needle", min_tokens=50)
+    tokens = digit_compressor.count_tokens(FILLER)
+    assert pruned == NOTHING_KEPT.format(tokens=tokens)
+
+
+def test_pruned_tool_has_the_same_interface(digit_compressor: CPRSCompressor) -> None:
+    wrapped = pruned_tool(read_log, QUESTION, digit_compressor, instruction="needle", min_tokens=50)
+    assert isinstance(wrapped, BaseTool)
+    assert (wrapped.name, wrapped.description) == (read_log.name, read_log.description)
+    assert wrapped.args == read_log.args
+    assert wrapped.tool_call_schema.model_json_schema() == read_log.tool_call_schema.model_json_schema()
+
+
+def test_pruned_tool_prunes_against_the_question_from_its_getter(digit_compressor: CPRSCompressor) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def question(arguments: dict[str, Any]) -> str:
+        seen.append(dict(arguments))
+        return QUESTION
+
+    wrapped = pruned_tool(read_log, question, digit_compressor, instruction="needle", min_tokens=50)
+    assert wrapped.invoke({"path": "long.log"}) == "The code is 4471."
+    assert wrapped.invoke({"path": "short.log", "lines": 5}) == "short.log: 3 lines"
+    assert seen[0]["path"] == "long.log" and seen[1] == {"path": "short.log", "lines": 5}
+
+    message = wrapped.invoke({"type": "tool_call", "name": "read_log", "args": {"path": "long.log"}, "id": "call-1"})
+    assert isinstance(message, ToolMessage)
+    assert (message.content, message.tool_call_id, message.name) == ("The code is 4471.", "call-1", "read_log")
+    cprs = message.artifact["cprs"]
+    assert cprs["original_tokens"] > 10 * cprs["compressed_tokens"] > 0
+    assert LONG_OUTPUT[cprs["spans"][0]["start"] : cprs["spans"][0]["end"]] == "The code is 4471."
+    short = wrapped.invoke({"type": "tool_call", "name": "read_log", "args": {"path": "a.log"}, "id": "call-2"})
+    assert short.artifact == {"cprs": None} and short.content == "a.log: 3 lines"
+
+
+async def test_pruned_tool_async_uses_the_inner_coroutine_and_does_not_block(digit_compressor: CPRSCompressor) -> None:
+    calls: list[str] = []
+
+    async def fetch(url: str) -> str:
+        calls.append(url)
+        await asyncio.sleep(0)
+        return f"{FILLER * 8} Code 4471. {FILLER * 8}"
+
+    inner = StructuredTool.from_function(coroutine=fetch, name="fetch", description="Fetch a page.")
+    wrapped = pruned_tool(inner, QUESTION, digit_compressor, instruction="needle", min_tokens=50)
+    pruned, during = await ticks_while(wrapped.ainvoke({"url": "https://example.org"}))
+    assert pruned == "Code 4471."
+    assert calls == ["https://example.org"]
+    assert during >= 3, f"the ticker advanced {during} times while pruning: the loop was blocked"
+
+
+def test_a_single_input_tool_stays_a_single_input_tool(digit_compressor: CPRSCompressor) -> None:
+    search = Tool(name="search", description="Search the web.", func=lambda query: f"{query}: {LONG_OUTPUT}")
+    wrapped = pruned_tool(search, lambda query: f"{query}?", digit_compressor, instruction="needle", min_tokens=50)
+    assert isinstance(wrapped, Tool) and wrapped.args == search.args
+    assert wrapped.invoke("the code") == "The code is 4471."
+    message = wrapped.invoke({"type": "tool_call", "name": "search", "args": {"tool_input": "code"}, "id": "c"})
+    assert message.content == "The code is 4471." and message.artifact["cprs"]["compressed_tokens"] > 0
+
+
+def test_non_string_output_passes_through(digit_compressor: CPRSCompressor) -> None:
+    wrapped = pruned_tool(stats, QUESTION, digit_compressor, min_tokens=1)
+    assert wrapped.invoke({"path": "x"}) == {"path": "x", "size": 12}
+
+
+def test_remote_mode_prunes_on_a_running_cprs_server(digit_compressor: CPRSCompressor) -> None:
+    with serve(digit_compressor) as url:
+        assert prune_tool_output(LONG_OUTPUT, QUESTION, server_url=url, instruction="needle", min_tokens=50) == (
+            "The code is 4471."
+        )
+        # a remote compressor cannot count tokens locally: short outputs are recognised from the server's count
+        assert prune_tool_output("Status 200.", QUESTION, server_url=url, instruction="needle", min_tokens=50) == (
+            "Status 200."
+        )
+        wrapped = pruned_tool(read_log, QUESTION, server_url=url, instruction="needle", min_tokens=50)
+        assert wrapped.invoke({"path": "long.log"}) == "The code is 4471."
+
+
+def test_importing_the_package_and_tools_needs_no_framework() -> None:
+    code = (
+        "import sys, cprs_integrations, cprs_integrations.tools; "
+        "assert not [m for m in sys.modules if m.startswith(('langchain', 'llama_index'))], 'framework imported'; "
+        "assert 'CPRSDocumentCompressor' in cprs_integrations.__all__"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
