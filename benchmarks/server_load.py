@@ -115,20 +115,20 @@ def timed(client: RemoteCompressor, job: Job) -> tuple[CompressionResult, float]
 
 
 def measure(client: RemoteCompressor, jobs: list[Job], clients: int) -> Run:
-    """Send ``jobs`` from ``clients`` threads (each sends its share one after another)."""
+    """Send ``jobs`` from ``clients`` threads; client i sends jobs i, i + clients, ... one after another."""
     batches_before = client.health()["batches"]
 
-    def client_loop(share: list[Job]) -> list[tuple[CompressionResult, float]]:
-        return [timed(client, job) for job in share]
+    outcomes: list[tuple[CompressionResult, float]] = [None] * len(jobs)  # type: ignore[list-item]
 
-    shares = [jobs[i::clients] for i in range(clients)]
+    def client_loop(first: int) -> None:
+        for index in range(first, len(jobs), clients):
+            outcomes[index] = timed(client, jobs[index])
+
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        answered = list(pool.map(client_loop, shares))
+        list(pool.map(client_loop, range(clients)))
     wall = time.perf_counter() - start
-    by_job = {id(job): outcome for share, outcomes in zip(shares, answered) for job, outcome in zip(share, outcomes)}
-    ordered = [by_job[id(job)] for job in jobs]
-    return Run(wall, [latency for _, latency in ordered], [result for result, _ in ordered],
+    return Run(wall, [latency for _, latency in outcomes], [result for result, _ in outcomes],
                client.health()["batches"] - batches_before)
 
 

@@ -27,11 +27,11 @@ from cprs_core import (
     Span,
 )
 from cprs_core.engine import Granularity
+from cprs_core.remote import API_KEY_ENV
 
 SERVER_URL_ENV = "CPRS_SERVER_URL"
 """When no compressor, ``server_url`` or local model setting is configured, a server URL in this variable is used."""
 
-API_KEY_ENV = "CPRS_API_KEY"
 """The server's API key when ``api_key`` is not given."""
 
 DEFAULT_TIMEOUT = 120.0

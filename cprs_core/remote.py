@@ -1,0 +1,185 @@
+"""A :class:`~cprs_core.Compressor` that calls a running cprs server (``cprs serve``) over HTTP.
+
+Only the standard library is used, so ``cprs_core`` stays free of web frameworks. The server's richer endpoints
+carry :class:`CompressionRequest` fields as JSON and answer with :meth:`CompressionResult.to_dict`; errors come
+back as ``{"error": {"type": ..., "message": ...}}`` and are raised here as the same :class:`CPRSError`
+subclass the server raised (``EmptyContextError``, ``BudgetError``, ...), or as :class:`RemoteError` for
+everything that is not a compression error (server unreachable, busy, timed out, request too large).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from typing import Any, Sequence
+
+from . import errors
+from .engine import CompressionRequest, Granularity, decode_text
+from .errors import CPRSError
+from .result import CompressionResult, Span
+
+API_KEY_ENV = "CPRS_API_KEY"
+"""Environment variable holding a cprs server's API key (read by the CLI and the framework adapters)."""
+COMPRESS_PATH = "/v1/compress"
+BATCH_PATH = "/v1/compress_batch"
+HEALTH_PATH = "/health"
+
+ERROR_TYPES: dict[str, type[CPRSError]] = {
+    name: value
+    for name, value in vars(errors).items()
+    if isinstance(value, type) and issubclass(value, CPRSError)
+}
+"""Error type names the server may send, mapped to the classes raised by the client."""
+
+
+class RemoteError(CPRSError):
+    """The cprs server could not be reached, or refused a request for a reason other than a compression error.
+
+    Attributes:
+        kind: the server's error type (``"ServerBusy"``, ``"Timeout"``, ``"RequestTooLarge"``, ...), or
+            ``"ConnectionError"`` / ``"ClientTimeout"`` when no answer came.
+        status: the HTTP status, ``None`` when no answer came.
+    """
+
+    def __init__(self, message: str, kind: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+class RemoteCompressor:
+    """Compress on a cprs server; a drop-in :class:`~cprs_core.Compressor` for :class:`~cprs_core.CPRSCompressor`.
+
+    Safe to call from many threads at once: every call is its own HTTP request, and the server batches
+    concurrent requests together on its GPU.
+
+    Args:
+        base_url: the server's address, e.g. ``"http://gpu-box:8091"``.
+        timeout: seconds to wait for one call's answer (the server has its own per-request timeout too).
+        api_key: sent as ``Authorization: Bearer <api_key>`` when the server was started with ``--api-key``.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 120.0, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.api_key = api_key
+
+    def compress(
+        self,
+        context: str | bytes,
+        query: str = "",
+        instruction: str | None = None,
+        *,
+        granularity: Granularity = "token",
+        target_ratio: float | None = None,
+        target_tokens: int | None = None,
+        min_span_tokens: int = 1,
+        separator: str = "\n",
+    ) -> CompressionResult:
+        """Compress one context on the server; same arguments, result and errors as ``CPRSCompressor.compress``.
+
+        Raises:
+            CPRSError: the subclass the server raised for this input.
+            RemoteError: the server is unreachable, busy (503), timed out (504) or refused the request.
+        """
+        request = CompressionRequest(
+            context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator
+        )
+        return _result_from_dict(self._post(COMPRESS_PATH, _request_to_dict(request)), separator)
+
+    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
+        """Compress several requests in one HTTP call; each slot holds its result or its own error.
+
+        Raises:
+            TextDecodingError: a ``bytes`` context is not UTF-8 (checked before anything is sent).
+            RemoteError: the whole call failed (unreachable, busy, timed out, too large).
+        """
+        if not requests:
+            return []
+        answer = self._post(BATCH_PATH, {"requests": [_request_to_dict(request) for request in requests]})
+        slots = answer.get("results")
+        if not isinstance(slots, list) or len(slots) != len(requests):
+            raise RemoteError(f"the server at {self.base_url} sent a malformed batch answer", "BadResponse", 200)
+        return [
+            _error_from_dict(slot["error"], 200) if slot.get("error") else _result_from_dict(slot["result"], request.separator)
+            for slot, request in zip(slots, requests)
+        ]
+
+    def health(self) -> dict[str, Any]:
+        """The server's ``/health`` report (model, queue depth, batch-size statistics, settings)."""
+        return self._call(urllib.request.Request(self.base_url + HEALTH_PATH, method="GET"))
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return self._call(urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST"))
+
+    def _call(self, request: urllib.request.Request) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            raise _error_from_response(error) from None
+        except (TimeoutError, socket.timeout) as error:
+            raise RemoteError(
+                f"no answer from the cprs server at {self.base_url} within {self.timeout} s; raise timeout= "
+                "for very long contexts", "ClientTimeout"
+            ) from error
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, (TimeoutError, socket.timeout)):
+                raise RemoteError(
+                    f"no answer from the cprs server at {self.base_url} within {self.timeout} s", "ClientTimeout"
+                ) from error
+            raise RemoteError(
+                f"cannot reach the cprs server at {self.base_url}: {error.reason}; is `cprs serve` running there?",
+                "ConnectionError",
+            ) from error
+        except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RemoteError(f"bad answer from the cprs server at {self.base_url}: {error}", "BadResponse") from error
+
+
+def _request_to_dict(request: CompressionRequest) -> dict[str, Any]:
+    """The JSON body of one request (a ``bytes`` context is decoded here, so offsets match a local run)."""
+    fields = asdict(request)
+    fields["context"] = decode_text(request.context)
+    return fields
+
+
+def _result_from_dict(data: dict[str, Any], separator: str) -> CompressionResult:
+    """Rebuild a result from :meth:`CompressionResult.to_dict` (which leaves out the request's separator)."""
+    try:
+        return CompressionResult(
+            text=data["text"],
+            spans=[Span(**span) for span in data["spans"]],
+            original_tokens=data["original_tokens"],
+            compressed_tokens=data["compressed_tokens"],
+            windows=data["windows"],
+            granularity=data["granularity"],
+            separator=separator,
+            metadata=data["metadata"],
+        )
+    except (KeyError, TypeError) as error:
+        raise RemoteError(f"the server sent a malformed result ({error!r})", "BadResponse", 200) from error
+
+
+def _error_from_dict(error: Any, status: int) -> CPRSError:
+    """The exception for an ``{"type": ..., "message": ...}`` error sent by the server."""
+    if not isinstance(error, dict):
+        return RemoteError(f"the server answered HTTP {status} without an error description", "BadResponse", status)
+    kind, message = str(error.get("type", "")), str(error.get("message", ""))
+    if kind in ERROR_TYPES:
+        return ERROR_TYPES[kind](message)
+    return RemoteError(f"{kind} (HTTP {status}): {message}", kind, status)
+
+
+def _error_from_response(error: urllib.error.HTTPError) -> CPRSError:
+    try:
+        body = json.loads(error.read().decode("utf-8"))
+    except (ValueError, OSError):
+        body = None
+    return _error_from_dict(body.get("error") if isinstance(body, dict) else None, error.code)

@@ -1,0 +1,214 @@
+"""The ``cprs`` command line.
+
+``cprs compress``: compress a file (or stdin) for a query, locally or on a cprs server.
+``cprs serve``: serve a model over HTTP (upstream-compatible API plus ``/v1``), batching all clients together.
+``cprs batch``: compress a corpus with Ray (needs ``pip install 'cprs[ray]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionResult, Compressor, CPRSCompressor, CPRSError
+from cprs_core.engine import ProgressCallback
+from cprs_core.remote import API_KEY_ENV
+from cprs_integrations.cli_options import add_output_options
+
+PROGRESS_DELAY_S = 0.5
+"""On a terminal, the progress bar appears only once a compression has taken this long."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cprs`` parser (``batch`` takes its options from :mod:`cprs_integrations.ray_batch` when run)."""
+    parser = argparse.ArgumentParser(prog="cprs", description="QwenLong-CPRS query-aware context compression.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compress = commands.add_parser(
+        "compress", help="compress a text file or stdin for a query",
+        description="Keep the parts of FILE (or stdin) that the critic tags for the query; print them.",
+    )
+    compress.add_argument("file", nargs="?", default="-", help="UTF-8 text file; '-' or nothing reads stdin")
+    compress.add_argument("-q", "--query", required=True, help="the question the kept text must answer")
+    compress.add_argument(
+        "-i", "--instruction",
+        help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}) or free text; default 'fact'",
+    )
+    add_output_options(compress)
+    compress.add_argument("--format", choices=("text", "json"), default="text",
+                          help="text: the kept text; json: text, spans with offsets, token counts")
+    compress.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                          help="progress bar on stderr (default: on a terminal, for long inputs)")
+    source = compress.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"local checkpoint directory or cached hub id (default: {DEFAULT_MODEL})")
+    source.add_argument("--server", metavar="URL", help="compress on a running `cprs serve` at URL instead")
+    _add_local_model_options(compress)
+    compress.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for --server (default 600)")
+    compress.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"--server's key (env {API_KEY_ENV})")
+    compress.set_defaults(handler=_compress)
+
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP",
+        description="Serve upstream's /qwen_long_compress_server plus /v1/compress, /v1/compress_batch and /health; "
+        "requests of all clients are batched together on the model.",
+    )
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory or cached hub id (default: {DEFAULT_MODEL})")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8091, help="port (default 8091, as upstream)")
+    _add_local_model_options(serve)
+    serve.add_argument("--max-batch-requests", type=int, default=16, help="requests per model batch (default 16)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="wait for a batch to fill (default 10)")
+    serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
+    serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 after this long (default 300)")
+    serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key (env {API_KEY_ENV})")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(handler=_serve)
+
+    commands.add_parser(
+        "batch", add_help=False, help="compress a corpus with Ray (pip install 'cprs[ray]'; see `cprs batch --help`)",
+    )
+    commands.add_parser(
+        "serve-ray", add_help=False,
+        help="serve the same API from N Ray Serve replicas (pip install 'cprs[ray]'; see `cprs serve-ray --help`)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cprs`` with ``argv`` (default: the process arguments); returns the exit status."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command in RAY_COMMANDS:
+        return _ray_command(args.command, extras)
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.command == "compress":
+        _check_compress_options(parser, args)
+    try:
+        return args.handler(args)
+    except CPRSError as error:
+        print(f"cprs {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_local_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
+
+
+def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.server is None:
+        return
+    local = [f"--{name.replace('_', '-')}" for name in ("device", "dtype", "window_size") if getattr(args, name)]
+    if local:
+        parser.error(f"{', '.join(local)} configure a local model; --server uses the server's model")
+    if args.progress:
+        parser.error("--progress needs a local model; a server does not report progress")
+
+
+def _compress(args: argparse.Namespace) -> int:
+    try:
+        context = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as error:
+        print(f"cprs compress: error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    compressor: Compressor
+    if args.server:
+        from cprs_core.remote import RemoteCompressor
+
+        compressor = RemoteCompressor(args.server, timeout=args.timeout, api_key=args.api_key)
+    else:
+        compressor = CPRSCompressor.from_pretrained(
+            args.model, device=args.device, dtype=args.dtype, window_size=args.window_size
+        )
+    options: dict[str, Any] = dict(
+        granularity=args.granularity, target_ratio=args.target_ratio, target_tokens=args.target_tokens,
+        min_span_tokens=args.min_span_tokens, separator=args.separator,
+    )
+    show = args.progress if args.progress is not None else (not args.server and sys.stderr.isatty())
+    try:
+        with _progress_bar(show, delay=0.0 if args.progress else PROGRESS_DELAY_S) as progress:
+            if progress is not None:
+                options["progress"] = progress  # only a local CPRSCompressor reports progress
+            result = compressor.compress(context, args.query, args.instruction, **options)
+    except CPRSError as error:
+        print(f"cprs compress: error: {'stdin' if args.file == '-' else args.file}: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(_render(result, args.format))
+    return 0
+
+
+def _render(result: CompressionResult, output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n"
+    return result.text + "\n"
+
+
+@contextmanager
+def _progress_bar(enabled: bool, delay: float) -> Iterator[ProgressCallback | None]:
+    """A tqdm bar on stderr fed by the engine's ``progress(windows scored, windows total)``, or ``None``."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc="compressing", unit="window", file=sys.stderr, delay=delay) as bar:
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from cprs_integrations.server import ServerSettings, create_app, serve
+    except ImportError as error:
+        print(f"cprs serve needs the server extra: pip install 'cprs[server]' ({error})", file=sys.stderr)
+        return 1
+    try:
+        settings = ServerSettings(
+            max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout_s,
+            model_name=str(args.model), api_key=args.api_key,
+        )
+    except ValueError as error:
+        print(f"cprs serve: error: {error}", file=sys.stderr)
+        return 2
+    compressor = CPRSCompressor.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, window_size=args.window_size
+    )
+    print(f"cprs serve: model {args.model} loaded; serving on http://{args.host}:{args.port}", file=sys.stderr)
+    serve(create_app(compressor, settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+RAY_COMMANDS = {"batch": ("ray_batch", "Compress a corpus with Ray."),
+                "serve-ray": ("ray_serve", "Serve the cprs HTTP API from Ray Serve replicas.")}
+
+
+def _ray_command(command: str, argv: list[str]) -> int:
+    """Hand ``cprs COMMAND ARGS`` to its Ray module (imported only now: Ray is optional)."""
+    module_name, description = RAY_COMMANDS[command]
+    try:
+        module = importlib.import_module(f"cprs_integrations.{module_name}")
+    except ImportError as error:
+        print(f"cprs {command} needs Ray: pip install 'cprs[ray]' ({error})", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog=f"cprs {command}", description=description)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Reading a request body: size limit, UTF-8, JSON and schema, each failure with its own clear 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from .errors import ApiError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The body parsed as JSON, refusing more than ``max_bytes`` (413), non-UTF-8 (400) and bad JSON (400).
+
+    No content type is required: upstream's clients post JSON without one.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(
+            400, "TextDecodingError",
+            f"request body is not valid UTF-8: byte {error.start} ({raw[error.start:error.start + 1]!r}) "
+            f"{error.reason}; send JSON encoded as UTF-8",
+        ) from error
+    if not text.strip():
+        raise ApiError(400, "MalformedJSON", "request body is empty; send a JSON object")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ApiError(
+            400, "MalformedJSON",
+            f"request body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from error
+
+
+def validate(model: type[Model], data: Any) -> Model:
+    """``data`` as ``model``, or a 422 naming every missing or wrong field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()
+        )
+        raise ApiError(422, "ValidationError", f"invalid request: {problems}") from error
+
+
+def _too_large(size: int, max_bytes: int) -> ApiError:
+    return ApiError(
+        413, "RequestTooLarge",
+        f"request body of {size} bytes or more is larger than the server's limit of {max_bytes} bytes; "
+        "split the context or start the server with a larger --max-body-mb",
+    )

@@ -1,0 +1,208 @@
+"""The ``cprs`` command line: ``main([...])`` in process, plus real subprocesses for ``compress`` and ``serve``."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from cprs_core import CPRSCompressor
+from cprs_integrations.cli import main
+from cprs_integrations.server import BackgroundServer, ServerSettings, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+CONTEXT = "The year was 1984. Nothing else matters here.\n\nWe counted 42 cats and 7 dogs. Then we left."
+VERSES = (
+    "And Abraham begat Isaac; and Isaac begat Jacob. The sea roared and the waves lifted up. "
+    "And Jacob begat Judas and his brethren. The grass withereth, the flower fadeth."
+)
+PASSAGE = "\n\n".join([VERSES] * 3)
+QUERY = "Who begat Isaac?"
+
+
+@pytest.fixture(scope="module")
+def mini() -> CPRSCompressor:
+    return CPRSCompressor.from_pretrained(None)
+
+
+@pytest.fixture(scope="module")
+def mini_server(mini: CPRSCompressor) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(mini, ServerSettings())) as server:
+        yield server
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "verses.txt"
+    path.write_text(VERSES, encoding="utf-8")
+    return path
+
+
+def feed_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_compress_file_prints_the_kept_text(
+    text_file: Path, mini: CPRSCompressor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["compress", "--query", QUERY, "--instruction", "fact", "--granularity", "sentence", str(text_file)]) == 0
+    expected = mini.compress(VERSES, QUERY, "fact", granularity="sentence")
+    out, err = capsys.readouterr()
+    assert out == expected.text + "\n" and "Abraham begat Isaac" in out
+    assert err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_stdin_with_json_output_and_local_model_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_stdin(monkeypatch, PASSAGE.encode())
+    argv = ["compress", "-q", QUERY, "-i", "fact", "--model", "cprs-mini", "--device", "cpu", "--dtype", "float32",
+            "--window-size", "64", "--target-tokens", "12", "--format", "json", "-"]
+    assert main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    local = CPRSCompressor.from_pretrained(None, device="cpu", dtype="float32", window_size=64)
+    expected = local.compress(PASSAGE, QUERY, "fact", target_tokens=12)
+    assert answer == json.loads(json.dumps(expected.to_dict()))
+    assert answer["metadata"]["window_size"] == 64 and answer["windows"] > 1 and answer["compressed_tokens"] <= 12
+    assert all(PASSAGE[span["start"] : span["end"]] == span["text"] for span in answer["spans"])
+
+
+def test_server_option_compresses_remotely(
+    mini_server: BackgroundServer, mini: CPRSCompressor, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    feed_stdin(monkeypatch, PASSAGE.encode())
+    argv = ["compress", "-q", QUERY, "--granularity", "sentence", "--separator", " / ", "--server", mini_server.url]
+    assert main(argv) == 0
+    expected = mini.compress(PASSAGE, QUERY, granularity="sentence", separator=" / ")
+    assert capsys.readouterr().out == expected.text + "\n" and " / " in expected.text
+
+
+def test_progress_bar_follows_the_windows(
+    text_file: Path, mini: CPRSCompressor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text_file.write_text(VERSES * 40, encoding="utf-8")
+    windows = mini.compress(VERSES * 40, QUERY).windows
+    assert windows > 1
+    assert main(["compress", "-q", QUERY, "--progress", str(text_file)]) == 0
+    err = capsys.readouterr().err
+    assert f"{windows}/{windows}" in err and "window" in err and "100%" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "message"),
+    [
+        (["--target-ratio", "1.5"], VERSES.encode(), "target_ratio is the fraction of tokens to keep"),
+        ([], b"caf\xe9 au lait", "not valid UTF-8: byte 3"),
+        ([], b" \n ", "context is empty"),
+        (["--model", "/no/such/model"], VERSES.encode(), "no model at '/no/such/model'"),
+        (["--device", "tpu"], VERSES.encode(), "unknown device 'tpu'"),
+    ],
+)
+def test_compression_errors_exit_1_with_the_message(
+    text_file: Path, argv: list[str], content: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text_file.write_bytes(content)
+    assert main(["compress", "-q", QUERY, *argv, str(text_file)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("cprs compress: error: ") and message in err
+
+
+def test_missing_file_and_unreachable_server(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compress", "-q", QUERY, str(tmp_path / "missing.txt")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"cprs compress: error: cannot read {tmp_path / 'missing.txt'}: No such file or directory\n"
+    port = free_port()
+    assert main(["compress", "-q", QUERY, "--server", f"http://127.0.0.1:{port}", str(text_file)]) == 1
+    assert f"cannot reach the cprs server at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compress", "file.txt"], "the following arguments are required: -q/--query"),
+        (["compress", "-q", "x", "--server", "http://h:1", "--device", "cpu"], "--device configure a local model"),
+        (["compress", "-q", "x", "--server", "http://h:1", "--progress"], "--progress needs a local model"),
+        (["compress", "-q", "x", "--server", "http://h:1", "--model", "m"], "not allowed with argument"),
+        (["compress", "-q", "x", "--target-ratio", "0.5", "--target-tokens", "3"], "not allowed with argument"),
+        (["compress", "-q", "x", "--granularity", "word"], "invalid choice: 'word'"),
+        (["compress", "-q", "x", "--bogus"], "unrecognized arguments: --bogus"),
+        (["serve", "--port", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "module", "option"), [("batch", "ray_batch", "--input"),
+                                                        ("serve-ray", "ray_serve", "--num-replicas")])
+def test_ray_commands_delegate_or_say_how_to_install_ray(
+    capsys: pytest.CaptureFixture[str], command: str, module: str, option: str
+) -> None:
+    try:
+        importlib.import_module(f"cprs_integrations.{module}")
+    except ImportError:
+        assert main([command, option, "1"]) == 1
+        assert "pip install 'cprs[ray]'" in capsys.readouterr().err
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        help_text = capsys.readouterr().out
+        assert exit_info.value.code == 0 and f"usage: cprs {command}" in help_text and option in help_text
+
+
+def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
+    command = [sys.executable, "-m", "cprs_integrations.cli", "compress", "--query", QUERY, "--format", "json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, input=VERSES.encode(), capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == json.loads(json.dumps(mini.compress(VERSES, QUERY).to_dict()))
+
+
+def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "cprs_integrations.cli", "serve", "--port", str(port), "--max-batch-requests", "4",
+               "--max-wait-ms", "5", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                if httpx.get(url + "/readiness").json() == "success":
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        messages = [{"role": "system", "content": "fact"}, {"role": "user", "content": QUERY},
+                    {"role": "context", "content": VERSES}]
+        body = {"header": {"request_id": "cli"}, "payload": {"input": {"messages": messages},
+                                                             "parameters": {"min_keyword_len": 1}}}
+        answer = httpx.post(url + "/qwen_long_compress_server", content=json.dumps(body), timeout=60).json()
+        expected = [span.text for span in mini.compress(VERSES, QUERY, "fact", min_span_tokens=2).spans]
+        assert answer["header"]["status_code"] == 200 and answer["payload"]["output"]["text"] == expected
+        health = httpx.get(url + "/health").json()
+        assert health["model"] == "cprs-mini" and health["settings"]["max_batch_requests"] == 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,179 @@
+"""``cprs batch`` on a local Ray instance (2 CPUs): results, ids, errors, a killed worker, an interrupted run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
+
+from cprs_core import CPRSCompressor  # noqa: E402
+from cprs_integrations import ray_batch  # noqa: E402
+from cprs_integrations.batch_store import BatchInputError  # noqa: E402
+
+WINDOW = 128
+QUERY = "Which numbers appear?"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def digit_records(count: int) -> list[dict]:
+    """Records whose digits the digit tagger keeps; long enough to span several windows each."""
+    return [
+        {"id": f"doc-{index}", "text": f"Entry {index} has value {index * 37} and code {index * 11}. " * 12, "q": QUERY}
+        for index in range(count)
+    ]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def read_output(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def expected(compressor: CPRSCompressor, rows: list[dict]) -> dict[str, dict]:
+    return {row["id"]: compressor.compress(row["text"], row["q"]).to_dict() for row in rows}
+
+
+def assert_complete(output: Path, compressor: CPRSCompressor, rows: list[dict]) -> None:
+    """Each input id exactly once, in input order, with the result a local compression gives."""
+    lines = read_output(output)
+    assert [line["id"] for line in lines] == [row["id"] for row in rows]
+    assert {line["id"]: line["result"] for line in lines} == expected(compressor, rows)
+
+
+def worker_pids() -> list[int]:
+    """Processes of the live Ray Data map actors (the GCS actor table; Ray's public state API needs the dashboard)."""
+    from ray._private.state import actors
+
+    return [
+        actor["Pid"] for actor in actors().values()
+        if "MapWorker" in actor["ActorClassName"] and actor["State"] == "ALIVE"
+    ]
+
+
+def test_results_equal_local_compression_with_ids_and_errors(
+    tmp_path: Path, digit_tagger_dir: Path, digit_compressor: CPRSCompressor
+) -> None:
+    rows = digit_records(9)
+    broken = [{"id": 1, "text": "   ", "q": QUERY}, {"id": "no-text", "q": QUERY}, {"id": "bad-query", "text": "7", "q": 3}]
+    source = write_jsonl(tmp_path / "docs.jsonl", rows[:4] + broken + rows[4:])
+    output = tmp_path / "out.jsonl"
+
+    summary = ray_batch.compress_jsonl(
+        source, output, query_field="q", model=str(digit_tagger_dir), window_size=WINDOW, num_actors=2, batch_size=2
+    )
+
+    lines = {json.dumps(line["id"]): line for line in read_output(output)}
+    assert (summary.records, summary.errors, summary.blocks, summary.resumed_blocks) == (12, 3, 6, 0)
+    assert list(lines) == [json.dumps(row["id"]) for row in rows[:4] + broken + rows[4:]]
+    assert {row["id"]: lines[json.dumps(row["id"])]["result"] for row in rows} == expected(digit_compressor, rows)
+    assert [lines[json.dumps(row["id"])]["error"]["type"] for row in broken] == [
+        "EmptyContextError", "InvalidRecordError", "InvalidRecordError"
+    ]
+    assert not Path(f"{output}.parts").exists()
+
+
+def test_a_killed_worker_loses_and_duplicates_no_record(
+    tmp_path: Path, digit_tagger_dir: Path, digit_compressor: CPRSCompressor
+) -> None:
+    rows = digit_records(24)
+    source = write_jsonl(tmp_path / "docs.jsonl", rows)
+    killed: list[int] = []
+
+    def kill_one_worker_mid_run(done: int, total: int) -> None:
+        if not killed and 0 < done < total:
+            pid = worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    summary = ray_batch.compress_jsonl(
+        source, tmp_path / "out.jsonl", query_field="q", model=str(digit_tagger_dir), window_size=WINDOW,
+        num_actors=2, batch_size=2, progress=kill_one_worker_mid_run,
+    )
+
+    assert killed, "no worker was killed while blocks were still pending"
+    assert summary.records == 24
+    assert_complete(tmp_path / "out.jsonl", digit_compressor, rows)
+
+
+class Interrupted(Exception):
+    """Stands for the driver being stopped (Ctrl-C, a lost head node) after some blocks were committed."""
+
+
+def test_an_interrupted_run_resumes_without_redoing_committed_blocks(
+    tmp_path: Path, digit_tagger_dir: Path, digit_compressor: CPRSCompressor
+) -> None:
+    rows = digit_records(12)
+    source = write_jsonl(tmp_path / "docs.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    options = dict(query_field="q", model=str(digit_tagger_dir), window_size=WINDOW, num_actors=1, batch_size=2)
+
+    def stop_after_first_block(done: int, total: int) -> None:
+        if done:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        ray_batch.compress_jsonl(source, output, progress=stop_after_first_block, **options)
+    committed = sorted(Path(f"{output}.parts").glob("part-*.jsonl"))
+    assert committed and not output.exists()
+
+    with pytest.raises(BatchInputError, match="options"):
+        ray_batch.compress_jsonl(source, output, **{**options, "granularity": "sentence"})
+    summary = ray_batch.compress_jsonl(source, output, **options)
+
+    assert summary.resumed_blocks == len(committed) and summary.blocks == 6
+    assert_complete(output, digit_compressor, rows)
+    with pytest.raises(BatchInputError, match="already exists"):
+        ray_batch.compress_jsonl(source, output, **options)
+
+
+def test_cli_compresses_with_the_embedded_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [
+        {"id": 1, "body": "The vault code is 4417. The weather was mild and the garden was quiet all day."},
+        {"id": 2, "body": "Paris is the capital of France. Bananas are yellow and grow in warm places."},
+    ]
+    source = write_jsonl(tmp_path / "docs.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    parser = argparse.ArgumentParser()
+    ray_batch.add_arguments(parser)
+
+    status = ray_batch.run(parser.parse_args([
+        "--input", str(source), "--output", str(output), "--query", "What is the vault code?",
+        "--context-field", "body", "--granularity", "sentence",
+    ]))
+
+    assert status == 0, capsys.readouterr().err
+    local = CPRSCompressor.from_pretrained(None)
+    assert read_output(output) == [
+        {"id": row["id"], "result": local.compress(row["body"], "What is the vault code?", granularity="sentence").to_dict(),
+         "error": None}
+        for row in rows
+    ]
+    assert "2 records (0 with errors)" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_input_without_starting_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    ray_batch.add_arguments(parser)
+
+    status = ray_batch.run(parser.parse_args(["--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--query", "q"]))
+
+    assert status == 1
+    assert "repeats line 1" in capsys.readouterr().err

@@ -1,0 +1,247 @@
+"""The HTTP service on a real uvicorn server on loopback, with the digit-tagging critic (it keeps the numbers)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from cprs_core import CompressionRequest, CPRSCompressor
+from cprs_integrations.server import BackgroundServer, ServerSettings, create_app
+
+CONTEXT = "The year was 1984. Nothing else matters here.\n\nWe counted 42 cats and 7 dogs. Then we left."
+QUERY = "Which numbers appear?"
+MAX_BODY = 64 * 1024
+
+
+def upstream_body(context: str = CONTEXT, **parameters: Any) -> dict[str, Any]:
+    """A request exactly as upstream's examples/infer.py builds it."""
+    messages = [
+        {"role": "system", "content": "needle"},
+        {"role": "user", "content": QUERY},
+        {"role": "context", "content": context},
+    ]
+    return {"header": {"request_id": "1111abca"}, "payload": {"input": {"messages": messages}, "parameters": parameters}}
+
+
+def long_context(phrases: int) -> str:
+    """About ten tokens per phrase, with a number in each (so the digit tagger keeps something everywhere)."""
+    return " ".join(f"Entry {i} of the ledger was read aloud." for i in range(phrases))
+
+
+@pytest.fixture(scope="module")
+def serve(digit_compressor: CPRSCompressor) -> Iterator[Callable[..., BackgroundServer]]:
+    """Starts real servers over the digit compressor with the given settings; stops them after the module."""
+    servers: list[BackgroundServer] = []
+
+    def start(**settings: Any) -> BackgroundServer:
+        server = BackgroundServer(create_app(digit_compressor, ServerSettings(model_name="digit-tagger", **settings)))
+        servers.append(server.__enter__())
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def url(serve: Callable[..., BackgroundServer]) -> str:
+    return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60).url
+
+
+def post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(url + path, content=content, timeout=60, **kwargs)
+
+
+def wait_for(url: str, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition(httpx.get(url + "/health").json()):
+        assert time.monotonic() < deadline, "the server never reached the expected state"
+        time.sleep(0.005)
+
+
+def assert_still_serves(url: str, digit_compressor: CPRSCompressor) -> None:
+    response = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "instruction": "needle"})
+    assert response.status_code == 200
+    assert response.json()["text"] == digit_compressor.compress(CONTEXT, QUERY, "needle").text
+
+
+def test_upstream_endpoint_answers_upstreams_json(url: str, digit_compressor: CPRSCompressor) -> None:
+    body = upstream_body(min_keyword_len=1, complete_sentence=False, batch_size=1, chunk_size=8192)
+    response = httpx.post(url + "/qwen_long_compress_server", content=json.dumps(body), timeout=60)  # no content type
+    assert response.status_code == 200
+    local = digit_compressor.compress(CONTEXT, QUERY, "needle", min_span_tokens=2)
+    expected = json.loads(json.dumps(body))
+    expected["payload"]["output"] = {"text": ["1984", "42"]}  # "7" is one token: not more than min_keyword_len
+    expected["payload"]["usage"] = {"input_tokens": local.original_tokens}
+    expected["header"].update(status_code=200, status_name="Success", status_message="Success", finished=True)
+    assert response.json() == expected
+    assert [span.text for span in local.spans] == ["1984", "42"]
+
+
+def test_upstream_defaults_offsets_and_sentences(url: str) -> None:
+    def output(**parameters: Any) -> list[Any]:
+        response = post(url, "/qwen_long_compress_server", upstream_body(**parameters))
+        assert response.status_code == 200
+        return response.json()["payload"]["output"]["text"]
+
+    assert output() == []  # default min_keyword_len 4: spans need 5+ tokens, and no number here has 5 digits
+    with_offsets = output(min_keyword_len=0, return_offset=True)
+    assert [item[0] for item in with_offsets] == ["1984", "42", "7"]
+    assert all(CONTEXT[start:end] == text for text, start, end in with_offsets)
+    assert output(min_keyword_len=0, complete_sentence=True) == [
+        "The year was 1984.", "We counted 42 cats and 7 dogs."
+    ]
+
+
+def test_richer_endpoint_returns_spans_and_offsets(url: str, digit_compressor: CPRSCompressor) -> None:
+    body = {"context": CONTEXT, "query": QUERY, "instruction": "needle", "granularity": "sentence", "separator": " | "}
+    response = post(url, "/v1/compress", body)
+    assert response.status_code == 200
+    local = digit_compressor.compress(CONTEXT, QUERY, "needle", granularity="sentence", separator=" | ")
+    assert response.json() == json.loads(json.dumps(local.to_dict()))
+    assert response.json()["text"] == "The year was 1984. | We counted 42 cats and 7 dogs."
+
+
+def test_batch_endpoint_answers_each_slot(url: str, digit_compressor: CPRSCompressor) -> None:
+    requests = [
+        {"context": CONTEXT, "query": QUERY, "instruction": "needle"},
+        {"context": "   ", "query": QUERY},
+        {"context": CONTEXT, "query": QUERY, "granularity": "chapter"},
+        {"context": "Room 101.", "query": QUERY, "instruction": "needle", "target_tokens": 2},
+    ]
+    response = post(url, "/v1/compress_batch", {"requests": requests})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    local = digit_compressor.compress_batch([CompressionRequest(**request) for request in requests])
+    assert results[0] == {"result": json.loads(json.dumps(local[0].to_dict())), "error": None}
+    assert results[1] == {"result": None, "error": {"type": "EmptyContextError", "message": str(local[1])}}
+    assert results[2]["error"]["type"] == "GranularityError" and "chapter" in results[2]["error"]["message"]
+    assert results[3]["result"]["text"] == local[3].text
+
+
+def test_fifty_concurrent_clients_all_get_their_answer_in_shared_batches(
+    url: str, digit_compressor: CPRSCompressor
+) -> None:
+    contexts = [f"Client {i} ordered {i * 37 + 5} apples and {i} pears. " + CONTEXT for i in range(50)]
+    expected = [result.to_dict() for result in digit_compressor.compress_many(contexts, QUERY, "needle")]
+    before = httpx.get(url + "/health").json()
+    start = threading.Barrier(len(contexts))
+
+    def call(context: str) -> dict[str, Any]:
+        start.wait()
+        response = post(url, "/v1/compress", {"context": context, "query": QUERY, "instruction": "needle"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with ThreadPoolExecutor(len(contexts)) as pool:
+        answers = list(pool.map(call, contexts))
+    assert answers == json.loads(json.dumps(expected))
+    health = httpx.get(url + "/health").json()
+    assert health["requests"] - before["requests"] == len(contexts)
+    assert health["max_batch_size"] > 1  # requests of different clients shared compress_batch calls
+    assert health["batches"] - before["batches"] < len(contexts)
+
+
+BAD_BODIES = [
+    pytest.param(b'{"context": "abc", ', 400, "MalformedJSON", "not valid JSON", id="malformed-json"),
+    pytest.param(b"", 400, "MalformedJSON", "empty", id="empty-body"),
+    pytest.param(b'{"context": "caf\xe9"}', 400, "TextDecodingError", "not valid UTF-8: byte 16", id="latin-1"),
+    pytest.param(b"x" * (MAX_BODY + 1), 413, "RequestTooLarge", f"limit of {MAX_BODY} bytes", id="oversize"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "kind", "message"), BAD_BODIES)
+def test_bad_bodies_get_a_clear_4xx_and_the_server_keeps_serving(
+    url: str, digit_compressor: CPRSCompressor, body: bytes, status: int, kind: str, message: str
+) -> None:
+    response = post(url, "/v1/compress", body)
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == kind and message in response.json()["error"]["message"]
+    upstream = post(url, "/qwen_long_compress_server", body)
+    assert upstream.status_code == status
+    header = upstream.json()["header"]
+    assert header["status_code"] == status and header["status_name"] == kind and message in header["status_message"]
+    assert upstream.json()["payload"]["output"] == {"is_match": False}
+    assert_still_serves(url, digit_compressor)
+
+
+def test_missing_and_wrong_fields_are_named(url: str, digit_compressor: CPRSCompressor) -> None:
+    missing = post(url, "/v1/compress", {"query": QUERY})
+    assert missing.status_code == 422
+    assert missing.json()["error"] == {"type": "ValidationError", "message": "invalid request: context: Field required"}
+    typo = post(url, "/v1/compress", {"context": CONTEXT, "target_ration": 0.5})
+    assert typo.status_code == 422 and "target_ration: Extra inputs are not permitted" in typo.text
+    not_object = post(url, "/v1/compress", [1, 2])
+    assert not_object.status_code == 422
+    body = upstream_body()
+    body["payload"]["input"]["messages"] = body["payload"]["input"]["messages"][:2]
+    short = post(url, "/qwen_long_compress_server", body)
+    assert short.status_code == 422
+    assert short.json()["header"]["request_id"] == "1111abca"
+    assert "payload.input.messages: List should have at least 3 items" in short.json()["header"]["status_message"]
+    no_payload = post(url, "/qwen_long_compress_server", {"header": {"request_id": "r"}})
+    assert no_payload.status_code == 422 and "payload: Field required" in no_payload.json()["header"]["status_message"]
+    assert_still_serves(url, digit_compressor)
+
+
+def test_compression_errors_are_400_with_their_type(url: str) -> None:
+    response = post(url, "/v1/compress", {"context": CONTEXT, "target_ratio": 2.0})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "BudgetError"
+    upstream = post(url, "/qwen_long_compress_server", upstream_body(context=" \n "))
+    assert upstream.status_code == 400
+    assert upstream.json()["header"]["status_name"] == "EmptyContextError"
+
+
+def test_health_and_probes(url: str) -> None:
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok" and health["model"] == "digit-tagger"
+    assert health["settings"]["max_body_bytes"] == MAX_BODY and health["settings"]["api_key"] is False
+    assert httpx.get(url + "/readiness").json() == "success"
+    assert httpx.get(url + "/liveness").json() == "success"
+    assert httpx.get(url + "/nowhere").status_code == 404
+
+
+def test_full_queue_answers_503(serve: Callable[..., BackgroundServer], digit_compressor: CPRSCompressor) -> None:
+    url = serve(max_batch_requests=1, max_wait_ms=0, max_queue=1).url
+    long_body = {"context": long_context(500), "query": QUERY, "instruction": "needle"}
+    short_body = {"context": CONTEXT, "query": QUERY, "instruction": "needle"}
+    with ThreadPoolExecutor(2) as pool:
+        computing = pool.submit(post, url, "/v1/compress", long_body)
+        wait_for(url, lambda health: health["in_flight"] == 1)
+        waiting = pool.submit(post, url, "/v1/compress", short_body)
+        wait_for(url, lambda health: health["queue_depth"] == 1)
+        refused = post(url, "/v1/compress", short_body)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "ServerBusy" and "max_queue=1" in refused.json()["error"]["message"]
+        upstream = post(url, "/qwen_long_compress_server", upstream_body())
+        assert upstream.status_code == 503 and upstream.json()["header"]["status_name"] == "ServerBusy"
+        assert computing.result().status_code == 200
+        assert waiting.result().json()["text"] == digit_compressor.compress(CONTEXT, QUERY, "needle").text
+    assert_still_serves(url, digit_compressor)
+
+
+def test_request_timeout_answers_504(serve: Callable[..., BackgroundServer], digit_compressor: CPRSCompressor) -> None:
+    url = serve(request_timeout_s=0.5).url
+    response = post(url, "/v1/compress", {"context": long_context(1500), "query": QUERY, "instruction": "needle"})
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "Timeout" and "0.5 s" in response.json()["error"]["message"]
+    wait_for(url, lambda health: health["in_flight"] == 0)
+    assert_still_serves(url, digit_compressor)
+
+
+def test_api_key_is_required_when_set(serve: Callable[..., BackgroundServer]) -> None:
+    url = serve(api_key="s3cret").url
+    body = {"context": CONTEXT, "query": QUERY}
+    refused = post(url, "/v1/compress", body)
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "Unauthorized"
+    assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert httpx.get(url + "/health").json()["settings"]["api_key"] is True
