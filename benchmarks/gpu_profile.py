@@ -1,22 +1,93 @@
-"""Where the critic's GPU time goes: one batch of windows on the 7B shape, engine variants, attention and GEMMs.
+"""Where the critic's GPU time goes, on the 7B shape.
 
-``python -m benchmarks.gpu_profile`` prints a table; used to choose the engine's attention and fusion paths.
+``python -m benchmarks.gpu_profile`` times one batch of windows under engine variants, attention paths and GEMMs
+(used to choose the engine's attention and fusion paths). With ``--tokenizer DIR`` it also profiles one whole
+compiled ``compress`` of a long context with ``torch.profiler``: GPU kernel time by kind, and how much of the
+wall time the GPU was busy.
 """
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections import defaultdict
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+from transformers import AutoTokenizer
 
-from cprs_core import CPRSConfig
+from cprs_core import CPRSCompressor, CPRSConfig, QwenCritic
 
-from .gpu_engine import QWEN25_7B_SHAPE, build_model, linear_params, matmul_flops_per_s, median_time
+from .gpu_engine import QWEN25_7B_SHAPE, build_model, linear_params, make_text, matmul_flops_per_s, median_time
+
+KERNEL_KINDS = (
+    ("GEMM (cuBLAS)", ("gemm", "nvjet", "xmma", "cutlass")),
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("fused elementwise (Triton)", ("triton",)),
+)
 
 PREFIX, WINDOW, BATCH = 100, 8092, 4
 
 
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(mark in lowered for mark in marks)), "other")
+
+
+def busy_time_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy
+
+
+def profile_compress(run: Callable[[], object]) -> None:
+    """Print GPU kernel time by kind, busy time and wall time of one call of ``run`` (already warm)."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    kernels = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    by_kind: dict[str, float] = defaultdict(float)
+    by_name: dict[str, float] = defaultdict(float)
+    for event in kernels:
+        by_kind[kernel_kind(event.name)] += event.device_time_total / 1e3
+        by_name[event.name] += event.device_time_total / 1e3
+    busy_ms = busy_time_us([(event.time_range.start, event.time_range.end) for event in kernels]) / 1e3
+    print(f"\n| kernel kind | ms |\n|---|---|")
+    for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
+        print(f"| {kind} | {ms:.0f} |")
+    print(f"| GPU busy (union of kernels) | {busy_ms:.0f} |\n| wall time of compress, profiled | {wall_ms:.0f} |")
+    print("\nlargest kernels:")
+    for name, ms in sorted(by_name.items(), key=lambda item: -item[1])[:12]:
+        print(f"  {ms:8.1f} ms  {name[:100]}")
+
+
+def profile_engine(tokenizer_dir: str, tokens: int) -> None:
+    """Profile one compiled ``compress`` of a ``tokens``-long context (window 8192)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_model(CPRSConfig(**QWEN25_7B_SHAPE), outside_bias=6.0)
+    model.compile_layers()
+    compressor = CPRSCompressor(QwenCritic(model, tokenizer, name="random-7B"), window_size=8192)
+    text = make_text(tokenizer, tokens)
+    run = lambda: compressor.compress(text, "What is the special magic number?", "needle")  # noqa: E731
+    run()
+    print(f"\ncompress of {tokens} tokens, compiled: median {median_time(run, 3):.3f} s")
+    profile_compress(run)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", help="a Qwen2 tokenizer directory: also profile a whole compress")
+    parser.add_argument("--tokens", type=int, default=131072, help="context length of the profiled compress")
+    args = parser.parse_args()
     config = CPRSConfig(**QWEN25_7B_SHAPE)
     model = build_model(config)
     prefix_ids = torch.randint(0, 150000, (1, PREFIX), device="cuda")
@@ -43,7 +114,7 @@ def main() -> None:
 
         rows["attention after prefix: lower-right causal mask"] = median_time(
             lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True), 10)
-        rows["attention after prefix: padded queries, flash causal (engine)"] = median_time(padded_queries, 10)
+        rows["attention after prefix: padded queries, plain causal kernel (engine)"] = median_time(padded_queries, 10)
         rows["attention, bidirectional on prefix+window"] = median_time(
             lambda: F.scaled_dot_product_attention(torch.cat((q.new_zeros(BATCH, heads, PREFIX, dim), q), 2), k, v,
                                                    enable_gqa=True), 10)
@@ -69,6 +140,11 @@ def main() -> None:
     print(f"linear FLOP bound for the batch: {2 * linear_params(config) * tokens / rate * 1e3:.1f} ms")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds * 1e3:.1f} ms |")
+    if args.tokenizer:
+        del model
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+        profile_engine(args.tokenizer, args.tokens)
 
 
 if __name__ == "__main__":

@@ -161,15 +161,18 @@ class CPRSAttention(nn.Module):
             is_causal = True
             if kv_len > q_len:
                 # Queries after cached positions: pad the query rows of the cached positions so the square
-                # (upper-left) causal mask of the fast flash kernel applies, then drop those rows. This is the
-                # lower-right causal mask, computed at the speed of the plain causal kernel.
-                query = torch.cat((query.new_zeros(batch, self.num_heads, kv_len - q_len, self.head_dim), query), 2)
+                # (upper-left) causal mask of the fused SDPA kernels (flash, cuDNN) applies, then drop those
+                # rows. This is the lower-right causal mask at the speed of the plain causal kernel. The padding
+                # is laid out token-major, as the projections are, so the output needs no copy for o_proj.
+                padding = query.new_zeros(batch, kv_len - q_len, self.num_heads, self.head_dim)
+                query = torch.cat((padding, query.transpose(1, 2)), dim=1).transpose(1, 2)
         output = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
-        output = output[:, :, kv_len - q_len :] if output.shape[2] > q_len else output
-        output = output.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim)
-        return self.o_proj(output), own
+        rows = output.shape[2]
+        output = self.o_proj(output.transpose(1, 2).reshape(batch, rows, self.num_heads * self.head_dim))
+        # Padded query rows are dropped after the projection: slicing before it would copy the attention output.
+        return output[:, rows - q_len :], own
 
 
 class CPRSMLP(nn.Module):

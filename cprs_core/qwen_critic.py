@@ -132,26 +132,28 @@ class QwenCritic:
 
     def label_token_ids(self, tags: Sequence[str]) -> list[int]:
         """LM-head rows of the label words: the first token of each tag, then ``outside`` (upstream's choice)."""
-        vocab = self.tokenizer.get_vocab()
-        ids = []
-        for word in [*tags, OUTSIDE_TAG]:
-            first_piece = self.tokenizer.tokenize(word)[0]
-            ids.append(vocab[first_piece])
-        return ids
+        return [self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(word)[0]) for word in [*tags, OUTSIDE_TAG]]
 
     @torch.inference_mode()
     def score_windows(
         self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
     ) -> list[WindowScores]:
         device = self.device
+        batches = plan_batches([len(window) for window in windows], self.max_batch_tokens)
+        # Every batch's ids go to the device before any forward and results come back after the last one, so
+        # the GPU never waits on a host copy or a sync between batches.
+        batch_ids = [torch.from_numpy(np.array([windows[index] for index in batch])).to(device) for batch in batches]
         label_ids = torch.tensor(self.label_token_ids(tags), device=device) if self.use_lm_head_tags else None
         prefix = self.model.prefill_prefix(torch.tensor([prefix_ids], device=device))
+        outputs = []
+        for ids in batch_ids:
+            logits = self.model.score_windows(prefix, ids, label_ids)
+            tag_index = None if logits.tags is None else logits.tags[..., : len(tags)].argmax(-1)
+            outputs.append((torch.softmax(logits.bioe, dim=-1), tag_index))
         results: list[WindowScores | None] = [None] * len(windows)
-        for batch in plan_batches([len(window) for window in windows], self.max_batch_tokens):
-            window_ids = torch.tensor([windows[index] for index in batch], device=device)
-            logits = self.model.score_windows(prefix, window_ids, label_ids)
-            bioe = torch.softmax(logits.bioe, dim=-1).cpu().numpy()
-            tag_index = None if logits.tags is None else logits.tags[..., : len(tags)].argmax(-1).cpu().numpy()
+        for batch, (bioe, tag_index) in zip(batches, outputs):
+            bioe_rows = bioe.cpu().numpy()
+            tag_rows = None if tag_index is None else tag_index.cpu().numpy()
             for row, index in enumerate(batch):
-                results[index] = WindowScores(bioe[row], None if tag_index is None else tag_index[row])
+                results[index] = WindowScores(bioe_rows[row], None if tag_rows is None else tag_rows[row])
         return results  # type: ignore[return-value]
