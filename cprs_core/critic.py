@@ -8,7 +8,7 @@ A critic turns ``prefix + window`` token sequences into per-token label distribu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -71,3 +71,20 @@ class TokenCritic(Protocol):
         self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
     ) -> list[WindowScores]:
         """Score each ``prefix + window`` sequence; one :class:`WindowScores` per window, in order."""
+
+
+@runtime_checkable
+class StreamingTokenCritic(TokenCritic, Protocol):
+    """A critic that can start scoring before the whole context is tokenized (the GPU critic).
+
+    The engine sends the windows of the context's first part to the device, then tokenizes the rest while the
+    device works, so tokenizing a long context costs no device time.
+    """
+
+    def tokenize_context_parts(self, text: str) -> Iterator[TokenizedText]:
+        """``text``'s tokens in consecutive parts (offsets into ``text``) that concatenate to :meth:`tokenize_context`."""
+
+    def submit_windows(
+        self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
+    ) -> Callable[[], list[WindowScores]]:
+        """Start scoring like :meth:`score_windows` and return at once; the returned function waits for the scores."""

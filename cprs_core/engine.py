@@ -8,7 +8,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from .critic import OUTSIDE_ID, TokenCritic, TokenizedText, WindowScores
+from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
     ContextTooLargeError,
@@ -122,21 +122,64 @@ class WindowParallelEngine:
     def plan(self, tokens: TokenizedText, instruction: str, query: str) -> WindowPlan:
         """Encode the prefix and cut the context tokens into windows that fit ``window_size``."""
         prefix_ids = self.critic.encode_prefix(instruction, query)
+        return WindowPlan(prefix_ids, _cut_windows(0, len(tokens.ids), self._window_capacity(prefix_ids)))
+
+    def _window_capacity(self, prefix_ids: list[int]) -> int:
         capacity = self.window_size - len(prefix_ids) - self.critic.suffix_tokens
         if capacity < 1:
             raise WindowSizeError(
                 f"the prompt (instruction + query) takes {len(prefix_ids)} tokens, which leaves no room for context "
                 f"in a window of {self.window_size}; shorten the query/instruction or raise window_size"
             )
-        count = len(tokens.ids)
-        return WindowPlan(prefix_ids, [range(start, min(start + capacity, count)) for start in range(0, count, capacity)])
+        return capacity
 
     def compress(self, request: CompressionRequest, progress: ProgressCallback | None = None) -> CompressionResult:
-        """Compress one request; raises its error (see :meth:`cprs_core.CPRSCompressor.compress`)."""
+        """Compress one request; raises its error (see :meth:`cprs_core.CPRSCompressor.compress`).
+
+        With a :class:`~cprs_core.critic.StreamingTokenCritic`, the first windows are scored while the rest of
+        the context is tokenized; the result is the same as :meth:`compress_batch`'s.
+        """
+        if isinstance(self.critic, StreamingTokenCritic):
+            return self._compress_streaming(self.critic, request, progress)
         outcome = self.compress_batch([request], progress)[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    def _compress_streaming(
+        self, critic: StreamingTokenCritic, request: CompressionRequest, progress: ProgressCallback | None
+    ) -> CompressionResult:
+        text, instruction = self._checked_text(request)
+        prefix_ids = critic.encode_prefix(instruction, request.query)
+        capacity = self._window_capacity(prefix_ids)
+        tags = parse_tags(instruction)
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        windows: list[range] = []
+        pending: list[Callable[[], list[WindowScores]]] = []
+
+        def submit(new_windows: list[range]) -> None:
+            chunk = max(len(new_windows), 1) if progress is None else PROGRESS_CHUNK_WINDOWS
+            for start in range(0, len(new_windows), chunk):
+                part = [ids[window.start : window.stop] for window in new_windows[start : start + chunk]]
+                pending.append(critic.submit_windows(prefix_ids, part, tags))
+            windows.extend(new_windows)
+
+        for part in critic.tokenize_context_parts(text):
+            ids += part.ids
+            offsets += part.offsets
+            self._check_size(len(ids))
+            scored_to = windows[-1].stop if windows else 0
+            submit(_cut_windows(scored_to, scored_to + (len(ids) - scored_to) // capacity * capacity, capacity))
+        submit(_cut_windows(windows[-1].stop if windows else 0, len(ids), capacity))
+        scores: list[WindowScores] = []
+        for collect in pending:
+            scores += collect()
+            if progress is not None:
+                progress(len(scores), len(windows))
+        budget = _token_budget(len(ids), request.target_ratio, request.target_tokens)
+        prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, WindowPlan(prefix_ids, windows))
+        return self._assemble(prepared, scores)
 
     def compress_batch(
         self, requests: Sequence[CompressionRequest], progress: ProgressCallback | None = None
@@ -179,21 +222,30 @@ class WindowParallelEngine:
         return outcomes  # type: ignore[return-value]
 
     def _prepare(self, request: CompressionRequest) -> _Prepared:
+        text, instruction = self._checked_text(request)
+        tokens = self.critic.tokenize_context(text)
+        self._check_size(len(tokens.ids))
+        budget = _token_budget(len(tokens.ids), request.target_ratio, request.target_tokens)
+        plan = self.plan(tokens, instruction, request.query)
+        return _Prepared(request, text, tokens, parse_tags(instruction), budget, plan)
+
+    @staticmethod
+    def _checked_text(request: CompressionRequest) -> tuple[str, str]:
+        """The request's text and resolved instruction, after every check that needs no tokens."""
         text = decode_text(request.context)
         if request.granularity not in GRANULARITIES:
             raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
-        instruction_text = resolve_instruction(request.instruction)
-        tokens = self.critic.tokenize_context(text)
-        if len(tokens.ids) > self.max_context_tokens:
+        _check_budget(request.target_ratio, request.target_tokens)
+        return text, resolve_instruction(request.instruction)
+
+    def _check_size(self, token_count: int) -> None:
+        if token_count > self.max_context_tokens:
             raise ContextTooLargeError(
-                f"context has {len(tokens.ids)} tokens, more than max_context_tokens={self.max_context_tokens}; "
+                f"context has at least {token_count} tokens, more than max_context_tokens={self.max_context_tokens}; "
                 "split it or raise the limit"
             )
-        budget = _token_budget(len(tokens.ids), request.target_ratio, request.target_tokens)
-        plan = self.plan(tokens, instruction_text, request.query)
-        return _Prepared(request, text, tokens, parse_tags(instruction_text), budget, plan)
 
     def _assemble(self, item: _Prepared, scores: Sequence[WindowScores]) -> CompressionResult:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
@@ -257,18 +309,27 @@ class WindowParallelEngine:
         )
 
 
-def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
+def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None:
     if target_ratio is not None and target_tokens is not None:
         raise BudgetError("give target_ratio or target_tokens, not both")
+    if target_ratio is not None and not 0.0 < target_ratio <= 1.0:
+        raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
+    if target_tokens is not None and (
+        isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1
+    ):
+        raise BudgetError(f"target_tokens must be a positive integer, got {target_tokens!r}")
+
+
+def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
+    _check_budget(target_ratio, target_tokens)
     if target_ratio is not None:
-        if not 0.0 < target_ratio <= 1.0:
-            raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
         return max(1, int(total_tokens * target_ratio))
-    if target_tokens is not None:
-        if isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1:
-            raise BudgetError(f"target_tokens must be a positive integer, got {target_tokens!r}")
-        return target_tokens
-    return None
+    return target_tokens
+
+
+def _cut_windows(start: int, stop: int, capacity: int) -> list[range]:
+    """Consecutive token ranges of at most ``capacity`` covering ``[start, stop)``."""
+    return [range(first, min(first + capacity, stop)) for first in range(start, stop, capacity)]
 
 
 def _concat_tag_index(scores: Sequence[WindowScores]) -> np.ndarray | None:

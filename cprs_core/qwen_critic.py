@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .devices import resolve_device, resolve_dtype
 from .errors import ModelLoadError
 from .modeling import CPRSForTokenCritic
 from .prompt import OUTSIDE_TAG, build_prefix
-from .tokenizing import splits_before_spaced_words, tokenize_in_chunks
+from .tokenizing import splits_before_spaced_words, tokenize_in_chunks, tokenize_in_parts
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,16 @@ GPU_MAX_BATCH_TOKENS = 32768
 """Cap on tokens per GPU batch: on an H100, batches beyond four 8K windows were no faster (128K tokens: 3.37 s with
 one 17-window batch, 3.40 s with 4-window batches) but took 2.4x the memory (45.6 vs 18.8 GiB peak)."""
 _GPU_MEMORY_FRACTION = 0.6
+FIRST_PART_CHARS = 65_536
+"""Characters tokenized before the first windows go to the device (about 16K tokens of English: two 8K windows,
+~0.4 s of H100 time, while the rest of a 128K-token context tokenizes in ~0.1 s)."""
 
 
 class QwenCritic:
-    """Scores windows with the hybrid-attention Qwen2 critic; implements :class:`~cprs_core.critic.TokenCritic`.
+    """Scores windows with the hybrid-attention Qwen2 critic.
+
+    Implements :class:`~cprs_core.critic.StreamingTokenCritic`: windows are scored asynchronously on the device,
+    so the engine tokenizes the rest of a long context while the first windows are scored.
 
     Args:
         model: the loaded critic (eval mode, on its device).
@@ -42,6 +48,7 @@ class QwenCritic:
     """
 
     suffix_tokens = 0
+    first_part_chars = FIRST_PART_CHARS
 
     def __init__(
         self,
@@ -124,6 +131,12 @@ class QwenCritic:
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return TokenizedText(list(encoding["input_ids"]), [tuple(pair) for pair in encoding["offset_mapping"]])
 
+    def tokenize_context_parts(self, text: str) -> Iterator[TokenizedText]:
+        if self._chunked_tokenizing:
+            yield from tokenize_in_parts(self.tokenizer.backend_tokenizer, text, self.first_part_chars)
+        else:
+            yield self.tokenize_context(text)
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -134,10 +147,15 @@ class QwenCritic:
         """LM-head rows of the label words: the first token of each tag, then ``outside`` (upstream's choice)."""
         return [self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(word)[0]) for word in [*tags, OUTSIDE_TAG]]
 
-    @torch.inference_mode()
     def score_windows(
         self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
     ) -> list[WindowScores]:
+        return self.submit_windows(prefix_ids, windows, tags)()
+
+    @torch.inference_mode()
+    def submit_windows(
+        self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
+    ) -> Callable[[], list[WindowScores]]:
         device = self.device
         batches = plan_batches([len(window) for window in windows], self.max_batch_tokens)
         # Every batch's ids go to the device before any forward and results come back after the last one, so
@@ -150,10 +168,14 @@ class QwenCritic:
             logits = self.model.score_windows(prefix, ids, label_ids)
             tag_index = None if logits.tags is None else logits.tags[..., : len(tags)].argmax(-1)
             outputs.append((torch.softmax(logits.bioe, dim=-1), tag_index))
-        results: list[WindowScores | None] = [None] * len(windows)
-        for batch, (bioe, tag_index) in zip(batches, outputs):
-            bioe_rows = bioe.cpu().numpy()
-            tag_rows = None if tag_index is None else tag_index.cpu().numpy()
-            for row, index in enumerate(batch):
-                results[index] = WindowScores(bioe_rows[row], None if tag_rows is None else tag_rows[row])
-        return results  # type: ignore[return-value]
+
+        def collect() -> list[WindowScores]:
+            results: list[WindowScores | None] = [None] * len(windows)
+            for batch, (bioe, tag_index) in zip(batches, outputs):
+                bioe_rows = bioe.cpu().numpy()
+                tag_rows = None if tag_index is None else tag_index.cpu().numpy()
+                for row, index in enumerate(batch):
+                    results[index] = WindowScores(bioe_rows[row], None if tag_rows is None else tag_rows[row])
+            return results  # type: ignore[return-value]
+
+        return collect

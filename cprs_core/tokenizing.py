@@ -9,6 +9,7 @@ are encoded as one batch, and the offsets are shifted back. Ids and offsets are 
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 from tokenizers import Tokenizer
 
@@ -30,24 +31,41 @@ def splits_before_spaced_words(backend: Tokenizer) -> bool:
     return len(pieces) == 3
 
 
-def chunk_starts(text: str, chunk_chars: int = CHUNK_CHARS) -> list[int]:
-    """Start offsets of chunks of about ``chunk_chars`` characters, each cut at a space between two letters."""
-    starts = [0]
+def chunk_starts(text: str, chunk_chars: int = CHUNK_CHARS, start: int = 0, end: int | None = None) -> list[int]:
+    """Start offsets of chunks of ``text[start:end]`` of about ``chunk_chars`` characters, cut at spaces between letters."""
+    end = len(text) if end is None else end
+    starts = [start]
     while True:
-        found = _SPACE_BETWEEN_LETTERS.search(text, starts[-1] + chunk_chars)
+        found = _SPACE_BETWEEN_LETTERS.search(text, starts[-1] + chunk_chars, end)
         if found is None:
             return starts
         starts.append(found.start())
 
 
-def tokenize_in_chunks(backend: Tokenizer, text: str, chunk_chars: int = CHUNK_CHARS) -> TokenizedText:
-    """Token ids and character offsets of ``text`` (no special tokens), encoding chunks in parallel."""
-    starts = chunk_starts(text, chunk_chars)
-    bounds = list(zip(starts, [*starts[1:], len(text)]))
-    encodings = backend.encode_batch([text[start:end] for start, end in bounds], add_special_tokens=False)
+def tokenize_in_chunks(
+    backend: Tokenizer, text: str, chunk_chars: int = CHUNK_CHARS, start: int = 0, end: int | None = None
+) -> TokenizedText:
+    """Token ids and character offsets (into ``text``) of ``text[start:end]`` (no special tokens), chunks in parallel.
+
+    ``start`` and ``end`` must be places where the tokenizer splits anyway (see :func:`tokenize_in_parts`).
+    """
+    end = len(text) if end is None else end
+    starts = chunk_starts(text, chunk_chars, start, end)
+    bounds = list(zip(starts, [*starts[1:], end]))
+    encodings = backend.encode_batch([text[first:last] for first, last in bounds], add_special_tokens=False)
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
     for (shift, _), encoding in zip(bounds, encodings):
         ids.extend(encoding.ids)
-        offsets.extend((start + shift, end + shift) for start, end in encoding.offsets)
+        offsets.extend((first + shift, last + shift) for first, last in encoding.offsets)
     return TokenizedText(ids, offsets)
+
+
+def tokenize_in_parts(backend: Tokenizer, text: str, first_part_chars: int) -> Iterator[TokenizedText]:
+    """``text``'s tokens as two parts, the first of about ``first_part_chars`` characters (one part if shorter)."""
+    cut = _SPACE_BETWEEN_LETTERS.search(text, first_part_chars)
+    if cut is None:
+        yield tokenize_in_chunks(backend, text)
+        return
+    yield tokenize_in_chunks(backend, text, end=cut.start())
+    yield tokenize_in_chunks(backend, text, start=cut.start())

@@ -117,6 +117,44 @@ def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compre
     assert with_progress.to_dict() == digit_compressor.compress(context, "codes?").to_dict()
 
 
+@pytest.mark.parametrize(("granularity", "ratio"), [("token", None), ("sentence", 0.3)])
+def test_windows_are_scored_while_the_rest_is_tokenized_with_the_batch_path_result(
+    digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch, granularity: str, ratio: float | None
+) -> None:
+    critic, engine = digit_compressor.critic, digit_compressor.engine
+    monkeypatch.setattr(critic, "first_part_chars", 3000)
+    events: list[str] = []
+    parts, submit = critic.tokenize_context_parts, critic.submit_windows
+
+    def recorded_parts(text: str):
+        for part in parts(text):
+            events.append("tokenized")
+            yield part
+
+    def recorded_submit(prefix_ids, windows, tags):
+        events.append("submitted")
+        return submit(prefix_ids, windows, tags)
+
+    monkeypatch.setattr(critic, "tokenize_context_parts", recorded_parts)
+    monkeypatch.setattr(critic, "submit_windows", recorded_submit)
+    request = CompressionRequest("Plain words and a code 12345 here. " * 400, "codes?", granularity=granularity,
+                                 target_ratio=ratio)  # fmt: skip
+    streamed = engine.compress(request)
+    assert events[:3] == ["tokenized", "submitted", "tokenized"], "the first windows must go out before the rest"
+    assert streamed.to_dict() == engine.compress_batch([request])[0].to_dict()
+    assert streamed.windows > 16 and "12345" in streamed.text
+
+
+def test_a_context_found_too_large_in_a_later_part_is_refused(
+    digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(digit_compressor.critic, "first_part_chars", 300)
+    first_part = next(digit_compressor.critic.tokenize_context_parts("word " * 2000))
+    small = CPRSCompressor(digit_compressor.critic, window_size=128, max_context_tokens=len(first_part.ids) + 10)
+    with pytest.raises(ContextTooLargeError, match=f"max_context_tokens={len(first_part.ids) + 10}"):
+        small.compress("word " * 2000, "q")
+
+
 def test_compression_is_deterministic(tiny_compressor: CPRSCompressor) -> None:
     first = tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2)
     assert first.to_dict() == tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2).to_dict()
