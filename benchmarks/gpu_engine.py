@@ -5,6 +5,8 @@ for each context length, measures in one run:
 
 * engine: ``CPRSCompressor.compress`` end to end (tokenize, shared prefix, windows, critic heads, spans);
 * naive: one full-length forward of ``transformers``' own Qwen2 body (sdpa, bf16) over the whole context;
+* naive hybrid: the same body with the attention of layers 21-27 made bidirectional (``is_causal = False`` on
+  those modules, as upstream's released critic runs them), i.e. the released model run without windows;
 * bound (the issue's definition): ``(2 * body params * tokens + in-window attention FLOPs) / measured bf16 matmul
   FLOP/s``, body params = 7.07e9 (decoder + embeddings, no LM head);
 * strict bound: the same with only the FLOPs the engine must do: linear params (6.53e9, no embeddings) times the
@@ -56,6 +58,7 @@ class Row:
     engine_peak_gib: float
     naive_s: float | None
     naive_peak_gib: float | None
+    naive_hybrid_s: float | None
     bound_s: float
     strict_bound_s: float
     windows: int
@@ -134,6 +137,12 @@ def attention_flops(config: CPRSConfig, window_lengths: list[int], prefix: int) 
     return total
 
 
+def set_bidirectional(body: Qwen2Model, first_layer: int, bidirectional: bool) -> None:
+    """Make the attention of ``body``'s layers from ``first_layer`` on bidirectional (or causal again)."""
+    for layer in body.layers[first_layer:]:
+        layer.self_attn.is_causal = not bidirectional
+
+
 def make_text(tokenizer, tokens: int) -> str:
     words = " ".join(WORDS[(i * 7 + i // 13) % len(WORDS)] for i in range(int(tokens * 1.2)))
     encoding = tokenizer(words, add_special_tokens=False, return_offsets_mapping=True)
@@ -195,14 +204,18 @@ def main() -> None:
         attention = attention_flops(config, windows, prefix_len)
         bound = (2 * body_params(config) * length + attention) / flops_per_s
         strict_bound = (2 * linear_params(config) * (length + prefix_len * len(windows)) + attention) / flops_per_s
-        naive_s = naive_peak = None
+        naive_s = naive_peak = naive_hybrid_s = None
         if naive is not None:
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device="cuda")
             with torch.inference_mode():
                 run_naive = lambda: naive(input_ids=ids, use_cache=False)  # noqa: E731
                 naive_s = median_time(run_naive, args.repeats)
                 naive_peak = peak_gib(run_naive)
-        rows.append(Row(length, engine_s, engine_peak, naive_s, naive_peak, bound, strict_bound, result.windows,
+                set_bidirectional(naive, config.first_bidirectional_layer, True)
+                naive_hybrid_s = median_time(run_naive, args.repeats)
+                set_bidirectional(naive, config.first_bidirectional_layer, False)
+        rows.append(Row(length, engine_s, engine_peak, naive_s, naive_peak, naive_hybrid_s, bound, strict_bound,
+                        result.windows,
                         tokenize_s, critic_s, result.compressed_tokens))
         print(json.dumps({**asdict(rows[-1]), "engine_tok_s": rows[-1].engine_tokens_per_s}), flush=True)
 
@@ -229,15 +242,17 @@ def main() -> None:
         json.dump(summary, handle, indent=2)
     print(f"\n{device}, bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s, window {args.window_size}")
     print("| tokens | engine s | tok/s | engine peak GiB | naive s | naive peak GiB | bound s | % of bound "
-          "| strict bound s | % of strict | speed-up vs naive | tokenize s | critic s | kept tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| strict bound s | % of strict | speed-up vs naive | naive hybrid s | speed-up vs hybrid | tokenize s "
+          "| critic s | kept tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        naive_cells = ("-", "-", "-") if row.naive_s is None else (
-            f"{row.naive_s:.2f}", f"{row.naive_peak_gib:.1f}", f"{row.naive_s / row.engine_s:.2f}x")
+        naive_cells = ("-",) * 5 if row.naive_s is None else (
+            f"{row.naive_s:.2f}", f"{row.naive_peak_gib:.1f}", f"{row.naive_s / row.engine_s:.2f}x",
+            f"{row.naive_hybrid_s:.2f}", f"{row.naive_hybrid_s / row.engine_s:.2f}x")
         print(f"| {row.tokens} | {row.engine_s:.2f} | {row.engine_tokens_per_s:,.0f} | {row.engine_peak_gib:.1f} | "
               f"{naive_cells[0]} | {naive_cells[1]} | {row.bound_s:.2f} | {100 * row.bound_s / row.engine_s:.0f}% | "
               f"{row.strict_bound_s:.2f} | {100 * row.strict_bound_s / row.engine_s:.0f}% | {naive_cells[2]} | "
-              f"{row.tokenize_s:.2f} | {row.critic_s:.2f} | {row.kept_tokens} |")
+              f"{naive_cells[3]} | {naive_cells[4]} | {row.tokenize_s:.2f} | {row.critic_s:.2f} | {row.kept_tokens} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from .compressor import DEFAULT_MODEL, Compressor, CPRSCompressor
 from .engine import CompressionRequest
 from .configuration import CPRSConfig
-from .critic import BIOE_LABELS, TokenCritic, TokenizedText, WindowScores
+from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
     ContextTooLargeError,
@@ -41,6 +41,7 @@ __all__ = [
     "ModelLoadError",
     "QwenCritic",
     "Span",
+    "StreamingTokenCritic",
     "TextDecodingError",
     "TokenCritic",
     "TokenizedText",

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 after this long (default 300)")
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key (env {API_KEY_ENV})")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--compile", action="store_true",
+                       help="torch.compile a QwenLong-CPRS critic's layers on CUDA: 15-25%% less time per request after a "
+                            "first one that compiles (seconds); no effect on cprs-mini")
     serve.set_defaults(handler=_serve)
 
     commands.add_parser(
@@ -186,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cprs serve: error: {error}", file=sys.stderr)
         return 2
     compressor = CPRSCompressor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, window_size=args.window_size
+        args.model, device=args.device, dtype=args.dtype, window_size=args.window_size, compile=args.compile
     )
     print(f"cprs serve: model {args.model} loaded; serving on http://{args.host}:{args.port}", file=sys.stderr)
     serve(create_app(compressor, settings), host=args.host, port=args.port, log_level=args.log_level)

@@ -169,6 +169,28 @@ def test_ray_commands_delegate_or_say_how_to_install_ray(
         assert exit_info.value.code == 0 and f"usage: cprs {command}" in help_text and option in help_text
 
 
+@pytest.mark.parametrize("compile", [True, False])
+def test_serve_compile_option_compiles_the_served_critic(
+    tiny_cprs_dir: Path, monkeypatch: pytest.MonkeyPatch, compile: bool
+) -> None:
+    import cprs_integrations.server as server_package
+
+    loaded: list[CPRSCompressor] = []
+    load = CPRSCompressor.from_pretrained.__func__
+
+    def keep_loaded(cls, *args, **kwargs):
+        loaded.append(load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    served: list[object] = []
+    monkeypatch.setattr(CPRSCompressor, "from_pretrained", classmethod(keep_loaded))
+    monkeypatch.setattr(server_package, "serve", lambda app, **_: served.append(app))
+    argv = ["serve", "--model", str(tiny_cprs_dir), "--device", "cpu"] + (["--compile"] if compile else [])
+    assert main(argv) == 0 and len(served) == 1
+    fused = loaded[0].critic.model.model.layers[0].self_attn.qkv_weight is not None  # compile_layers fuses first
+    assert fused is compile
+
+
 def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
     command = [sys.executable, "-m", "cprs_integrations.cli", "compress", "--query", QUERY, "--format", "json"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -75,6 +75,25 @@ def test_all_causal_stack_is_exactly_transformers_qwen2() -> None:
     torch.testing.assert_close(ours(ids).bioe, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_hybrid_stack_is_transformers_qwen2_with_the_upper_layers_unmasked() -> None:
+    """Upstream's hybrid: transformers' Qwen2 whose attention modules from layer 21 on (here 3) are not causal."""
+    torch.manual_seed(3)
+    config = _small_config()
+    ours = CPRSForTokenCritic(config).eval()
+    reference_config = Qwen2Config(**{k: v for k, v in config.to_dict().items() if k != "bidirectional_start_layer"})
+    reference_config._attn_implementation = "sdpa"  # its kernels take the module's is_causal; eager ignores it
+    reference = Qwen2Model(reference_config)
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in ours.state_dict().items() if k.startswith("model.")})
+    ids = torch.randint(0, 300, (2, 50))
+    with torch.no_grad():
+        all_causal = ours.cls_head(reference.eval()(ids).last_hidden_state)
+        for layer in reference.layers[config.first_bidirectional_layer :]:
+            layer.self_attn.is_causal = False
+        hybrid = ours.cls_head(reference(ids).last_hidden_state)
+    torch.testing.assert_close(ours(ids).bioe, hybrid, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(all_causal, hybrid, atol=1e-3)
+
+
 def _layer_outputs(model: CPRSForTokenCritic, ids: torch.Tensor) -> list[torch.Tensor]:
     captured: list[torch.Tensor] = []
     hooks = [layer.register_forward_hook(lambda _m, _i, out: captured.append(out[0])) for layer in model.model.layers]
