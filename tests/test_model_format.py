@@ -62,16 +62,22 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["bidirectional_start_layer"] == 3
 
 
+def _transformers_body(ours: CPRSForTokenCritic) -> Qwen2Model:
+    """transformers' own Qwen2 body (SDPA) holding ``ours``'s decoder weights; all its layers causal."""
+    config = Qwen2Config(**{k: v for k, v in ours.config.to_dict().items() if k != "bidirectional_start_layer"})
+    config._attn_implementation = "sdpa"  # its kernels take each module's is_causal; eager ignores it
+    reference = Qwen2Model(config)
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in ours.state_dict().items() if k.startswith("model.")})
+    return reference.eval()
+
+
 def test_all_causal_stack_is_exactly_transformers_qwen2() -> None:
     torch.manual_seed(2)
-    config = _small_config(bidirectional_start_layer=-1)
-    ours = CPRSForTokenCritic(config).eval()
-    reference = Qwen2Model(Qwen2Config(**{k: v for k, v in config.to_dict().items() if k != "bidirectional_start_layer"}))
-    body = {k.removeprefix("model."): v for k, v in ours.state_dict().items() if k.startswith("model.")}
-    reference.load_state_dict(body)
+    ours = CPRSForTokenCritic(_small_config(bidirectional_start_layer=-1)).eval()
+    reference = _transformers_body(ours)
     ids = torch.randint(0, 300, (2, 50))
     with torch.no_grad():
-        expected = ours.cls_head(reference.eval()(ids).last_hidden_state)
+        expected = ours.cls_head(reference(ids).last_hidden_state)
     torch.testing.assert_close(ours(ids).bioe, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -80,13 +86,10 @@ def test_hybrid_stack_is_transformers_qwen2_with_the_upper_layers_unmasked() -> 
     torch.manual_seed(3)
     config = _small_config()
     ours = CPRSForTokenCritic(config).eval()
-    reference_config = Qwen2Config(**{k: v for k, v in config.to_dict().items() if k != "bidirectional_start_layer"})
-    reference_config._attn_implementation = "sdpa"  # its kernels take the module's is_causal; eager ignores it
-    reference = Qwen2Model(reference_config)
-    reference.load_state_dict({k.removeprefix("model."): v for k, v in ours.state_dict().items() if k.startswith("model.")})
+    reference = _transformers_body(ours)
     ids = torch.randint(0, 300, (2, 50))
     with torch.no_grad():
-        all_causal = ours.cls_head(reference.eval()(ids).last_hidden_state)
+        all_causal = ours.cls_head(reference(ids).last_hidden_state)
         for layer in reference.layers[config.first_bidirectional_layer :]:
             layer.self_attn.is_causal = False
         hybrid = ours.cls_head(reference(ids).last_hidden_state)
