@@ -10,7 +10,11 @@ for each context length, measures in one run:
 * bound (the issue's definition): ``(2 * body params * tokens + in-window attention FLOPs) / measured bf16 matmul
   FLOP/s``, body params = 7.07e9 (decoder + embeddings, no LM head);
 * strict bound: the same with only the FLOPs the engine must do: linear params (6.53e9, no embeddings) times the
-  context tokens plus the prompt prefix re-run by every window.
+  context tokens plus the prompt prefix re-run by every window;
+* sustained bound: the bound's FLOPs over the matmul rate the card holds when it multiplies without pause for
+  5 s (an H100 reaches its 700 W power cap within a second and lowers its SM clock from 1,980 MHz), with the SM
+  clock, power draw and power-cap state sampled through NVML while the engine runs (``nvidia-ml-py``, where
+  installed).
 
 Usage (on a CUDA machine, from the repository root)::
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -61,6 +66,8 @@ class Row:
     naive_hybrid_s: float | None
     bound_s: float
     strict_bound_s: float
+    sustained_bound_s: float
+    clocks: dict[str, float] | None
     windows: int
     tokenize_s: float
     critic_s: float
@@ -97,6 +104,71 @@ def matmul_flops_per_s() -> float:
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     seconds = min(median_time(lambda: a @ b, 30) for _ in range(3))
     return 2 * 8192**3 / seconds
+
+
+def sustained_matmul_flops_per_s(seconds: float = 5.0) -> float:
+    """bf16 FLOP/s of 8192^3 matmuls run back to back for ``seconds``: the rate the card holds under long load."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    start, products = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for _ in range(20):
+            a @ b
+        torch.cuda.synchronize()
+        products += 20
+    return 2 * 8192**3 * products / (time.perf_counter() - start)
+
+
+class ClockSampler:
+    """Samples the GPU's SM clock, power draw and power-cap state through NVML in a background thread.
+
+    Use as a context manager around the timed work; :attr:`summary` is ``None`` where NVML is not installed.
+    """
+
+    SW_POWER_CAP = 0x4  # NVML clocks-event reason bit: the clock is lowered to hold the power limit
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[int, float, bool]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "ClockSampler":
+        try:
+            import pynvml
+        except ImportError:
+            return self
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.samples.append((
+                    pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                    pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3,
+                    bool(pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle) & self.SW_POWER_CAP),
+                ))
+                time.sleep(self.interval_s)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def summary(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        return {
+            "sm_clock_mhz": statistics.median(clock for clock, _, _ in self.samples),
+            "power_w": statistics.median(power for _, power, _ in self.samples),
+            "power_capped_share": sum(capped for _, _, capped in self.samples) / len(self.samples),
+        }
 
 
 def build_model(config: CPRSConfig, outside_bias: float = 0.0) -> CPRSForTokenCritic:
@@ -168,6 +240,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     config = CPRSConfig(**QWEN25_7B_SHAPE)
     flops_per_s = matmul_flops_per_s()
+    sustained_flops_per_s = sustained_matmul_flops_per_s()
     model = build_model(config, args.outside_bias)
     if args.compile:
         model.compile_layers(args.compile_mode)
@@ -190,7 +263,8 @@ def main() -> None:
         text = make_text(tokenizer, length)
         run_engine = lambda: compressor.compress(text, query, instruction)  # noqa: E731
         result = run_engine()
-        engine_s = median_time(run_engine, args.repeats)
+        with ClockSampler() as clocks:
+            engine_s = median_time(run_engine, args.repeats)
         engine_peak = peak_gib(run_engine)
         prefix_len = len(compressor.critic.encode_prefix(instruction, query))
         capacity = args.window_size - prefix_len
@@ -202,7 +276,8 @@ def main() -> None:
         tags = parse_tags(resolve_instruction(instruction))
         critic_s = median_time(lambda: critic.score_windows(plan.prefix_ids, window_ids, tags), args.repeats)
         attention = attention_flops(config, windows, prefix_len)
-        bound = (2 * body_params(config) * length + attention) / flops_per_s
+        bound_flops = 2 * body_params(config) * length + attention
+        bound = bound_flops / flops_per_s
         strict_bound = (2 * linear_params(config) * (length + prefix_len * len(windows)) + attention) / flops_per_s
         naive_s = naive_peak = naive_hybrid_s = None
         if naive is not None:
@@ -215,7 +290,7 @@ def main() -> None:
                 naive_hybrid_s = median_time(run_naive, args.repeats)
                 set_bidirectional(naive, config.first_bidirectional_layer, False)
         rows.append(Row(length, engine_s, engine_peak, naive_s, naive_peak, naive_hybrid_s, bound, strict_bound,
-                        result.windows,
+                        bound_flops / sustained_flops_per_s, clocks.summary, result.windows,
                         tokenize_s, critic_s, result.compressed_tokens))
         print(json.dumps({**asdict(rows[-1]), "engine_tok_s": rows[-1].engine_tokens_per_s}), flush=True)
 
@@ -225,11 +300,17 @@ def main() -> None:
             row.bound_s *= flops_per_s / flops_after
             row.strict_bound_s *= flops_per_s / flops_after
         flops_per_s = flops_after
+    sustained_after = sustained_matmul_flops_per_s()
+    if sustained_after > sustained_flops_per_s:
+        for row in rows:
+            row.sustained_bound_s *= sustained_flops_per_s / sustained_after
+        sustained_flops_per_s = sustained_after
     device = torch.cuda.get_device_name()
     summary = {
         "device": device,
         "torch": torch.__version__,
         "matmul_tflops": flops_per_s / 1e12,
+        "sustained_matmul_tflops": sustained_flops_per_s / 1e12,
         "linear_params": linear_params(config),
         "body_params": body_params(config),
         "window_size": args.window_size,
@@ -240,7 +321,8 @@ def main() -> None:
     }
     with open(args.out, "w") as handle:
         json.dump(summary, handle, indent=2)
-    print(f"\n{device}, bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s, window {args.window_size}")
+    print(f"\n{device}, bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s (sustained 5 s: "
+          f"{sustained_flops_per_s / 1e12:.0f}), window {args.window_size}")
     print("| tokens | engine s | tok/s | engine peak GiB | naive s | naive peak GiB | bound s | % of bound "
           "| strict bound s | % of strict | speed-up vs naive | naive hybrid s | speed-up vs hybrid | tokenize s "
           "| critic s | kept tokens |")
@@ -253,6 +335,15 @@ def main() -> None:
               f"{naive_cells[0]} | {naive_cells[1]} | {row.bound_s:.2f} | {100 * row.bound_s / row.engine_s:.0f}% | "
               f"{row.strict_bound_s:.2f} | {100 * row.strict_bound_s / row.engine_s:.0f}% | {naive_cells[2]} | "
               f"{naive_cells[3]} | {naive_cells[4]} | {row.tokenize_s:.2f} | {row.critic_s:.2f} | {row.kept_tokens} |")
+    print("\n| tokens | engine s | sustained bound s | % of sustained bound | SM clock MHz (median) | power W (median) "
+          "| samples power-capped |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        clock_cells = ("-",) * 3 if row.clocks is None else (
+            f"{row.clocks['sm_clock_mhz']:.0f}", f"{row.clocks['power_w']:.0f}",
+            f"{100 * row.clocks['power_capped_share']:.0f}%")
+        print(f"| {row.tokens} | {row.engine_s:.2f} | {row.sustained_bound_s:.2f} | "
+              f"{100 * row.sustained_bound_s / row.engine_s:.0f}% | {' | '.join(clock_cells)} |")
 
 
 if __name__ == "__main__":

@@ -159,10 +159,11 @@ class QwenCritic:
         device = self.device
         batches = plan_batches([len(window) for window in windows], self.max_batch_tokens)
         # Every batch's ids go to the device before any forward and results come back after the last one, so
-        # the GPU never waits on a host copy or a sync between batches.
-        batch_ids = [torch.from_numpy(np.array([windows[index] for index in batch])).to(device) for batch in batches]
-        label_ids = torch.tensor(self.label_token_ids(tags), device=device) if self.use_lm_head_tags else None
-        prefix = self.model.prefill_prefix(torch.tensor([prefix_ids], device=device))
+        # the GPU never waits on a host copy or a sync between batches; the copies are asynchronous, so a
+        # submission made while earlier windows are being scored queues behind them without waiting for them.
+        batch_ids = [_to_device(np.array([windows[index] for index in batch]), device) for batch in batches]
+        label_ids = _to_device(np.array(self.label_token_ids(tags)), device) if self.use_lm_head_tags else None
+        prefix = self.model.prefill_prefix(_to_device(np.array([prefix_ids]), device))
         outputs = []
         for ids in batch_ids:
             logits = self.model.score_windows(prefix, ids, label_ids)
@@ -179,3 +180,15 @@ class QwenCritic:
             return results  # type: ignore[return-value]
 
         return collect
+
+
+def _to_device(ids: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``ids`` as a tensor on ``device``; to a GPU through pinned memory, without waiting for queued GPU work.
+
+    A copy from ordinary (pageable) host memory makes the host wait until the GPU has finished everything queued
+    before it, which would leave the GPU idle while the host then queues the next kernels.
+    """
+    tensor = torch.from_numpy(ids)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
