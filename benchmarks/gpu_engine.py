@@ -106,18 +106,24 @@ def matmul_flops_per_s() -> float:
     return 2 * 8192**3 / seconds
 
 
+def sustained_seconds(fn: Callable[[], object], seconds: float) -> float:
+    """Mean time of ``fn`` run back to back for ``seconds`` (long enough for the card to reach its power cap)."""
+    fn()
+    torch.cuda.synchronize()
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        calls += 10
+    return (time.perf_counter() - start) / calls
+
+
 def sustained_matmul_flops_per_s(seconds: float = 5.0) -> float:
     """bf16 FLOP/s of 8192^3 matmuls run back to back for ``seconds``: the rate the card holds under long load."""
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    torch.cuda.synchronize()
-    start, products = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        for _ in range(20):
-            a @ b
-        torch.cuda.synchronize()
-        products += 20
-    return 2 * 8192**3 * products / (time.perf_counter() - start)
+    return 2 * 8192**3 / sustained_seconds(lambda: a @ b, seconds)
 
 
 class ClockSampler:

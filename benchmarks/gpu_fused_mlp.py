@@ -18,7 +18,6 @@ Usage (on a CUDA machine with Triton, from the repository root)::
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
@@ -27,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .gpu_engine import QWEN25_7B_SHAPE
+from .gpu_engine import QWEN25_7B_SHAPE, sustained_seconds
 
 TOKENS = 4 * 8192
 HIDDEN = QWEN25_7B_SHAPE["hidden_size"]
@@ -88,19 +87,6 @@ def burst_seconds(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=100, rep=400, return_mode="median") / 1e3
 
 
-def sustained_seconds(fn: Callable[[], object], seconds: float = 4.0) -> float:
-    """Mean time of ``fn`` run back to back for ``seconds`` (long enough for the card to reach its power cap)."""
-    fn()
-    torch.cuda.synchronize()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-        calls += 10
-    return (time.perf_counter() - start) / calls
-
-
 def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
@@ -138,7 +124,7 @@ def main() -> None:
     }
     print("\nwhole MLPs back to back for 4 s each (twice, interleaved):")
     for name, mlp in [*mlps.items(), *mlps.items()]:
-        print(f"| {name} | {sustained_seconds(mlp) * 1e3:.2f} ms per MLP |", flush=True)
+        print(f"| {name} | {sustained_seconds(mlp, 4.0) * 1e3:.2f} ms per MLP |", flush=True)
 
 
 if __name__ == "__main__":

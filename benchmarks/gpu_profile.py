@@ -9,7 +9,6 @@ compiled ``compress`` of a long context with ``torch.profiler``: GPU kernel time
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 from typing import Callable
 
