@@ -159,19 +159,22 @@ class WindowParallelEngine:
         pending: list[Callable[[], list[WindowScores]]] = []
 
         def submit(new_windows: list[range]) -> None:
-            chunk = max(len(new_windows), 1) if progress is None else PROGRESS_CHUNK_WINDOWS
+            chunk = _submission_size(len(new_windows), progress)
             for start in range(0, len(new_windows), chunk):
                 part = [ids[window.start : window.stop] for window in new_windows[start : start + chunk]]
                 pending.append(critic.submit_windows(prefix_ids, part, tags))
             windows.extend(new_windows)
 
+        def submitted_to() -> int:
+            return windows[-1].stop if windows else 0
+
         for part in critic.tokenize_context_parts(text):
             ids += part.ids
             offsets += part.offsets
             self._check_size(len(ids))
-            scored_to = windows[-1].stop if windows else 0
-            submit(_cut_windows(scored_to, scored_to + (len(ids) - scored_to) // capacity * capacity, capacity))
-        submit(_cut_windows(windows[-1].stop if windows else 0, len(ids), capacity))
+            start = submitted_to()
+            submit(_cut_windows(start, start + (len(ids) - start) // capacity * capacity, capacity))
+        submit(_cut_windows(submitted_to(), len(ids), capacity))
         scores: list[WindowScores] = []
         for collect in pending:
             scores += collect()
@@ -204,7 +207,7 @@ class WindowParallelEngine:
         scored_windows = 0
         for (prefix_ids, tags), members in groups.items():
             windows = [prepared[i].tokens.ids[w.start : w.stop] for i in members for w in prepared[i].plan.windows]
-            chunk = len(windows) if progress is None else PROGRESS_CHUNK_WINDOWS
+            chunk = _submission_size(len(windows), progress)
             group_scores: list[WindowScores] = []
             for start in range(0, len(windows), chunk):
                 group_scores += self.critic.score_windows(list(prefix_ids), windows[start : start + chunk], list(tags))
@@ -321,10 +324,15 @@ def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None
 
 
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
-    _check_budget(target_ratio, target_tokens)
+    """Tokens to keep, from options that :func:`_check_budget` has accepted."""
     if target_ratio is not None:
         return max(1, int(total_tokens * target_ratio))
     return target_tokens
+
+
+def _submission_size(window_count: int, progress: ProgressCallback | None) -> int:
+    """Windows per critic call: all at once, or :data:`PROGRESS_CHUNK_WINDOWS` so progress can be reported."""
+    return max(window_count, 1) if progress is None else PROGRESS_CHUNK_WINDOWS
 
 
 def _cut_windows(start: int, stop: int, capacity: int) -> list[range]:
