@@ -236,6 +236,9 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--fused-swiglu", choices=["auto", "on", "off"], default="auto",
+                        help="with --compile: the SwiGLU in the gate/up GEMM's epilogue (quack-kernels); auto = "
+                             "where it can run")
     parser.add_argument("--max-batch-tokens", type=int, default=None)
     parser.add_argument("--outside-bias", type=float, default=6.0,
                         help="added to the random head's O logit so that, like a trained critic, it keeps few tokens "
@@ -249,7 +252,7 @@ def main() -> None:
     sustained_flops_per_s = sustained_matmul_flops_per_s()
     model = build_model(config, args.outside_bias)
     if args.compile:
-        model.compile_layers(args.compile_mode)
+        model.compile_layers(args.compile_mode, {"auto": None, "on": True, "off": False}[args.fused_swiglu])
     critic = QwenCritic(model, tokenizer, name="random-7B", max_batch_tokens=args.max_batch_tokens)
     compressor = CPRSCompressor(critic, window_size=args.window_size)
     naive = None
@@ -321,6 +324,7 @@ def main() -> None:
         "body_params": body_params(config),
         "window_size": args.window_size,
         "compiled": args.compile,
+        "fused_swiglu": model.model.layers[0].mlp.fused_swiglu,
         "outside_bias": args.outside_bias,
         "max_batch_tokens": critic.max_batch_tokens,
         "rows": [asdict(row) for row in rows],
@@ -328,7 +332,7 @@ def main() -> None:
     with open(args.out, "w") as handle:
         json.dump(summary, handle, indent=2)
     print(f"\n{device}, bf16 matmul {flops_per_s / 1e12:.0f} TFLOP/s (sustained 5 s: "
-          f"{sustained_flops_per_s / 1e12:.0f}), window {args.window_size}")
+          f"{sustained_flops_per_s / 1e12:.0f}), window {args.window_size}, fused SwiGLU: {summary['fused_swiglu']}")
     print("| tokens | engine s | tok/s | engine peak GiB | naive s | naive peak GiB | bound s | % of bound "
           "| strict bound s | % of strict | speed-up vs naive | naive hybrid s | speed-up vs hybrid | tokenize s "
           "| critic s | kept tokens |")

@@ -1,23 +1,29 @@
-"""Would a GEMM with the SwiGLU in its epilogue make the critic's MLP faster? (It does not, here: see the README.)
+"""Does a GEMM with the SwiGLU in its epilogue make the critic's MLP faster? (See the README for the figures.)
 
 The engine computes the MLP as one cuBLAS GEMM for gate and up, a compiled elementwise ``silu(gate) * up``
 (memory-bound: ~4% of a 128K-token compress) and the down GEMM. This script times, on the 7B shape with a batch
 of four 8,192-token windows:
 
 * the engine's way: cuBLAS gate/up GEMM + compiled SiLU·up;
+* quack-kernels' gated GEMM (``cprs_core.swiglu.swiglu_projection``, what ``fused_swiglu`` uses), with its
+  default tile configuration and a few others, checked against the engine's result (where quack is installed);
 * a persistent Triton GEMM (TMA loads) that computes gate and up tiles together and writes only
   ``silu(gate) * up``, over a few tile configurations, checked against the engine's result;
 * whole MLPs (gate/up, SiLU·up, down) run back to back for several seconds, as a compress runs them (the card
-  then sits at its power cap): the engine's way, the best Triton fusion, and ``torch.compile``'s
-  ``max-autotune`` on unfused gate and up (Inductor may pick Triton GEMM templates and fuse the product into one).
+  then sits at its power cap): the engine's way, quack's fused GEMM, the best Triton fusion, and
+  ``torch.compile``'s ``max-autotune`` on unfused gate and up (Inductor may pick Triton GEMM templates and fuse
+  the product into one).
 
-Usage (on a CUDA machine with Triton, from the repository root)::
+Usage (on a CUDA machine with Triton, from the repository root; ``--skip-triton`` leaves out the Triton kernel and
+``max-autotune``)::
 
-    python -m benchmarks.gpu_fused_mlp
+    python -m benchmarks.gpu_fused_mlp [--skip-triton]
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from typing import Callable
 
 import torch
@@ -25,6 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from cprs_core.swiglu import swiglu_projection
 
 from .gpu_engine import QWEN25_7B_SHAPE, sustained_seconds
 
@@ -38,6 +46,11 @@ CONFIGS = (  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages
     (256, 64, 64, 8, 8, 3),
     (128, 64, 64, 8, 8, 5),
     (64, 128, 64, 8, 4, 4),
+)
+QUACK_CONFIGS = (  # tile_m, tile_n (gate and up columns together), pingpong, cluster_m, cluster_n
+    (128, 192, True, 1, 2),
+    (256, 192, False, 2, 1),
+    (128, 256, False, 2, 1),
 )
 
 
@@ -83,11 +96,29 @@ def fused_swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Te
     return out
 
 
+def quack_swiglu(x: torch.Tensor, gate_up: torch.Tensor, config: tuple) -> torch.Tensor:
+    """quack's gated GEMM pinned to one tile configuration (``swiglu_projection`` uses quack's default)."""
+    from quack.gemm_config import GemmConfig
+    from quack.gemm_interface import gemm_gated
+
+    tile_m, tile_n, pingpong, cluster_m, cluster_n = config
+    pinned = GemmConfig(tile_m=tile_m, tile_n=tile_n, pingpong=pingpong, cluster_m=cluster_m, cluster_n=cluster_n,
+                        is_dynamic_persistent=False)  # fmt: skip
+    return gemm_gated(x, gate_up.T, activation="swiglu", store_preact=False, config=pinned, concat_layout=("B",))[1]
+
+
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((out.float() - reference).norm() / reference.norm()).item()
+
+
 def burst_seconds(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=100, rep=400, return_mode="median") / 1e3
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-triton", action="store_true", help="leave out the Triton kernel and max-autotune")
+    args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
     gate_up = torch.randn(2 * INTERMEDIATE, HIDDEN, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -103,25 +134,39 @@ def main() -> None:
     engine_s = burst_seconds(engine_swiglu)
     print(f"| cuBLAS gate/up GEMM | {gemm_s * 1e3:.2f} ms | {flops / gemm_s / 1e12:.0f} TFLOP/s |")
     print(f"| cuBLAS gate/up + compiled SiLU·up (engine) | {engine_s * 1e3:.2f} ms | {flops / engine_s / 1e12:.0f} |")
-    timed = []
-    for config in CONFIGS:
-        out = fused_swiglu(x, gate, up, config).float()
-        error = ((out - reference).norm() / reference.norm()).item()
-        seconds = burst_seconds(lambda: fused_swiglu(x, gate, up, config))
-        timed.append((seconds, config))
-        rate = flops / seconds / 1e12
-        print(f"| Triton fused, {config} | {seconds * 1e3:.2f} ms | {rate:.0f} | rel. error {error:.1e} |")
-    best = min(timed)[1]
-    unfused_gate, unfused_up = gate.contiguous(), up.contiguous()
-    autotuned = torch.compile(
-        lambda x: F.linear(F.silu(F.linear(x, unfused_gate)) * F.linear(x, unfused_up), down),
-        mode="max-autotune-no-cudagraphs",
-    )
-    mlps = {
-        "engine (cuBLAS + compiled SiLU·up)": lambda: F.linear(engine_swiglu(), down),
-        f"Triton fused {best}": lambda: F.linear(fused_swiglu(x, gate, up, best), down),
-        "torch.compile max-autotune, unfused gate and up": lambda: autotuned(x),
-    }
+    mlps = {"engine (cuBLAS + compiled SiLU·up)": lambda: F.linear(engine_swiglu(), down)}
+    if importlib.util.find_spec("quack") is not None:
+        variants = {"quack gated GEMM, default config (fused_swiglu)": lambda: swiglu_projection(x, gate_up)}
+        for config in QUACK_CONFIGS:
+            variants[f"quack gated GEMM {config}"] = lambda config=config: quack_swiglu(x, gate_up, config)
+        for name, variant in variants.items():
+            try:
+                error = relative_error(variant(), reference)
+            except Exception as failure:  # a tile shape quack rejects for this GEMM: report it and go on
+                print(f"| {name} | failed: {type(failure).__name__}: {failure} |")
+                continue
+            seconds = burst_seconds(variant)
+            print(f"| {name} | {seconds * 1e3:.2f} ms | {flops / seconds / 1e12:.0f} | rel. error {error:.1e} |")
+        quack_mlp = lambda: F.linear(swiglu_projection(x, gate_up), down)  # noqa: E731
+        mlp_error = relative_error(quack_mlp(), F.linear(engine_swiglu(), down).float())
+        print(f"whole MLP, quack fused vs the engine's way: rel. error {mlp_error:.1e}")
+        mlps["quack fused (fused_swiglu)"] = quack_mlp
+    if not args.skip_triton:
+        timed = []
+        for config in CONFIGS:
+            error = relative_error(fused_swiglu(x, gate, up, config), reference)
+            seconds = burst_seconds(lambda: fused_swiglu(x, gate, up, config))
+            timed.append((seconds, config))
+            rate = flops / seconds / 1e12
+            print(f"| Triton fused, {config} | {seconds * 1e3:.2f} ms | {rate:.0f} | rel. error {error:.1e} |")
+        best = min(timed)[1]
+        unfused_gate, unfused_up = gate.contiguous(), up.contiguous()
+        autotuned = torch.compile(
+            lambda x: F.linear(F.silu(F.linear(x, unfused_gate)) * F.linear(x, unfused_up), down),
+            mode="max-autotune-no-cudagraphs",
+        )
+        mlps[f"Triton fused {best}"] = lambda: F.linear(fused_swiglu(x, gate, up, best), down)
+        mlps["torch.compile max-autotune, unfused gate and up"] = lambda: autotuned(x)
     print("\nwhole MLPs back to back for 4 s each (twice, interleaved):")
     for name, mlp in [*mlps.items(), *mlps.items()]:
         print(f"| {name} | {sustained_seconds(mlp, 4.0) * 1e3:.2f} ms per MLP |", flush=True)

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration import CPRSConfig
+from .swiglu import fused_swiglu_available, swiglu_projection
 
 
 class CPRSRMSNorm(nn.Module):
@@ -183,14 +184,21 @@ class CPRSMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.gate_up_weight: torch.Tensor | None
         self.register_buffer("gate_up_weight", None, persistent=False)  # set by fuse_projections
+        self.fused_swiglu = False
 
-    def fuse_projections(self) -> None:
-        """Compute gate and up with one GEMM; their weights become views of the fused tensor."""
+    def fuse_projections(self, fused_swiglu: bool = False) -> None:
+        """Compute gate and up with one GEMM; their weights become views of the fused tensor.
+
+        ``fused_swiglu`` applies the SwiGLU in that GEMM's epilogue (:func:`~cprs_core.swiglu.swiglu_projection`).
+        """
         self.gate_up_weight, _ = _fuse_linears(self.gate_proj, self.up_proj)
+        self.fused_swiglu = fused_swiglu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is None:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_swiglu:
+            return self.down_proj(swiglu_projection(x, self.gate_up_weight))
         gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -277,27 +285,36 @@ class CPRSForTokenCritic(PreTrainedModel):
         self._layer_runner = _run_layer
         self.post_init()
 
-    def compile_layers(self, mode: str | None = None) -> None:
+    def compile_layers(self, mode: str | None = None, fused_swiglu: bool | None = None) -> None:
         """Fuse the projections and run decoder layers through ``torch.compile`` (GPU inference speed).
 
         Compilation fuses norms, RoPE and activations; q/k/v and gate/up become single GEMMs
         (:meth:`fuse_projections`; measured slower without compilation, so only done here). All layers share
         one compiled function (the layer is an argument): one graph per layer kind, with sequence lengths
         made dynamic after the first change (``torch.compile``'s default), so new context lengths do not
-        recompile. ``mode`` is passed to ``torch.compile`` (e.g. ``"max-autotune-no-cudagraphs"``).
+        recompile. ``mode`` is passed to ``torch.compile`` (e.g. ``"max-autotune-no-cudagraphs"``);
+        ``fused_swiglu`` as in :meth:`fuse_projections`.
         """
-        self.fuse_projections()
+        self.fuse_projections(fused_swiglu)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._layer_runner = torch.compile(_run_layer, mode=mode)
 
-    def fuse_projections(self) -> None:
+    def fuse_projections(self, fused_swiglu: bool | None = None) -> None:
         """Fuse q/k/v and gate/up into single GEMMs in every layer (inference speed; call after moving the model).
 
         Parameter names and values are unchanged, so the fused model still saves in the released format.
+        ``fused_swiglu`` computes ``silu(gate) * up`` inside the gate/up GEMM (quack-kernels, Hopper or newer):
+        ``None`` does so where it can run (:func:`~cprs_core.swiglu.fused_swiglu_available`), ``True`` requires it.
         """
+        available = fused_swiglu_available(self.device, self.dtype)
+        if fused_swiglu and not available:
+            raise ValueError(
+                "fused_swiglu needs quack-kernels (pip install 'cprs[gpu]'), a CUDA GPU of compute capability 9.0 "
+                f"or newer and a 16-bit dtype; this model is {self.dtype} on {self.device}"
+            )
         for layer in self.model.layers:
             layer.self_attn.fuse_projections()
-            layer.mlp.fuse_projections()
+            layer.mlp.fuse_projections(available if fused_swiglu is None else fused_swiglu)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from transformers import Qwen2Config, Qwen2Model
 
 from cprs_core import CPRSConfig, CPRSForTokenCritic
+from cprs_core.swiglu import fused_swiglu_available, swiglu_projection
 
 from .tiny_checkpoint import RELEASED_FORMAT_CONFIG
 
@@ -170,3 +171,38 @@ def test_fused_projections_compute_the_same_and_save_the_released_format(tmp_pat
     reloaded = CPRSForTokenCritic.from_pretrained(tmp_path).eval()
     assert reloaded.state_dict().keys() == model.state_dict().keys()
     torch.testing.assert_close(reloaded(ids, label_token_ids=labels).bioe, before.bioe)
+
+
+def test_fused_swiglu_is_off_where_it_cannot_run_and_refused_when_required() -> None:
+    model = CPRSForTokenCritic(_small_config()).eval()
+    model.fuse_projections()  # auto: no quack kernel on CPU, so the MLP keeps the GEMM + elementwise product
+    assert not any(layer.mlp.fused_swiglu for layer in model.model.layers)
+    with pytest.raises(ValueError, match="quack-kernels.*compute capability 9.0"):
+        model.fuse_projections(fused_swiglu=True)
+
+
+def test_fused_swiglu_op_traces_to_the_product_shape() -> None:
+    # torch.compile traces the custom op with fake tensors: its output must have the intermediate width.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        product = swiglu_projection(torch.empty(2, 5, 64), torch.empty(2 * 96, 64))
+    assert product.shape == (2, 5, 96)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not fused_swiglu_available(torch.device("cuda"), torch.bfloat16),
+    reason="needs quack-kernels and a CUDA GPU of compute capability 9.0+",
+)
+def test_fused_swiglu_scores_like_the_unfused_mlp_on_gpu() -> None:
+    torch.manual_seed(0)
+    config = _small_config(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+    model = CPRSForTokenCritic(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, 300, (2, 128), device="cuda")
+    model.fuse_projections(fused_swiglu=False)
+    with torch.no_grad():
+        unfused = model(ids).bioe
+        model.fuse_projections(fused_swiglu=True)
+        fused = model(ids).bioe
+    assert model.model.layers[0].mlp.fused_swiglu
+    assert ((fused - unfused).norm() / unfused.norm()).item() < 2e-2
