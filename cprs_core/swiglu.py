@@ -25,18 +25,27 @@ def fused_swiglu_available(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
+def quack_swiglu(rows: torch.Tensor, gate_up_weight: torch.Tensor, config: object | None = None) -> torch.Tensor:
+    """quack's gated GEMM for ``rows [tokens, hidden]`` and ``gate_up_weight = cat(gate, up)`` (``[2I, hidden]``).
+
+    ``config`` pins a ``quack.gemm_config.GemmConfig`` tile (benchmarks); ``None`` takes quack's default untuned.
+    """
+    from quack.gemm_interface import gemm_gated
+
+    _, product = gemm_gated(
+        rows, gate_up_weight.T, activation="swiglu", store_preact=False, tuned=False, config=config,
+        concat_layout=("B",),  # the weight's output rows are [gate; up], not interleaved
+    )  # fmt: skip
+    return product
+
+
 @torch.library.custom_op("cprs::swiglu_projection", mutates_args=(), device_types="cuda")
 def swiglu_projection(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)`` in one GEMM, for ``gate_up_weight = cat(gate, up)`` (``[2I, hidden]``).
 
     A custom op, so ``torch.compile`` keeps it whole (quack compiles and caches its own kernel on first use).
     """
-    from quack.gemm_interface import gemm_gated
-
-    rows = x.reshape(-1, x.shape[-1])
-    _, product = gemm_gated(
-        rows, gate_up_weight.T, activation="swiglu", store_preact=False, tuned=False, concat_layout=("B",)
-    )
+    product = quack_swiglu(x.reshape(-1, x.shape[-1]), gate_up_weight)
     return product.reshape(*x.shape[:-1], product.shape[-1])
 
 
