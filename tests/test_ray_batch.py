@@ -17,6 +17,8 @@ from cprs_core import CPRSCompressor  # noqa: E402
 from cprs_integrations import ray_batch  # noqa: E402
 from cprs_integrations.batch_store import BatchInputError  # noqa: E402
 
+from .ray_actors import map_worker_pids  # noqa: E402
+
 WINDOW = 128
 QUERY = "Which numbers appear?"
 
@@ -56,16 +58,6 @@ def assert_complete(output: Path, compressor: CPRSCompressor, rows: list[dict]) 
     assert {line["id"]: line["result"] for line in lines} == expected(compressor, rows)
 
 
-def worker_pids() -> list[int]:
-    """Processes of the live Ray Data map actors (the GCS actor table; Ray's public state API needs the dashboard)."""
-    from ray._private.state import actors
-
-    return [
-        actor["Pid"] for actor in actors().values()
-        if "MapWorker" in actor["ActorClassName"] and actor["State"] == "ALIVE"
-    ]
-
-
 def test_results_equal_local_compression_with_ids_and_errors(
     tmp_path: Path, digit_tagger_dir: Path, digit_compressor: CPRSCompressor
 ) -> None:
@@ -97,7 +89,7 @@ def test_a_killed_worker_loses_and_duplicates_no_record(
 
     def kill_one_worker_mid_run(done: int, total: int) -> None:
         if not killed and 0 < done < total:
-            pid = worker_pids()[0]
+            pid = map_worker_pids()[0]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
