@@ -39,19 +39,18 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Ray's memory monitor kills workers above 95% of the memory it reads; the GPU hosts report a MemTotal that
-# grows only as memory is used, and the checkpoint's page cache counts as used. Read when Ray starts.
+# grows only as memory is used, and a 15 GB checkpoint in /dev/shm counts as used. Read when Ray starts.
 os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 
 import ray  # noqa: E402
@@ -63,16 +62,18 @@ from transformers import AutoTokenizer  # noqa: E402
 from cprs_core import CPRSConfig  # noqa: E402
 from cprs_core.remote import RemoteCompressor  # noqa: E402
 from cprs_core.errors import CPRSError  # noqa: E402
-from cprs_integrations.ray_batch import compress_jsonl  # noqa: E402
+from cprs_integrations.ray_batch import BatchProgress, compress_jsonl  # noqa: E402
 from cprs_integrations.ray_serve import run_serve  # noqa: E402
 from cprs_integrations.server import ServerSettings  # noqa: E402
 from tests.ray_actors import map_worker_pids  # noqa: E402
 from tests.tiny_checkpoint import RELEASED_FORMAT_CONFIG, write_tiny_checkpoint  # noqa: E402
 
 from .gpu_engine import QWEN25_7B_SHAPE, WORDS, build_model  # noqa: E402
+from .server_load import free_port  # noqa: E402
 
 RESULTS = "ray_gpu_scaling.json"
 GRANULARITY = "sentence"
+INSTRUCTION = "needle"
 WIDTHS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
@@ -178,7 +179,9 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def batch_run(setup: Setup, source: Path, output: Path, units: int, progress=None) -> dict[str, Any]:
+def batch_run(
+    setup: Setup, source: Path, output: Path, units: int, progress: BatchProgress | None = None
+) -> dict[str, Any]:
     """One ``compress_jsonl`` job on ``units`` GPUs (or CPU actors): rates, GPU utilisation, output checks."""
     commits: list[tuple[float, int]] = []
 
@@ -189,7 +192,7 @@ def batch_run(setup: Setup, source: Path, output: Path, units: int, progress=Non
 
     with GpuSampler() as gpus:
         summary = compress_jsonl(
-            source, output, query_field="q", granularity=GRANULARITY, model=str(setup.model),
+            source, output, query_field="q", instruction=INSTRUCTION, granularity=GRANULARITY, model=str(setup.model),
             window_size=setup.window_size, batch_size=setup.batch_size, progress=on_commit,
             **setup.actors(units),
         )
@@ -263,11 +266,11 @@ def kill_phase(setup: Setup, source: Path, ids: list[str], records: int, units: 
 
 def serve_phase(setup: Setup, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed + 1)
-    documents = [
-        (document(tokenizer, args.serve_tokens, rng, f"The special magic number for request {i} is {rng.randrange(10**6)}"),
-         f"What is the special magic number for request {i}?")
-        for i in range(args.serve_requests + args.serve_concurrency)
-    ]
+    documents = []
+    for index in range(args.serve_requests + args.serve_concurrency):
+        needle = f"The special magic number for request {index} is {rng.randrange(10**6)}"
+        documents.append((document(tokenizer, args.serve_tokens, rng, needle),
+                          f"What is the special magic number for request {index}?"))
     warm_up, measured = documents[: args.serve_concurrency], documents[args.serve_concurrency :]
     runs = [serve_run(setup, count, warm_up, measured, args.serve_concurrency) for count in (1, args.gpus)]
     return {
@@ -326,16 +329,10 @@ def send(client: RemoteCompressor, job: tuple[str, str]) -> tuple[float, Any]:
     """(latency, result or the exception raised) of one request."""
     start = time.perf_counter()
     try:
-        result: Any = client.compress(job[0], job[1], "needle", granularity=GRANULARITY)
+        result: Any = client.compress(job[0], job[1], INSTRUCTION, granularity=GRANULARITY)
     except CPRSError as error:
         result = error
     return time.perf_counter() - start, result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def default_workdir() -> Path:
@@ -401,9 +398,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "serve_tokens": "context tokens per request", "serve_concurrency": "client threads",
     }
     for name, (large, toy) in SIZES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{helps[name]} (default {large}; {toy} with --toy)")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            help=f"{helps[name]} (default {large}; {toy} with --toy)")
     parser.add_argument("--phases", nargs="+", choices=["batch", "kill", "serve"], default=["batch", "kill", "serve"])
-    parser.add_argument("--workdir", type=Path, help="scratch folder, kept (default: a temporary one in /dev/shm or $TMPDIR)")
+    parser.add_argument("--workdir", type=Path,
+                        help="scratch folder, kept afterwards (default: a temporary one in /dev/shm or $TMPDIR)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.toy and not args.tokenizer:

