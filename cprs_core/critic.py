@@ -25,16 +25,22 @@ class WindowScores:
         bioe: ``float32 [n_tokens, 4]`` probabilities over B, I, O, E.
         tag_index: ``int [n_tokens]`` index into the request's tag list naming the most likely tag of each
             token, or ``None`` when the critic has no tag scorer (then every span gets the first tag).
+        relevance: ``float32 [n_tokens]`` relevance logits, or ``None``. A critic that has them (cprs-mini) is
+            trained so that the mean over a sentence's tokens ranks sentences by how much they matter to the
+            query; the engine then scores sentences and paragraphs with it (see :mod:`cprs_core.spans`).
     """
 
     bioe: np.ndarray
     tag_index: np.ndarray | None = None
+    relevance: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.bioe.ndim != 2 or self.bioe.shape[1] != len(BIOE_LABELS):
             raise ValueError(f"bioe must have shape [n, 4], got {self.bioe.shape}")
         if self.tag_index is not None and self.tag_index.shape != (self.bioe.shape[0],):
             raise ValueError("tag_index must have one entry per token")
+        if self.relevance is not None and self.relevance.shape != (self.bioe.shape[0],):
+            raise ValueError("relevance must have one entry per token")
 
 
 @dataclass(frozen=True)

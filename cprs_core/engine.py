@@ -27,6 +27,7 @@ from .spans import (
     decode_spans,
     fill_short_gaps,
     merge_adjacent,
+    SentenceScores,
     select_by_budget,
     units_from_char_ranges,
 )
@@ -254,7 +255,10 @@ class WindowParallelEngine:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
         sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
-        kept = self._kept_groups(text, tokens, bioe, sums, request.granularity, item.budget, request.min_span_tokens)
+        kept = self._kept_groups(
+            text, request.query, tokens, bioe, sums, _concat_relevance(scores), request.granularity, item.budget,
+            request.min_span_tokens,
+        )
         groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
         token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
         token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
@@ -274,17 +278,25 @@ class WindowParallelEngine:
             metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget},
         )
 
-    @staticmethod
     def _kept_groups(
+        self,
         text: str,
+        query: str,
         tokens: TokenizedText,
         bioe: np.ndarray,
         sums: TokenScoreSums,
+        relevance: np.ndarray | None,
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
     ) -> list[list[Unit]]:
-        """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units)."""
+        """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units).
+
+        Sentences and paragraphs are scored by their best token's keep probability, or, when the critic gives
+        relevance logits, by their (best) sentence's :class:`~cprs_core.spans.SentenceScores`; without a budget,
+        a unit is kept when it holds a tagged token or its sentence's mean logit reaches the critic's
+        ``relevance_threshold``.
+        """
         keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
         labels = fill_short_gaps(bioe.argmax(axis=1))
         if granularity == "token":
@@ -299,8 +311,17 @@ class WindowParallelEngine:
                 [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(score))]
                 for i, ((start, end), score) in enumerate(zip(ranges.tolist(), scores))
             ]
-        ranges = sentence_ranges(text) if granularity == "sentence" else paragraph_ranges(text)
-        candidates = units_from_char_ranges(ranges, [end for _, end in tokens.offsets], keep_scores)
+        token_ends = [end for _, end in tokens.offsets]
+        sentences = sentence_ranges(text)
+        ranges = sentences if granularity == "sentence" else paragraph_ranges(text)
+        if relevance is None:
+            candidates = units_from_char_ranges(ranges, token_ends, keep_scores)
+            relevant = [False] * len(candidates)
+        else:
+            scores = self._sentence_scores(text, query, relevance, sentences, token_ends)
+            candidates = units_from_char_ranges(ranges, token_ends, scores.rank)
+            threshold = _logit(getattr(self.critic, "relevance_threshold", None))
+            relevant = [unit.score >= threshold for unit in units_from_char_ranges(ranges, token_ends, scores.keep)]
         if budget is not None:
             return merge_adjacent(select_by_budget(candidates, budget, granularity))
         tagged = np.zeros(len(labels) + 1, dtype=np.int64)
@@ -308,8 +329,27 @@ class WindowParallelEngine:
             tagged[start:end] = 1
         tagged_before = np.concatenate(([0], np.cumsum(tagged)))
         return merge_adjacent(
-            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]]
+            [
+                unit
+                for unit, above in zip(candidates, relevant)
+                if above or tagged_before[unit.token_end] > tagged_before[unit.token_start]
+            ]
         )
+
+    def _sentence_scores(
+        self, text: str, query: str, relevance: np.ndarray, sentences: list[tuple[int, int]], token_ends: list[int]
+    ) -> SentenceScores:
+        """Sentence scores from the critic's relevance logits, ranked together with its query–sentence similarity
+        where it has one (``sentence_similarity`` and a ``similarity_weight``)."""
+        weight = getattr(self.critic, "similarity_weight", None)
+        similarity_of = getattr(self.critic, "sentence_similarity", None)
+        if not weight or similarity_of is None:
+            return SentenceScores.from_relevance(relevance, sentences, token_ends)
+
+        def similarity(indices: list[int]) -> np.ndarray:
+            return similarity_of(query, [text[sentences[i][0] : sentences[i][1]] for i in indices])
+
+        return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight)
 
 
 def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None:
@@ -338,6 +378,19 @@ def _submission_size(window_count: int, progress: ProgressCallback | None) -> in
 def _cut_windows(start: int, stop: int, capacity: int) -> list[range]:
     """Consecutive token ranges of at most ``capacity`` covering ``[start, stop)``."""
     return [range(first, min(first + capacity, stop)) for first in range(start, stop, capacity)]
+
+
+def _concat_relevance(scores: Sequence[WindowScores]) -> np.ndarray | None:
+    if any(score.relevance is None for score in scores):
+        return None
+    return np.concatenate([score.relevance for score in scores])
+
+
+def _logit(probability: float | None) -> float:
+    """The logit of a keep threshold given as a probability (``None``: no threshold, i.e. infinity)."""
+    if probability is None:
+        return float("inf")
+    return float(np.log(probability) - np.log1p(-probability))
 
 
 def _concat_tag_index(scores: Sequence[WindowScores]) -> np.ndarray | None:

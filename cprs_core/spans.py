@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -107,12 +108,66 @@ class Unit:
         return self.token_end - self.token_start
 
 
+@dataclass(frozen=True)
+class SentenceScores:
+    """Per-sentence scores from a critic's relevance logits, spread back onto the tokens each sentence owns.
+
+    Attributes:
+        keep: per token, the mean relevance logit of its sentence (a calibrated logit: the no-budget keep rule
+            compares it with the critic's threshold).
+        rank: per token, its sentence's ranking score (``keep``, or combined with a similarity, see
+            :meth:`combined`). Taking a unit's best token scores a sentence by itself and a paragraph by its best
+            sentence. Tokens outside every sentence keep their own logit (``rank``: the lowest score).
+    """
+
+    keep: np.ndarray
+    rank: np.ndarray
+
+    @classmethod
+    def from_relevance(
+        cls,
+        relevance: np.ndarray,
+        sentences: list[tuple[int, int]],
+        token_ends: list[int],
+        similarity: Callable[[list[int]], np.ndarray] | None = None,
+        similarity_weight: float = 0.0,
+    ) -> SentenceScores:
+        """Pool ``relevance`` over each sentence's tokens (owned as in :func:`units_from_char_ranges`).
+
+        With ``similarity`` (called with the indices of the sentences that own tokens, returning one similarity
+        each), the ranking score is ``z(mean logit) + similarity_weight * z(similarity)``, z-scores taken over
+        the context's sentences.
+        """
+        ranges = [
+            (index, bisect.bisect_right(token_ends, start), bisect.bisect_right(token_ends, end))
+            for index, (start, end) in enumerate(sentences)
+        ]
+        ranges = [(index, first, last) for index, first, last in ranges if first < last]
+        keep = relevance.astype(np.float64)
+        means = np.array([relevance[first:last].mean() for _, first, last in ranges], dtype=np.float64)
+        for (_, first, last), mean in zip(ranges, means):
+            keep[first:last] = mean
+        if similarity is None or not ranges:
+            return cls(keep, keep)
+        combined = _zscore(means) + similarity_weight * _zscore(similarity([index for index, _, _ in ranges]))
+        rank = np.full(len(relevance), combined.min(), dtype=np.float64)
+        for (_, first, last), score in zip(ranges, combined):
+            rank[first:last] = score
+        return cls(keep, rank)
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
 def units_from_char_ranges(
     char_ranges: list[tuple[int, int]], token_ends: list[int], keep_scores: np.ndarray
 ) -> list[Unit]:
     """Units for sentences/paragraphs: each owns the tokens whose last character lies inside it.
 
-    A unit's score is its best token's keep score (a sentence holding one needle token is relevant).
+    A unit's score is its best token's score (a sentence holding one needle token is relevant).
     """
     units = []
     for char_start, char_end in char_ranges:

@@ -97,6 +97,7 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(critic: Mi
     for scores, window, repeat in zip(first, windows, again):
         assert scores.bioe.shape == (len(window), 4) and scores.bioe.dtype == np.float32
         assert scores.tag_index is None
+        assert scores.relevance is not None and scores.relevance.shape == (len(window),)
         np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
         np.testing.assert_array_equal(scores.bioe, repeat.bioe)
     default_batch = critic.max_batch_tokens
@@ -139,3 +140,25 @@ def test_chain_statements_are_kept(critic: MiniCritic, prose: str) -> None:
     result = CPRSCompressor(critic).compress(context, query=query, instruction="chain")
     assert all(statement in result.text for statement in chain)
     assert "90817" not in result.text
+
+
+def test_a_real_questions_evidence_ranks_first_and_survives_the_default_rule(critic: MiniCritic, prose: str) -> None:
+    evidence = "The lighthouse on Gull Island was built in 1874 by the harbour board."
+    context = plant(prose, [evidence, "The harbour board also repaired the old pier in 1901."], seed=7)
+    compressor = CPRSCompressor(critic)
+    query = "When was the lighthouse on Gull Island built?"
+    tight = compressor.compress(context, query=query, granularity="sentence", target_tokens=critic.count_tokens(evidence))
+    assert tight.text == evidence
+    default = compressor.compress(context, query=query, granularity="sentence")
+    assert evidence in default.text and default.ratio > 20
+
+
+def test_the_shipped_ranking_uses_the_tuned_similarity_and_threshold(critic: MiniCritic) -> None:
+    config = json.loads((SHIPPED_DIR / "config.json").read_text())
+    assert critic.similarity_weight == config["similarity_weight"] > 0
+    assert critic.relevance_threshold == config["relevance_threshold"]
+    similarity = critic.sentence_similarity(
+        "Who built the lighthouse? When was the pier repaired?",
+        ["The harbour board built the lighthouse.", "The pier was repaired in 1901.", "Sheep graze on the hills."],
+    )
+    assert similarity[2] < min(similarity[0], similarity[1])

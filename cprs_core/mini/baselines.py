@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 from transformers import BertModel
 
 from ..text_units import sentence_ranges
+from .similarity import SentenceEmbedder
 
 CHUNK_TOKENS = 128
 _WORD = re.compile(r"\w+")
@@ -104,32 +104,12 @@ class EmbeddingSentences:
         max_tokens: int = 256,
         batch_size: int = 64,
     ) -> None:
-        self.encoder = encoder
-        self.tokenizer = tokenizer
+        self.embedder = SentenceEmbedder(encoder, tokenizer, max_tokens, batch_size)
         self.count_tokens = count_tokens
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
 
-    @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings ``[len(texts), hidden]`` (``[CLS] text [SEP]``, mean over real tokens)."""
-        encodings = [encoding.ids[: self.max_tokens] for encoding in self.tokenizer.encode_batch(list(texts))]
-        order = np.argsort([len(ids) for ids in encodings], kind="stable")
-        device = next(self.encoder.parameters()).device
-        result = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)
-        for begin in range(0, len(order), self.batch_size):
-            rows = order[begin : begin + self.batch_size]
-            length = max(len(encodings[row]) for row in rows)
-            ids = torch.zeros(len(rows), length, dtype=torch.long)
-            mask = torch.zeros(len(rows), length, dtype=torch.long)
-            for position, row in enumerate(rows):
-                ids[position, : len(encodings[row])] = torch.tensor(encodings[row])
-                mask[position, : len(encodings[row])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            result[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
-        return result
+        return self.embedder.embed(texts)
 
     def rank(self, text: str, query: str) -> Ranking:
         """Sentences of ``text`` scored by cosine similarity to ``query``."""

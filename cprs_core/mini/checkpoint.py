@@ -33,6 +33,11 @@ class MiniConfig:
     max_window: int = 512
     max_prefix_tokens: int = MAX_PREFIX_TOKENS
     input_format: str = "[CLS] tags: query [SEP] window [SEP]"
+    relevance_head: bool = False
+    relevance_threshold: float | None = None
+    """Probability at or above which a sentence is kept without a budget (chosen on the ``tune`` split)."""
+    similarity_weight: float | None = None
+    """Weight of the un-adapted backbone's query–sentence cosine (z-scored) in the sentence ranking; ``None``: unused."""
     training: dict[str, Any] = field(default_factory=dict)
 
 

@@ -19,6 +19,7 @@ from .checkpoint import SHIPPED_DIR, read_checkpoint
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
+from .similarity import SentenceEmbedder
 
 SHIPPED_NAME = "cprs-mini"
 DEFAULT_BATCH_TOKENS = 4096
@@ -34,6 +35,10 @@ class MiniCritic:
         name: shown in results.
         max_prefix_tokens: prefix length limit (tag words and query are cut to fit).
         max_batch_tokens: tokens per forward batch.
+        relevance_threshold: probability at or above which the engine keeps a sentence with no budget set
+            (``None``: only the BIOE tags decide).
+        embedder: the un-adapted backbone as a sentence embedder, for :meth:`sentence_similarity`.
+        similarity_weight: weight of that similarity in the engine's sentence ranking (``None``: unused).
     """
 
     suffix_tokens = 1
@@ -46,12 +51,18 @@ class MiniCritic:
         name: str = SHIPPED_NAME,
         max_prefix_tokens: int = MAX_PREFIX_TOKENS,
         max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        relevance_threshold: float | None = None,
+        embedder: SentenceEmbedder | None = None,
+        similarity_weight: float | None = None,
     ) -> None:
         self.model = model
+        self.embedder = embedder
+        self.similarity_weight = similarity_weight if embedder is not None else None
         self.tokenizer = tokenizer
         self.name = name
         self.max_prefix_tokens = max_prefix_tokens
         self.max_batch_tokens = max_batch_tokens
+        self.relevance_threshold = relevance_threshold
         self.max_positions = int(model.encoder.config.max_position_embeddings)
         self.default_window_size = self.max_positions
         self._sep_id = special_id(tokenizer, "[SEP]")
@@ -69,6 +80,12 @@ class MiniCritic:
         """Number of context tokens in ``text``."""
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def sentence_similarity(self, query: str, sentences: Sequence[str]) -> np.ndarray:
+        """Cosine of each sentence to the query (its best question) under the un-adapted backbone."""
+        if self.embedder is None:
+            raise ValueError("this cprs-mini critic was loaded without its sentence embedder")
+        return self.embedder.similarity(query, sentences)
+
     def encode_prefix(self, instruction: str, query: str) -> list[int]:
         """``[CLS] tags: query [SEP]``: the instruction's tag words and the query, at most ``max_prefix_tokens``."""
         return encode_prefix(self.tokenizer, instruction, query, self.max_prefix_tokens)
@@ -77,7 +94,8 @@ class MiniCritic:
     def score_windows(
         self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]
     ) -> list[WindowScores]:
-        """BIOE probabilities of each window's tokens; the tag words already sit in the prefix, so ``tag_index`` is None."""
+        """BIOE probabilities and relevance logits of each window's tokens (the tag words sit in the prefix, so
+        ``tag_index`` is None)."""
         lengths = [len(prefix_ids) + len(window) + self.suffix_tokens for window in windows]
         if lengths and max(lengths) > self.max_positions:
             raise WindowSizeError(f"a window of {max(lengths)} tokens exceeds cprs-mini's {self.max_positions} positions")
@@ -85,12 +103,17 @@ class MiniCritic:
         results: list[WindowScores | None] = [None] * len(windows)
         for batch in plan_batches(lengths, self.max_batch_tokens):
             ids, types = zip(*(assemble(prefix_ids, windows[index], self._sep_id) for index in batch))
-            logits = self.model(
+            logits, relevance = self.model(
                 torch.tensor(ids, device=self.device), torch.tensor(types, device=self.device)
             )
             probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            relevances = None if relevance is None else relevance.float().cpu().numpy()
             for row, index in enumerate(batch):
-                results[index] = WindowScores(np.ascontiguousarray(probabilities[row, start : start + len(windows[index])]))
+                end = start + len(windows[index])
+                results[index] = WindowScores(
+                    np.ascontiguousarray(probabilities[row, start:end]),
+                    relevance=None if relevances is None else np.ascontiguousarray(relevances[row, start:end]),
+                )
         return results  # type: ignore[return-value]
 
 
@@ -119,8 +142,15 @@ def load_mini_critic(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = backbone_dir(backbone)
-    model = MiniCriticModel(load_encoder(source, torch.float32))
+    model = MiniCriticModel(load_encoder(source, torch.float32), config.relevance_head)
     merge_adapter(model, adapter)
     model.to(device=torch_device, dtype=torch_dtype).eval()
+    tokenizer = load_tokenizer(source)
+    embedder = None
+    if config.similarity_weight:
+        embedder = SentenceEmbedder(load_encoder(source, torch.float32).to(device=torch_device, dtype=torch_dtype), tokenizer)
     name = SHIPPED_NAME if path is None else str(path)
-    return MiniCritic(model, load_tokenizer(source), name, config.max_prefix_tokens, max_batch_tokens)
+    return MiniCritic(
+        model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
+        embedder, config.similarity_weight,
+    )

@@ -1,5 +1,8 @@
 """Evaluate ``cprs-mini`` against BM25 and embedding baselines: ``python -m cprs_core.mini.eval``.
 
+``python -m cprs_core.mini.eval --real --real-data DIR`` runs the real-question evaluation instead
+(:mod:`cprs_core.mini.realeval`). Without ``--real``, the synthetic evaluation below.
+
 Held-out data: tasks from a different seed than training, planted in the New Testament (training saw only the
 Old Testament). For each task, every sample is a haystack of ``--tokens`` MiniLM tokens. The critic compresses
 it through :class:`~cprs_core.CPRSCompressor` with the task's upstream instruction preset and no budget, at
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--real" in argv:
+        from . import realeval
+
+        realeval.main([arg for arg in argv if arg != "--real"])
+        return
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

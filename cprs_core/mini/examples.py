@@ -1,7 +1,8 @@
-"""From planted documents to training windows: BIOE token labels, window crops, model inputs."""
+"""From planted documents to training windows: BIOE token labels, sentence relevance, window crops, model inputs."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -10,6 +11,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..critic import BIOE_LABELS
+from ..text_units import sentence_ranges
 from .data import Document
 from .inputs import assemble, encode_prefix, special_id
 
@@ -36,13 +38,37 @@ def token_labels(offsets: Sequence[tuple[int, int]], relevant: Sequence[tuple[in
     return labels
 
 
+def sentence_units(
+    text: str, offsets: Sequence[tuple[int, int]], relevant: Sequence[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each token's sentence index (-1: none) and each sentence's relevance (1.0 when it overlaps a relevant range).
+
+    Sentences are the engine's (:func:`~cprs_core.text_units.sentence_ranges`), and a token belongs to the
+    sentence holding its last character, as the engine assigns tokens to units.
+    """
+    sentences = sentence_ranges(text)
+    starts = [start for start, _ in sentences]
+    unit_of = np.full(len(offsets), -1, dtype=np.int64)
+    for index, (_, token_end) in enumerate(offsets):
+        unit = bisect.bisect_right(starts, token_end - 1) - 1
+        if unit >= 0 and token_end <= sentences[unit][1]:
+            unit_of[index] = unit
+    labels = np.array(
+        [float(any(start < high and end > low for low, high in relevant)) for start, end in sentences], dtype=np.float32
+    )
+    return unit_of, labels
+
+
 @dataclass(frozen=True)
 class WindowExample:
-    """One training sequence: ``input_ids``/``token_type_ids`` and per-position labels (``IGNORE`` off-window)."""
+    """One training sequence: ``input_ids``/``token_type_ids``, per-position BIOE labels (``IGNORE`` off-window),
+    each position's sentence number within the window (-1 off-window) and each of those sentences' relevance."""
 
     input_ids: list[int]
     token_type_ids: list[int]
     labels: list[int]
+    unit_ids: list[int]
+    unit_labels: list[float]
 
 
 def window_example(
@@ -76,4 +102,9 @@ def window_example(
     window = encoding.ids[start : start + capacity]
     ids, types = assemble(prefix, window, special_id(tokenizer, "[SEP]"))
     targets = [IGNORE] * len(prefix) + labels[start : start + capacity].tolist() + [IGNORE]
-    return WindowExample(ids, types, targets)
+    unit_of, unit_relevance = sentence_units(document.text, encoding.offsets, document.relevant)
+    in_window = unit_of[start : start + capacity]
+    present = np.unique(in_window[in_window >= 0])
+    local = np.where(in_window >= 0, np.searchsorted(present, in_window), -1)
+    unit_ids = [-1] * len(prefix) + local.tolist() + [-1]
+    return WindowExample(ids, types, targets, unit_ids, unit_relevance[present].tolist())

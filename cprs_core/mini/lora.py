@@ -23,7 +23,7 @@ LORA_TARGETS: tuple[str, ...] = (
     "output.dense",
 )
 """Suffixes of the encoder's linear layers that get a low-rank update (all of them, in every layer)."""
-_FULLY_TRAINED = ("LayerNorm", "token_type_embeddings", "head.")
+_FULLY_TRAINED = ("LayerNorm", "token_type_embeddings", "head.", "relevance.")
 
 
 class LoRALinear(nn.Module):
@@ -49,7 +49,7 @@ def _is_target(name: str) -> bool:
 def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> None:
     """Wrap every target linear of ``model.encoder`` in :class:`LoRALinear` and set which parameters train.
 
-    Trained: the low-rank factors, the targets' biases, every LayerNorm, the token type embeddings and ``head``.
+    Trained: the low-rank factors, the targets' biases, every LayerNorm, the token type embeddings and the heads.
     """
     encoder: nn.Module = model.encoder  # type: ignore[assignment]
     for name, module in list(encoder.named_modules()):

@@ -1,0 +1,353 @@
+"""Real-question evaluation of ``cprs-mini``: ``python -m cprs_core.mini.eval --real --real-data DIR``.
+
+Held-out data: the ``test`` split of :mod:`cprs_core.mini.realqa` (SQuAD v1.1 dev articles and CoQA stories
+never trained on; ``--split tune`` evaluates the split the keep threshold is chosen on). Each query asks one
+question, or two questions of passages from different groups; its gold passages are placed among passages of
+other groups of the same source until the context holds ``--tokens`` MiniLM tokens. Half the queries come from
+SQuAD (Wikipedia), half from CoQA (news, Reddit, exams, fiction, science, Wikipedia).
+
+Every method keeps whole sentences (the engine's sentence units) under the same rule, the engine's own
+:func:`~cprs_core.spans.select_by_budget`: the best-scoring sentences that fit in ``ratio x context`` tokens.
+
+* ``cprs-mini``: ``CPRSCompressor.compress(granularity="sentence", target_ratio=r)``, i.e. what a user gets;
+  with no budget, the default keep rule.
+* ``embed``: cosine of mean-pooled un-adapted MiniLM embeddings (LangChain's ``EmbeddingsFilter`` idea);
+  ``embed-max``: for two-question queries, each question embedded on its own and a sentence's best cosine taken.
+* ``bm25``: BM25 (rank-bm25) of each sentence against the query.
+
+Without a budget the baselines keep as many tokens as cprs-mini kept on that context. The metric is the share
+of gold answers (SQuAD answer span, CoQA rationale) lying whole inside one kept span, with 95% bootstrap
+intervals over queries, and the paired difference cprs-mini minus each baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..compressor import CPRSCompressor
+from ..spans import Unit, merge_adjacent, select_by_budget, units_from_char_ranges
+from ..text_units import sentence_ranges
+from .backbone import backbone_dir, load_encoder, load_tokenizer
+from .baselines import EmbeddingSentences
+from .critic import load_mini_critic
+from .realqa import SPLITS, PassagePool, RealDocument, load_passages, passages_of
+
+BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
+BOOTSTRAP_SAMPLES = 2000
+_WORD = re.compile(r"\w+")
+_QUESTION_END = re.compile(r"(?<=\?)\s+")
+
+
+@dataclass
+class Cell:
+    """Per-query outcomes of one method on one (size, questions, budget) setting."""
+
+    kept: list[list[bool]] = field(default_factory=list)
+    kept_tokens: list[int] = field(default_factory=list)
+    original_tokens: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def add(self, kept: list[bool], kept_tokens: int, original_tokens: int, source: str) -> None:
+        self.kept.append(kept)
+        self.kept_tokens.append(kept_tokens)
+        self.original_tokens.append(original_tokens)
+        self.sources.append(source)
+
+    def rate(self, mask: np.ndarray | None = None) -> float:
+        values = [np.mean(row) for row, on in zip(self.kept, self._mask(mask)) if on]
+        return float(np.mean(values)) if values else float("nan")
+
+    def ratio(self) -> float:
+        return float(np.sum(self.original_tokens) / max(1, np.sum(self.kept_tokens)))
+
+    def per_query(self) -> np.ndarray:
+        """Each query's share of its answers kept (what the bootstrap resamples)."""
+        return np.array([np.mean(row) for row in self.kept])
+
+    def _mask(self, mask: np.ndarray | None) -> np.ndarray:
+        return np.ones(len(self.kept), dtype=bool) if mask is None else mask
+
+
+def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` (resampling queries)."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    draws = rng.integers(0, len(values), size=(BOOTSTRAP_SAMPLES, len(values)))
+    means = values[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def covered(spans: Sequence[tuple[int, int]], answer: tuple[int, int]) -> bool:
+    """Whether ``answer`` (character range, whitespace trimmed by the caller) lies whole inside one span."""
+    return any(start <= answer[0] and answer[1] <= end for start, end in spans)
+
+
+def questions_of(query: str) -> list[str]:
+    """The questions a query is made of (split after each ``?``)."""
+    return [part for part in _QUESTION_END.split(query.strip()) if part]
+
+
+class SentenceBaselines:
+    """Embedding and BM25 scores of the engine's sentence units, kept under the engine's budget rule."""
+
+    def __init__(self, compressor: CPRSCompressor, embedder: EmbeddingSentences) -> None:
+        self.compressor = compressor
+        self.embedder = embedder
+
+    def units(self, text: str) -> tuple[list[Unit], int]:
+        """The sentence units exactly as the engine builds them, and the context's token count."""
+        tokens = self.compressor.critic.tokenize_context(text)
+        units = units_from_char_ranges(sentence_ranges(text), [end for _, end in tokens.offsets], np.zeros(len(tokens.ids)))
+        return units, len(tokens.ids)
+
+    def scores(self, text: str, units: list[Unit], query: str) -> dict[str, np.ndarray]:
+        """``embed``, ``embed-max`` (best over the query's questions) and ``bm25`` score of each unit."""
+        from rank_bm25 import BM25Okapi
+
+        pieces = [text[unit.char_start : unit.char_end] for unit in units]
+        sentence_vectors = self.embedder.embed(pieces)
+        questions = questions_of(query)
+        query_vectors = self.embedder.embed([query, *questions])
+        cosines = sentence_vectors @ query_vectors.T
+        bm25 = BM25Okapi([_WORD.findall(piece.lower()) or [""] for piece in pieces])
+        return {
+            "embed": cosines[:, 0],
+            "embed-max": cosines[:, 1:].max(axis=1) if len(questions) > 1 else cosines[:, 0],
+            "bm25": np.asarray(bm25.get_scores(_WORD.findall(query.lower()))),
+        }
+
+
+def keep_spans(units: list[Unit], scores: np.ndarray, budget: int) -> tuple[list[tuple[int, int]], int]:
+    """Character ranges kept by the engine's budget rule over ``units`` scored by ``scores``, and their tokens."""
+    scored = [Unit(u.index, u.token_start, u.token_end, u.char_start, u.char_end, float(s)) for u, s in zip(units, scores)]
+    smallest = min(unit.tokens for unit in scored)
+    chosen = select_by_budget(scored, max(budget, smallest), "sentence")
+    groups = merge_adjacent(chosen)
+    return [(group[0].char_start, group[-1].char_end) for group in groups], sum(unit.tokens for unit in chosen)
+
+
+def budget_name(budget: float | None) -> str:
+    return "none" if budget is None else f"{budget:.0%}"
+
+
+def evaluate(
+    compressor: CPRSCompressor,
+    baselines: SentenceBaselines,
+    pool: PassagePool,
+    tokens: int,
+    questions: int,
+    samples: Sequence[int],
+    seed: int,
+    thresholds: Sequence[float] = (),
+    weights: Sequence[float] = (),
+) -> dict[str, Cell]:
+    """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
+
+    Keys are ``"<method>@<budget>"``. Variants of cprs-mini's settings, for choosing them on the tune split: each
+    of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
+    similarity weight under the budgets (``cprs-mini@10%/w=<w>``).
+    """
+    cells: dict[str, Cell] = {}
+    coqa_sources = [
+        source for source in pool.sources
+        if source != "wikipedia-squad" and len({pool.passages[i].group for i in pool.by_source[source]}) >= questions
+    ]
+    critic = compressor.critic
+    defaults = {name: getattr(critic, name, None) for name in ("relevance_threshold", "similarity_weight")}
+
+    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | None) -> int:
+        for setting, value in {**defaults, **settings}.items():
+            setattr(critic, setting, value)
+        result = compressor.compress(document.text, query=document.query, granularity="sentence", target_ratio=budget)
+        _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total)
+        return result.compressed_tokens
+
+    for sample in samples:
+        rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
+        source = "wikipedia-squad" if sample % 2 == 0 else rng.choice(coqa_sources)
+        document = pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
+        units, total = baselines.units(document.text)
+        method_scores = baselines.scores(document.text, units, document.query)
+        same_size = run("cprs-mini@none", document, total, None)
+        for threshold in thresholds:
+            run(f"cprs-mini@none/t={threshold:g}", document, total, None, relevance_threshold=threshold)
+        for budget in BUDGETS:
+            limit = same_size if budget is None else max(1, int(total * budget))
+            if budget is not None:
+                run(f"cprs-mini@{budget_name(budget)}", document, total, budget)
+                for weight in weights:
+                    run(f"cprs-mini@{budget_name(budget)}/w={weight:g}", document, total, budget, similarity_weight=weight)
+            for method, scores in method_scores.items():
+                if method == "embed-max" and questions == 1:
+                    continue
+                spans, kept = keep_spans(units, scores, limit)
+                _record(cells, f"{method}@{budget_name(budget)}", document, spans, kept, total)
+    for setting, value in defaults.items():
+        setattr(critic, setting, value)
+    return cells
+
+
+def _record(cells: dict[str, Cell], name: str, document: RealDocument, spans: list[tuple[int, int]], kept: int, total: int) -> None:
+    cells.setdefault(name, Cell()).add([covered(spans, answer) for answer in document.answers], kept, total, document.source)
+
+
+def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict[str, float]]:
+    """Mean, interval, ratio and per-source means of each cell, and the paired cprs-mini minus baseline gaps."""
+    rng = np.random.default_rng(seed)
+    summary: dict[str, dict[str, float]] = {}
+    for name, cell in cells.items():
+        low, high = bootstrap_interval(cell.per_query(), rng)
+        wikipedia = np.array([source == "wikipedia-squad" for source in cell.sources])
+        summary[name] = {
+            "kept": cell.rate(), "low": low, "high": high, "ratio": cell.ratio(), "queries": len(cell.kept),
+            "answers": int(sum(len(row) for row in cell.kept)),
+            "kept_wikipedia": cell.rate(wikipedia), "kept_other": cell.rate(~wikipedia),
+        }
+        method, budget = name.split("@", 1)
+        if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
+            difference = cells[f"cprs-mini@{budget}"].per_query() - cell.per_query()
+            low, high = bootstrap_interval(difference, rng)
+            summary[name].update(gap=float(difference.mean()), gap_low=low, gap_high=high)
+    return summary
+
+
+def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One table row per (context, questions, budget): each method's kept share [95% CI] and the gaps."""
+    header = "| context | questions | budget | n answers | cprs-mini | embed | embed-max | bm25 | cprs-mini minus embed (best) |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for setting, summary in results.items():
+        size, questions = setting.split("/")
+        for budget in (budget_name(b) for b in BUDGETS):
+            cprs = summary.get(f"cprs-mini@{budget}")
+            if cprs is None:
+                continue
+            cells = []
+            for method in ("cprs-mini", "embed", "embed-max", "bm25"):
+                row = summary.get(f"{method}@{budget}")
+                cells.append("–" if row is None else f"{row['kept']:.1%} [{row['low']:.1%}, {row['high']:.1%}]")
+            best = max((summary[f"{m}@{budget}"] for m in ("embed", "embed-max") if f"{m}@{budget}" in summary),
+                       key=lambda row: row["kept"])
+            gap = f"{best['gap'] * 100:+.1f} [{best['gap_low'] * 100:+.1f}, {best['gap_high'] * 100:+.1f}] pts"
+            label = f"{budget} ({cprs['ratio']:.0f}x)" if budget == "none" else budget
+            lines.append(f"| {size} | {questions} | {label} | {cprs['answers']} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real-data", type=Path, required=True,
+                        help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
+    parser.add_argument("--split", choices=SPLITS[1:], default="test")
+    parser.add_argument("--checkpoint", default=None, help="cprs-mini checkpoint directory (default: shipped)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8000, 32000])
+    parser.add_argument("--questions", type=int, nargs="+", default=[1, 2], help="questions per query")
+    parser.add_argument("--samples", type=int, default=500, help="queries per setting (two-question: half)")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="also try these keep thresholds")
+    parser.add_argument("--weights", type=float, nargs="*", default=[], help="also try these similarity weights")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+_WORKER: dict[str, object] = {}
+CHUNK_QUERIES = 8
+
+
+def _load(args: argparse.Namespace, device: str) -> None:
+    """Load the critic, the baselines and the query pool of this process into ``_WORKER``."""
+    torch.set_grad_enabled(False)
+    np.seterr(all="ignore")
+    backbone = backbone_dir(args.backbone)
+    critic = load_mini_critic(args.checkpoint, device=device, dtype=args.dtype, backbone=backbone)
+    tokenizer = load_tokenizer(backbone)
+
+    def count_tokens(texts: list[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    embedder = EmbeddingSentences(load_encoder(backbone).to(device), tokenizer, count_tokens)
+    if critic.embedder is None:
+        critic.embedder = embedder.embedder  # lets --weights try the similarity on a checkpoint without it
+    compressor = CPRSCompressor(critic)
+    _WORKER.update(args=args, compressor=compressor, baselines=SentenceBaselines(compressor, embedder),
+                   pool=PassagePool(passages_of(load_passages(args.real_data), args.split), tokenizer))
+
+
+def _init_worker(args: argparse.Namespace, devices: list[str]) -> None:
+    import multiprocessing
+
+    index = multiprocessing.current_process()._identity[0] - 1
+    _load(args, devices[index % len(devices)])
+
+
+def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
+    size, questions, samples = task
+    args = _WORKER["args"]
+    return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
+                    args.seed, args.thresholds, args.weights)  # type: ignore[attr-defined]
+
+
+def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
+    merged: dict[str, Cell] = {}
+    for part in parts:
+        for name, cell in part.items():
+            target = merged.setdefault(name, Cell())
+            for kept, kept_tokens, original, source in zip(cell.kept, cell.kept_tokens, cell.original_tokens, cell.sources):
+                target.add(kept, kept_tokens, original, source)
+    return merged
+
+
+def _devices(device: str) -> list[str]:
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return [device]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = [(size, questions) for size in args.tokens for questions in args.questions]
+    tasks = []
+    for size, questions in settings:
+        samples = list(range(args.samples if questions == 1 else args.samples // 2))
+        tasks.extend((size, questions, samples[i : i + CHUNK_QUERIES]) for i in range(0, len(samples), CHUNK_QUERIES))
+    started = time.perf_counter()
+    if args.workers > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.workers, _init_worker, (args, _devices(args.device))) as workers:
+            parts = workers.map(_evaluate_chunk, tasks, chunksize=1)
+    else:
+        _load(args, args.device)
+        parts = [_evaluate_chunk(task) for task in tasks]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for size, questions in settings:
+        key = f"{size // 1000}K/{questions}"
+        chosen = [part for task, part in zip(tasks, parts) if task[:2] == (size, questions)]
+        results[key] = summarize(_merge(chosen), args.seed)
+    table = markdown(results)
+    print(table)
+    print(f"({time.perf_counter() - started:.0f} s; split {args.split}; seed {args.seed}; checkpoint {args.checkpoint or 'shipped'})")
+    if args.markdown:
+        args.markdown.write_text(table + "\n", encoding="utf-8")
+    if args.json:
+        payload = {"args": {key: str(value) for key, value in vars(args).items()}, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

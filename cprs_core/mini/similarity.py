@@ -1,0 +1,69 @@
+"""Query–sentence similarity under the un-adapted MiniLM: the embedding half of ``cprs-mini``'s sentence ranking.
+
+``all-MiniLM-L6-v2`` was trained as a sentence embedder on about a billion pairs; its cosine similarity ranks
+real questions' evidence well, and differently from the critic trained on a few thousand questions. cprs-mini
+ranks sentences by the sum of both z-scores (see :func:`cprs_core.spans.combined_sentence_scores`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import BertModel
+
+_QUESTION_END = re.compile(r"(?<=[?？])\s+")
+
+
+def questions_of(query: str) -> list[str]:
+    """The questions a query is made of (split after each question mark); the query itself if it has one."""
+    return [part for part in _QUESTION_END.split(query.strip()) if part]
+
+
+class SentenceEmbedder:
+    """Mean-pooled, unit-length embeddings of ``[CLS] text [SEP]``, as sentence-transformers pools this model.
+
+    Args:
+        encoder: the un-adapted backbone, in eval mode.
+        tokenizer: its tokenizer (no truncation or padding set).
+        max_tokens: texts are cut to this many tokens.
+        batch_size: texts per forward pass (sorted by length to limit padding).
+    """
+
+    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, max_tokens: int = 256, batch_size: int = 64) -> None:
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``float32 [len(texts), hidden]`` unit vectors."""
+        encodings = [encoding.ids[: self.max_tokens] for encoding in self.tokenizer.encode_batch(list(texts))]
+        order = np.argsort([len(ids) for ids in encodings], kind="stable")
+        device = next(self.encoder.parameters()).device
+        result = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)
+        for begin in range(0, len(order), self.batch_size):
+            rows = order[begin : begin + self.batch_size]
+            length = max(len(encodings[row]) for row in rows)
+            ids = torch.zeros(len(rows), length, dtype=torch.long)
+            mask = torch.zeros(len(rows), length, dtype=torch.long)
+            for position, row in enumerate(rows):
+                ids[position, : len(encodings[row])] = torch.tensor(encodings[row])
+                mask[position, : len(encodings[row])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            result[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return result
+
+    def similarity(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """Each text's best cosine against the query and against each question in it."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        questions = questions_of(query)
+        probes = [query, *questions] if len(questions) > 1 else [query]
+        return (self.embed(texts) @ self.embed(probes).T).max(axis=1)

@@ -1,0 +1,136 @@
+"""Real-question data for cprs-mini's training and evaluation, on small SQuAD/CoQA-format files made here."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cprs_core.mini.backbone import backbone_dir, load_tokenizer
+from cprs_core.mini.examples import sentence_units
+from cprs_core.mini.realeval import bootstrap_interval, covered
+from cprs_core.mini.realqa import PassagePool, load_passages, load_squad, passages_of, split_of
+from cprs_core.mini.similarity import questions_of
+from cprs_core.mini.train import collate, relevance_loss, sentence_logits
+from cprs_core.mini.examples import WindowExample
+
+
+def _squad(articles: int, paragraphs: int) -> dict:
+    data = []
+    for a in range(articles):
+        paras = []
+        for p in range(paragraphs):
+            answer = f"Answer{a}x{p}"
+            context = f"Article {a} paragraph {p} opens here. The key fact is {answer} indeed. It closes now."
+            paras.append({"context": context, "qas": [
+                {"question": f"What is the key fact of {a} {p}?", "id": f"{a}-{p}",
+                 "answers": [{"answer_start": context.index(answer), "text": answer}]}]})
+        data.append({"title": f"Title_{a}", "paragraphs": paras})
+    return {"data": data}
+
+
+def _coqa() -> dict:
+    story = "Tom went to the market. He bought apples there. Then he went home."
+    return {"data": [{
+        "source": "cnn", "id": "s1", "story": story,
+        "questions": [{"input_text": "Where did Tom go?", "turn_id": 1},
+                      {"input_text": "what did he buy?", "turn_id": 2},
+                      {"input_text": "Which fruit did Tom buy at the market stall?", "turn_id": 3}],
+        "answers": [{"span_start": 0, "span_end": 23, "span_text": "", "input_text": "", "turn_id": 1},
+                    {"span_start": 24, "span_end": 48, "span_text": "", "input_text": "", "turn_id": 2},
+                    {"span_start": 24, "span_end": 48, "span_text": "", "input_text": "", "turn_id": 3}],
+    }]}
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    (tmp_path / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
+    (tmp_path / "coqa.test.json").write_text(json.dumps(_coqa()))
+    return tmp_path
+
+
+def test_squadshifts_files_are_refused(tmp_path: Path) -> None:
+    for name in ("nyt_v1.0.json", "reddit_v1.0.json", "amazon_reviews_v1.0.json", "new_wiki_v1.0.json"):
+        (tmp_path / name).write_text(json.dumps(_squad(1, 1)))
+        with pytest.raises(ValueError, match="reserved"):
+            load_squad(tmp_path / name)
+
+
+def test_passages_keep_answers_and_evidence_sentences(data_dir: Path) -> None:
+    passages = load_passages(data_dir)
+    squad = [p for p in passages if p.source == "wikipedia-squad"]
+    assert len(squad) == 120 and {p.group for p in squad} == {f"squad:Title_{a}" for a in range(40)}
+    for passage in squad:
+        question = passage.questions[0]
+        assert passage.text[question.answer[0] : question.answer[1]].startswith("Answer")
+        assert [passage.text[s:e] for s, e in question.evidence] == [passage.text.split(". ")[1] + "."]
+    coqa = next(p for p in passages if p.source == "coqa-cnn")
+    # the pronoun-bound later turn is dropped; the stand-alone one is kept
+    assert [q.text for q in coqa.questions] == ["Where did Tom go?", "Which fruit did Tom buy at the market stall?"]
+
+
+def test_splits_are_by_group_stable_and_disjoint(data_dir: Path) -> None:
+    passages = load_passages(data_dir)
+    by_split = {split: passages_of(passages, split) for split in ("train", "tune", "test")}
+    groups = [{p.group for p in chosen} for chosen in by_split.values()]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(chosen) for chosen in by_split.values()) == len(passages)
+    assert split_of("squad:Title_3") == split_of("squad:Title_3")
+    shares = Counter(split_of(f"group-{i}") for i in range(5000))
+    assert abs(shares["train"] / 5000 - 0.7) < 0.03 and abs(shares["test"] / 5000 - 0.2) < 0.03
+
+
+def test_documents_place_answers_at_their_offsets_among_other_groups(data_dir: Path) -> None:
+    tokenizer = load_tokenizer(backbone_dir())
+    pool = PassagePool([p for p in load_passages(data_dir) if p.source == "wikipedia-squad"], tokenizer)
+    rng = random.Random(0)
+    gold = pool.sample_gold(rng, "wikipedia-squad", 2)
+    assert gold[0][0] != gold[1][0] and pool.passages[gold[0][0]].group != pool.passages[gold[1][0]].group
+    document = pool.document(rng, gold, 600, near=1)
+    assert len(document.answers) == 2 and questions_of(document.query) == [q.text for _, q in gold]
+    for (start, end), (index, question) in zip(document.answers, gold):
+        passage = pool.passages[index]
+        assert document.text[start:end] == passage.text[question.answer[0] : question.answer[1]]
+    assert all(document.text[s:e].startswith("The key fact is") for s, e in document.relevant)
+    assert len(tokenizer.encode(document.text).ids) >= 600
+    with pytest.raises(ValueError, match="fewer than 2 groups"):
+        PassagePool([pool.passages[0]], tokenizer).sample_gold(rng, "wikipedia-squad", 2)
+
+
+def test_sentence_units_follow_the_engines_token_ownership() -> None:
+    text = "First one here. Second is the gold. Third."
+    offsets = [(0, 5), (6, 9), (10, 15), (16, 22), (23, 25), (26, 29), (30, 35), (36, 42)]
+    unit_of, labels = sentence_units(text, offsets, [(16, 35)])
+    assert unit_of.tolist() == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert labels.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_relevance_loss_ranks_and_never_yields_nan_gradients() -> None:
+    examples = [
+        WindowExample([1, 2, 3, 4], [0, 1, 1, 1], [-100, 2, 2, 2], [-1, 0, 0, 1], [1.0, 0.0]),
+        WindowExample([1, 2, 3], [0, 1, 1], [-100, 2, 2], [-1, 0, 1], [0.0, 0.0]),
+        WindowExample([1, 2], [0, 1], [-100, 2], [-1, -1], []),
+    ]
+    batch = collate(examples)
+    assert batch["unit_ids"].tolist() == [[-1, 0, 0, 1], [-1, 2, 3, -1], [-1, -1, -1, -1]]
+    assert batch["unit_rows"].tolist() == [0, 0, 1, 1]
+    relevance = torch.zeros(3, 4, requires_grad=True)
+    units = sentence_logits(relevance, batch["unit_ids"], 4)
+    loss = relevance_loss(units, batch["unit_labels"], batch["unit_rows"], 3)
+    loss.backward()
+    assert torch.isfinite(relevance.grad).all()
+    assert relevance.grad[0, 1] < 0 and relevance.grad[0, 3] > 0  # raise the relevant sentence, lower the other
+    better = relevance_loss(torch.tensor([3.0, -3.0, -3.0, -3.0]), batch["unit_labels"], batch["unit_rows"], 3)
+    assert better < loss
+
+
+def test_evaluation_helpers() -> None:
+    assert covered([(0, 10), (20, 30)], (22, 30)) and not covered([(0, 10), (11, 30)], (5, 15))
+    low, high = bootstrap_interval(np.array([1.0] * 90 + [0.0] * 10), np.random.default_rng(0))
+    assert 0.8 < low < 0.9 < high < 0.97
+    assert questions_of("Who won? When was it?") == ["Who won?", "When was it?"]

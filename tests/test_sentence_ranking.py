@@ -1,0 +1,109 @@
+"""Sentence ranking from a critic's relevance logits: pooling, the similarity ensemble and the keep rule."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from cprs_core import CPRSCompressor
+from cprs_core.critic import TokenizedText, WindowScores
+from cprs_core.spans import SentenceScores
+
+_WORD = re.compile(r"\S+")
+OUTSIDE = np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)
+
+
+class KeywordCritic:
+    """A critic with known scores: every token is O; a token's relevance logit is +4 when it contains
+    ``alpha`` and -4 otherwise; a sentence's similarity to any query is 1 when it contains ``beta``, else 0."""
+
+    name = "keyword"
+    max_positions = 64
+    default_window_size = 16
+    suffix_tokens = 0
+
+    def __init__(self, relevance_threshold: float | None = None, similarity_weight: float | None = None) -> None:
+        self.relevance_threshold = relevance_threshold
+        self.similarity_weight = similarity_weight
+        self.similarity_calls: list[list[str]] = []
+
+    def tokenize_context(self, text: str) -> TokenizedText:
+        matches = list(_WORD.finditer(text))
+        return TokenizedText([1 if "alpha" in m.group() else 0 for m in matches], [m.span() for m in matches])
+
+    def encode_prefix(self, instruction: str, query: str) -> list[int]:
+        return [7, 7]
+
+    def count_tokens(self, text: str) -> int:
+        return len(_WORD.findall(text))
+
+    def score_windows(self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]) -> list[WindowScores]:
+        return [
+            WindowScores(np.tile(OUTSIDE, (len(window), 1)), relevance=np.where(np.array(window) == 1, 4.0, -4.0).astype(np.float32))
+            for window in windows
+        ]
+
+    def sentence_similarity(self, query: str, sentences: Sequence[str]) -> np.ndarray:
+        self.similarity_calls.append(list(sentences))
+        return np.array([1.0 if "beta" in sentence else 0.0 for sentence in sentences])
+
+
+CONTEXT = (
+    "alpha alpha alpha one. plain words here now. beta is the other key today. "
+    "alpha two plain plain plain plain. more plain filler words."
+)
+
+
+def test_sentence_scores_pool_logits_per_sentence_and_combine_z_scores() -> None:
+    relevance = np.array([2.0, 4.0, -1.0, -3.0, 0.0], dtype=np.float32)
+    token_ends = [3, 6, 10, 14, 18]
+    sentences = [(0, 6), (7, 14), (15, 18)]
+    scores = SentenceScores.from_relevance(relevance, sentences, token_ends)
+    np.testing.assert_allclose(scores.keep, [3.0, 3.0, -2.0, -2.0, 0.0])
+    np.testing.assert_array_equal(scores.rank, scores.keep)
+
+    combined = SentenceScores.from_relevance(relevance, sentences, token_ends, lambda idx: np.array([0.0, 1.0, 0.0]), 2.0)
+    means = np.array([3.0, -2.0, 0.0])
+    similarity = np.array([0.0, 1.0, 0.0])
+    expected = (means - means.mean()) / means.std() + 2.0 * (similarity - similarity.mean()) / similarity.std()
+    np.testing.assert_allclose(combined.rank, np.repeat(expected, [2, 2, 1]))
+    np.testing.assert_array_equal(combined.keep, scores.keep)
+
+
+def test_without_a_budget_sentences_at_or_above_the_threshold_are_kept() -> None:
+    compressor = CPRSCompressor(KeywordCritic(relevance_threshold=0.5))
+    result = compressor.compress(CONTEXT, query="which?", granularity="sentence")
+    assert [span.text for span in result.spans] == ["alpha alpha alpha one."]
+    loose = CPRSCompressor(KeywordCritic(relevance_threshold=0.05))  # logit -2.9: the 1-in-6 sentence (mean -2.7) too
+    assert [span.text for span in loose.compress(CONTEXT, query="which?", granularity="sentence").spans] == [
+        "alpha alpha alpha one.", "alpha two plain plain plain plain."
+    ]
+    assert CPRSCompressor(KeywordCritic()).compress(CONTEXT, query="which?", granularity="sentence").spans == []
+
+
+def test_budgets_rank_by_relevance_alone_or_with_the_weighted_similarity() -> None:
+    critic = KeywordCritic()
+    own = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=4)
+    assert own.text == "alpha alpha alpha one." and critic.similarity_calls == []
+    critic.similarity_weight = 3.0
+    ensemble = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
+    assert ensemble.text == "beta is the other key today."
+    assert len(critic.similarity_calls[-1]) == 5  # one similarity per sentence, computed once
+
+
+def test_a_paragraph_ranks_by_its_best_sentence_not_its_average() -> None:
+    focused = "alpha alpha alpha alpha. " + "plain filler words. " * 6
+    diffuse = " ".join(["alpha plain plain plain."] * 4)
+    context = focused.strip() + "\n\n" + diffuse
+    result = CPRSCompressor(KeywordCritic()).compress(
+        context, query="which?", granularity="paragraph", target_tokens=len(focused.split())
+    )
+    assert result.text == focused.strip()
+
+
+def test_critic_relevance_must_match_the_window_length() -> None:
+    with pytest.raises(ValueError, match="relevance"):
+        WindowScores(np.tile(OUTSIDE, (3, 1)), relevance=np.zeros(2, dtype=np.float32))
