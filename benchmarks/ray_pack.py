@@ -48,7 +48,9 @@ MISSING_ON_HOST = (
     # Ray Serve (and cprs' server: pydantic, FastAPI, uvicorn)
     "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
     "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.54.0", "httptools==0.9.0", "websockets==17.4",
-    "watchfiles==1.3.0", "python-dotenv==1.2.4", "mmh3==5.3.1", "grpcio-reflection==1.85.1",
+    "watchfiles==1.3.0", "python-dotenv==1.2.4", "mmh3==5.3.1",
+    # matches the host's grpcio 1.84.0 (1.85.x refuses to import against it; seen on the 2-GPU host)
+    "grpcio-reflection==1.84.0",
     "opentelemetry-api==1.45.2", "opentelemetry-sdk==1.45.2", "opentelemetry-proto==1.45.2",
     "opentelemetry-semantic-conventions==0.66b2", "opentelemetry-exporter-prometheus==0.66b2",
 )
