@@ -318,7 +318,7 @@ class WindowParallelEngine:
             candidates = units_from_char_ranges(ranges, token_ends, keep_scores)
             relevant = [False] * len(candidates)
         else:
-            scores = self._sentence_scores(text, query, relevance, sentences, token_ends)
+            scores = self._sentence_scores(text, query, relevance, sentences, token_ends, rank=budget is not None)
             candidates = units_from_char_ranges(ranges, token_ends, scores.rank)
             threshold = _logit(getattr(self.critic, "relevance_threshold", None))
             relevant = [unit.score >= threshold for unit in units_from_char_ranges(ranges, token_ends, scores.keep)]
@@ -337,13 +337,19 @@ class WindowParallelEngine:
         )
 
     def _sentence_scores(
-        self, text: str, query: str, relevance: np.ndarray, sentences: list[tuple[int, int]], token_ends: list[int]
+        self,
+        text: str,
+        query: str,
+        relevance: np.ndarray,
+        sentences: list[tuple[int, int]],
+        token_ends: list[int],
+        rank: bool,
     ) -> SentenceScores:
-        """Sentence scores from the critic's relevance logits, ranked together with its query–sentence similarity
-        where it has one (``sentence_similarity`` and a ``similarity_weight``)."""
+        """Sentence scores from the critic's relevance logits; when ``rank`` (a budget), ranked together with its
+        query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``)."""
         weight = getattr(self.critic, "similarity_weight", None)
         similarity_of = getattr(self.critic, "sentence_similarity", None)
-        if not weight or similarity_of is None:
+        if not rank or not weight or similarity_of is None:
             return SentenceScores.from_relevance(relevance, sentences, token_ends)
 
         def similarity(indices: list[int]) -> np.ndarray:
