@@ -81,7 +81,7 @@ def test_from_pretrained_passes_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> 
     assert not linears(CPRSCompressor.from_pretrained(device="cpu").critic.model.encoder)
 
 
-def test_int8_scores_are_deterministic_and_close_to_float32(
+def test_int8_scores_are_deterministic_and_close_to_float32_and_to_unbatched(
     int8_critic: MiniCritic, float_critic: MiniCritic, context: str
 ) -> None:
     ids = int8_critic.tokenize_context(context).ids
@@ -90,11 +90,18 @@ def test_int8_scores_are_deterministic_and_close_to_float32(
     fast = int8_critic.score_windows(prefix, windows, ["needle"])
     again = int8_critic.score_windows(prefix, windows, ["needle"])
     exact = float_critic.score_windows(prefix, windows, ["needle"])
-    for scores, repeat, reference in zip(fast, again, exact):
+    default_batch = int8_critic.max_batch_tokens
+    try:
+        int8_critic.max_batch_tokens = 1
+        one_by_one = int8_critic.score_windows(prefix, windows, ["needle"])
+    finally:
+        int8_critic.max_batch_tokens = default_batch
+    for scores, repeat, reference, single in zip(fast, again, exact, one_by_one):
         assert scores.bioe.dtype == np.float32
         np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
         np.testing.assert_array_equal(scores.bioe, repeat.bioe)
         assert np.abs(scores.bioe - reference.bioe).mean() < 0.01
+        assert np.abs(scores.bioe - single.bioe).mean() < 0.01
         assert not np.array_equal(scores.bioe, reference.bioe)
 
 
