@@ -53,6 +53,7 @@ def test_default_on_cpu_is_int8_and_the_opt_outs_are_float32(monkeypatch: pytest
     assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
     monkeypatch.setenv(DTYPE_ENV, "float32")
     assert resolve_precision(None, CPU) == torch.float32
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
     assert resolve_precision("int8", CPU) == INT8
 
 

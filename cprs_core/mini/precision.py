@@ -20,19 +20,19 @@ from ..errors import DeviceError
 INT8 = "int8"
 """The dtype name that selects int8 linear layers (CPU only)."""
 DTYPE_ENV = "CPRS_MINI_DTYPE"
-"""Environment variable with the dtype cprs-mini uses when the caller gives none (e.g. ``float32`` to opt out)."""
+"""Environment variable: the dtype cprs-mini uses on CPU when the caller gives none (``float32`` opts out)."""
 
 Precision = torch.dtype | str
 """A float ``torch.dtype`` or :data:`INT8`."""
 
 
 def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> Precision:
-    """The precision to load in: ``dtype``, else ``$CPRS_MINI_DTYPE``, else int8 on CPU and bfloat16 on CUDA.
+    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE`` or int8; else bfloat16 on CUDA.
 
     Raises:
         DeviceError: an unknown dtype, or int8 on CUDA.
     """
-    chosen = dtype if dtype is not None else (os.environ.get(DTYPE_ENV) or None)
+    chosen = dtype if dtype is not None or device.type != "cpu" else (os.environ.get(DTYPE_ENV) or None)
     if chosen is None and device.type == "cpu":
         return INT8 if int8_available() else torch.float32
     if chosen == INT8:
