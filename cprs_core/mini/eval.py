@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def markdown(rows: list[Row], tokens: int) -> str:
+def markdown(rows: list[Row], tokens: int, precision: str = "default") -> str:
     """The results table: recall (compression ratio) per method and task, then the overall figures."""
     header = ["task", "samples", *METHODS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -138,7 +138,7 @@ def markdown(rows: list[Row], tokens: int) -> str:
         f"Recall of gold sentences (compression ratio = original / kept tokens); haystacks of ~{tokens} MiniLM "
         f"tokens. `cprs-mini/sent`: granularity='sentence'. `@same`: the baseline keeps at least as many tokens as "
         f"cprs-mini did on that sample; `@10x`: a tenth of the context. "
-        f"cprs-mini: {total.original_tokens / max(seconds, 1e-9):,.0f} context tokens/s "
+        f"cprs-mini ({precision}): {total.original_tokens / max(seconds, 1e-9):,.0f} context tokens/s "
         f"end to end ({seconds / max(1, total.samples):.1f} s per haystack)."
     )
     return "\n".join(lines)
@@ -152,7 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--families", nargs="*", default=None, help="subset of needle, chain, fact")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="critic dtype (float32 = what the CPU default runs)")
+    parser.add_argument(
+        "--dtype", default=None, help="critic precision: float32, int8 (CPU), bfloat16 (default: the device's default)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     np.seterr(all="ignore")
     rows = run(args)
-    table = markdown(rows, args.tokens)
+    table = markdown(rows, args.tokens, args.dtype or "default")
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")

@@ -1,0 +1,123 @@
+"""cprs-mini's precisions on CPU: float32 by default, int8 linear layers on request, and what differs between them."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+from cprs_core import CPRSCompressor
+from cprs_core.errors import DeviceError
+from cprs_core.mini import MiniCritic, load_mini_critic
+from cprs_core.mini.precision import DTYPE_ENV, INT8, int8_available, resolve_precision
+
+pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch build has no quantized CPU engine")
+
+NEEDLE = "One of the special magic numbers for bright-lantern is: 4821937."
+QUERY = "What is the special magic number for bright-lantern mentioned in the provided text?"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def int8_critic() -> MiniCritic:
+    return load_mini_critic(dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def float_critic() -> MiniCritic:
+    return load_mini_critic(dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def context() -> str:
+    """Real prose (standard-library module docs) with the needle in the middle."""
+    docs = [inspect.getdoc(module) or "" for module in (argparse, json, re, inspect)]
+    return "\n\n".join(docs[:2] + [NEEDLE] + docs[2:])
+
+
+def linears(module: nn.Module) -> list[nn.Module]:
+    return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
+def test_default_on_cpu_is_float32_and_int8_is_opted_into(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    assert resolve_precision(None, CPU) == torch.float32
+    assert resolve_precision("int8", CPU) == INT8
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setenv(DTYPE_ENV, "int8")
+    assert resolve_precision(None, CPU) == INT8
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
+    assert resolve_precision("float32", CPU) == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "message"),
+    [("int8", "cuda", "CPU only"), ("int4", "cpu", "unknown dtype 'int4'"), ("float16", "cpu", "not supported on CPU")],
+)
+def test_bad_precisions_are_device_errors(dtype: str, device: str, message: str) -> None:
+    with pytest.raises(DeviceError, match=message):
+        resolve_precision(dtype, torch.device(device))
+
+
+def test_int8_quantizes_every_encoder_linear_and_keeps_the_head_float(
+    int8_critic: MiniCritic, float_critic: MiniCritic
+) -> None:
+    assert linears(int8_critic.model.encoder) == []
+    quantized = [m for m in int8_critic.model.encoder.modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert len(quantized) == len(linears(float_critic.model.encoder)) == 36
+    assert isinstance(int8_critic.model.head, nn.Linear) and int8_critic.model.head.weight.dtype == torch.float32
+    assert int8_critic.device == CPU
+
+
+def test_from_pretrained_passes_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    assert linears(CPRSCompressor.from_pretrained(device="cpu").critic.model.encoder)
+    int8 = CPRSCompressor.from_pretrained(device="cpu", dtype="int8").critic
+    assert not linears(int8.model.encoder) and not linears(int8.embedder.encoder)
+
+
+def test_int8_scores_are_deterministic_and_close_to_float32_and_to_unbatched(
+    int8_critic: MiniCritic, float_critic: MiniCritic, context: str
+) -> None:
+    ids = int8_critic.tokenize_context(context).ids
+    prefix = int8_critic.encode_prefix("needle", QUERY)
+    windows = [ids[start : start + 400] for start in range(0, len(ids), 400)]
+    fast = int8_critic.score_windows(prefix, windows, ["needle"])
+    again = int8_critic.score_windows(prefix, windows, ["needle"])
+    exact = float_critic.score_windows(prefix, windows, ["needle"])
+    default_batch = int8_critic.max_batch_tokens
+    try:
+        int8_critic.max_batch_tokens = 1
+        one_by_one = int8_critic.score_windows(prefix, windows, ["needle"])
+    finally:
+        int8_critic.max_batch_tokens = default_batch
+    for scores, repeat, reference, single in zip(fast, again, exact, one_by_one):
+        assert scores.bioe.dtype == np.float32
+        np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(scores.bioe, repeat.bioe)
+        assert np.abs(scores.bioe - reference.bioe).mean() < 0.01
+        assert np.abs(scores.bioe - single.bioe).mean() < 0.01
+        assert not np.array_equal(scores.bioe, reference.bioe)
+
+
+def test_int8_and_float32_keep_the_same_needle(int8_critic: MiniCritic, float_critic: MiniCritic, context: str) -> None:
+    results = [
+        CPRSCompressor(critic).compress(context, query=QUERY, instruction="needle", granularity="sentence")
+        for critic in (int8_critic, float_critic)
+    ]
+    assert all(NEEDLE in result.text and result.ratio > 10 for result in results)
+    assert results[0].text == results[1].text
+
+
+def test_eval_defaults_to_the_device_default_and_accepts_the_opt_out() -> None:
+    from cprs_core.mini.eval import parse_args
+
+    assert parse_args([]).dtype is None
+    assert parse_args(["--dtype", "float32"]).dtype == "float32"
