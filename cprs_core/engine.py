@@ -66,7 +66,9 @@ def decode_text(context: str | bytes) -> str:
 class CompressionRequest:
     """One compression job: a context, the query and instruction, and output options.
 
-    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field.
+    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field; ``upstream_spans=True`` reads
+    spans as upstream's endpoint does (unstripped offsets; with ``granularity="sentence"``, upstream's per-span
+    widening instead of whole merged sentences; see :mod:`cprs_core.upstream_spans`).
     """
 
     context: str | bytes
@@ -277,7 +279,9 @@ class WindowParallelEngine:
         if request.upstream_spans and request.granularity == "paragraph":
             raise GranularityError("upstream_spans reads spans as upstream does: granularity 'token' or 'sentence'")
         if request.upstream_spans and (request.target_ratio is not None or request.target_tokens is not None):
-            raise BudgetError("upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens")
+            raise BudgetError(
+                "upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens"
+            )
         return text, resolve_instruction(request.instruction)
 
     def _over_limit(self, token_count: int) -> bool:

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-q", "--query", required=True, help="the question the kept text must answer")
     compress.add_argument(
         "-i", "--instruction",
-        help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}) or free text; default 'fact'",
+        help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}; NAME-literal sends upstream's literal \\n "
+             "form) or free text; default 'fact'",
     )
     add_output_options(compress)
     compress.add_argument("--format", choices=("text", "json"), default="text",
