@@ -7,6 +7,7 @@ from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedTex
 from .errors import (
     BudgetError,
     ContextTooLargeError,
+    ContextTruncatedWarning,
     ContextTypeError,
     CPRSError,
     DeviceError,
@@ -34,6 +35,7 @@ __all__ = [
     "CPRSForTokenCritic",
     "CompressionResult",
     "ContextTooLargeError",
+    "ContextTruncatedWarning",
     "DEFAULT_MODEL",
     "DeviceError",
     "EmptyContextError",

@@ -56,6 +56,8 @@ class Compressor(Protocol):
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
         separator: str = "\n",
+        sentence_windows: bool | None = None,
+        fill_backward: bool = False,
     ) -> CompressionResult: ...
 
     def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]: ...
@@ -70,7 +72,9 @@ class CPRSCompressor:
     Args:
         critic: the token critic (see :class:`~cprs_core.critic.TokenCritic`).
         window_size: tokens per window, prompt prefix included; defaults to the critic's (8192 for the 7B).
-        max_context_tokens: longer contexts are refused rather than truncated.
+        max_context_tokens: longer contexts are refused (:class:`ContextTooLargeError`), unless
+        truncate_over_length: ``True`` keeps their first ``max_context_tokens`` tokens, as upstream does; the
+            result's ``metadata["truncated"]`` then says so and a :class:`ContextTruncatedWarning` is issued.
     """
 
     def __init__(
@@ -78,8 +82,9 @@ class CPRSCompressor:
         critic: TokenCritic,
         window_size: int | None = None,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+        truncate_over_length: bool = False,
     ) -> None:
-        self.engine = WindowParallelEngine(critic, window_size, max_context_tokens)
+        self.engine = WindowParallelEngine(critic, window_size, max_context_tokens, truncate_over_length)
 
     @classmethod
     def from_pretrained(
@@ -91,6 +96,7 @@ class CPRSCompressor:
         window_size: int | None = None,
         max_batch_tokens: int | None = None,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+        truncate_over_length: bool = False,
         compile: bool = False,
     ) -> "CPRSCompressor":
         """Load a critic and wrap it.
@@ -99,11 +105,13 @@ class CPRSCompressor:
             path_or_id: a checkpoint directory (e.g. a local copy of ``Tongyi-Zhiwen/QwenLong-CPRS-7B``), a hub id
                 already in the local Hugging Face cache, or ``None``/``"cprs-mini"`` for the embedded CPU critic.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
-            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"`` (cprs-mini on CPU); ``None`` = bf16 on
-                CUDA, fp32 on CPU (for cprs-mini ``$CPRS_MINI_DTYPE`` overrides; ``int8`` is ~1.5x faster).
+            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
+                can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU,
+                ~1.5x faster); ``None`` = bf16 on CUDA, fp32 on CPU (for cprs-mini ``$CPRS_MINI_DTYPE`` overrides).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
-            max_context_tokens: refuse longer contexts.
+            max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).
+            truncate_over_length: keep the first ``max_context_tokens`` tokens of a longer context instead.
             compile: for a QwenLong-CPRS checkpoint on CUDA, fuse projections and ``torch.compile`` the layers
                 (about 1.2x faster scoring; the first compressions pay the compilation).
 
@@ -125,7 +133,12 @@ class CPRSCompressor:
                 critic = QwenCritic.from_pretrained(
                     directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens, compile=compile
                 )
-        return cls(critic, window_size=window_size, max_context_tokens=max_context_tokens)
+        return cls(
+            critic,
+            window_size=window_size,
+            max_context_tokens=max_context_tokens,
+            truncate_over_length=truncate_over_length,
+        )
 
     @property
     def critic(self) -> TokenCritic:
@@ -150,6 +163,8 @@ class CPRSCompressor:
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
         separator: str = "\n",
+        sentence_windows: bool | None = None,
+        fill_backward: bool = False,
         progress: ProgressCallback | None = None,
     ) -> CompressionResult:
         """Keep the parts of ``context`` the critic tags for ``query``.
@@ -165,6 +180,10 @@ class CPRSCompressor:
             target_tokens: keep at most this many tokens: the highest-scoring units that fit.
             min_span_tokens: drop decoded spans shorter than this (no budget only).
             separator: placed between spans in ``result.text``.
+            sentence_windows: cut windows at sentence ends instead of every ``window_size`` tokens (upstream's
+                ``split_with_sent``); ``None`` = only when the context holds a CJK ideograph, as upstream does.
+            fill_backward: also fill short O gaps walking back from each E label (a cprs option; upstream's
+                tag correction only walks forward from each B).
             progress: called with (windows scored, windows total) while scoring, e.g. to drive a progress bar.
 
         Raises:
@@ -172,7 +191,8 @@ class CPRSCompressor:
         """
         return self.engine.compress(
             CompressionRequest(
-                context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator
+                context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
+                sentence_windows, fill_backward,
             ),
             progress,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -12,6 +13,7 @@ from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText
 from .errors import (
     BudgetError,
     ContextTooLargeError,
+    ContextTruncatedWarning,
     ContextTypeError,
     CPRSError,
     EmptyContextError,
@@ -21,6 +23,7 @@ from .errors import (
 )
 from .prompt import parse_tags, resolve_instruction
 from .result import CompressionResult, Span
+from .sentence_windows import has_cjk, sentence_windows
 from .spans import (
     TokenScoreSums,
     Unit,
@@ -32,11 +35,12 @@ from .spans import (
     units_from_char_ranges,
 )
 from .text_units import paragraph_ranges, sentence_ranges
+from .upstream_spans import upstream_spans
 
 Granularity = Literal["token", "sentence", "paragraph"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
-"""Upstream's document limit (it truncates there; cprs refuses instead, so nothing is lost silently)."""
+"""Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
 PROGRESS_CHUNK_WINDOWS = 16
 """With a progress callback, windows go to the critic this many at a time so progress can be reported."""
 
@@ -63,7 +67,9 @@ def decode_text(context: str | bytes) -> str:
 class CompressionRequest:
     """One compression job: a context, the query and instruction, and output options.
 
-    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field.
+    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field; ``upstream_spans=True`` reads
+    spans as upstream's endpoint does (unstripped offsets; with ``granularity="sentence"``, upstream's per-span
+    widening instead of whole merged sentences; see :mod:`cprs_core.upstream_spans`).
     """
 
     context: str | bytes
@@ -74,6 +80,9 @@ class CompressionRequest:
     target_tokens: int | None = None
     min_span_tokens: int = 1
     separator: str = "\n"
+    sentence_windows: bool | None = None
+    fill_backward: bool = False
+    upstream_spans: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class _Prepared:
     tags: list[str]
     budget: int | None
     plan: WindowPlan
+    truncated: bool = False
 
 
 class WindowParallelEngine:
@@ -101,6 +111,9 @@ class WindowParallelEngine:
         critic: any :class:`~cprs_core.critic.TokenCritic`.
         window_size: tokens per forward pass, prompt prefix included (upstream: 8192); defaults to the critic's.
         max_context_tokens: longer contexts are refused with :class:`ContextTooLargeError`.
+        truncate_over_length: instead of refusing, keep a longer context's first ``max_context_tokens`` tokens
+            (as upstream does); the result's ``metadata["truncated"]`` is then ``True`` and a
+            :class:`ContextTruncatedWarning` is issued.
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class WindowParallelEngine:
         critic: TokenCritic,
         window_size: int | None = None,
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+        truncate_over_length: bool = False,
     ) -> None:
         window_size = critic.default_window_size if window_size is None else window_size
         if window_size > critic.max_positions:
@@ -119,6 +133,7 @@ class WindowParallelEngine:
         self.critic = critic
         self.window_size = window_size
         self.max_context_tokens = max_context_tokens
+        self.truncate_over_length = truncate_over_length
 
     def plan(self, tokens: TokenizedText, instruction: str, query: str) -> WindowPlan:
         """Encode the prefix and cut the context tokens into windows that fit ``window_size``."""
@@ -140,7 +155,7 @@ class WindowParallelEngine:
         With a :class:`~cprs_core.critic.StreamingTokenCritic`, the first windows are scored while the rest of
         the context is tokenized; the result is the same as :meth:`compress_batch`'s.
         """
-        if isinstance(self.critic, StreamingTokenCritic):
+        if isinstance(self.critic, StreamingTokenCritic) and not _sentence_windowed(request):
             return self._compress_streaming(self.critic, request, progress)
         outcome = self.compress_batch([request], progress)[0]
         if isinstance(outcome, Exception):
@@ -169,10 +184,15 @@ class WindowParallelEngine:
         def submitted_to() -> int:
             return windows[-1].stop if windows else 0
 
+        truncated = False
         for part in critic.tokenize_context_parts(text):
             ids += part.ids
             offsets += part.offsets
-            self._check_size(len(ids))
+            truncated = self._over_limit(len(ids))
+            if truncated:
+                del ids[self.max_context_tokens :], offsets[self.max_context_tokens :]
+                text = self._truncated_text(text, offsets)
+                break
             start = submitted_to()
             submit(_cut_windows(start, start + (len(ids) - start) // capacity * capacity, capacity))
         submit(_cut_windows(submitted_to(), len(ids), capacity))
@@ -182,7 +202,8 @@ class WindowParallelEngine:
             if progress is not None:
                 progress(len(scores), len(windows))
         budget = _token_budget(len(ids), request.target_ratio, request.target_tokens)
-        prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, WindowPlan(prefix_ids, windows))
+        plan = WindowPlan(prefix_ids, windows)
+        prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, plan, truncated)
         return self._assemble(prepared, scores)
 
     def compress_batch(
@@ -227,11 +248,25 @@ class WindowParallelEngine:
 
     def _prepare(self, request: CompressionRequest) -> _Prepared:
         text, instruction = self._checked_text(request)
-        tokens = self.critic.tokenize_context(text)
-        self._check_size(len(tokens.ids))
+        if _sentence_windowed(request):
+            prefix_ids = self.critic.encode_prefix(instruction, request.query)
+            capacity = self._window_capacity(prefix_ids)
+            tokens, windows = sentence_windows(text, self.critic.tokenize_context, self.critic.count_tokens, capacity)
+            plan = WindowPlan(prefix_ids, windows)
+        else:
+            tokens = self.critic.tokenize_context(text)
+            plan = None
+        truncated = self._over_limit(len(tokens.ids))
+        if truncated:
+            limit = self.max_context_tokens
+            tokens = TokenizedText(tokens.ids[:limit], tokens.offsets[:limit])
+            text = self._truncated_text(text, tokens.offsets)
+            if plan is not None:
+                windows = [range(w.start, min(w.stop, limit)) for w in plan.windows if w.start < limit]
+                plan = WindowPlan(plan.prefix_ids, windows)
         budget = _token_budget(len(tokens.ids), request.target_ratio, request.target_tokens)
-        plan = self.plan(tokens, instruction, request.query)
-        return _Prepared(request, text, tokens, parse_tags(instruction), budget, plan)
+        plan = plan or self.plan(tokens, instruction, request.query)
+        return _Prepared(request, text, tokens, parse_tags(instruction), budget, plan, truncated)
 
     @staticmethod
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
@@ -242,40 +277,67 @@ class WindowParallelEngine:
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
         _check_budget(request.target_ratio, request.target_tokens)
+        if request.upstream_spans and request.granularity == "paragraph":
+            raise GranularityError("upstream_spans reads spans as upstream does: granularity 'token' or 'sentence'")
+        if request.upstream_spans and (request.target_ratio is not None or request.target_tokens is not None):
+            raise BudgetError(
+                "upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens"
+            )
         return text, resolve_instruction(request.instruction)
 
-    def _check_size(self, token_count: int) -> None:
-        if token_count > self.max_context_tokens:
+    def _over_limit(self, token_count: int) -> bool:
+        """Whether the context must be truncated; raises :class:`ContextTooLargeError` when it must be refused."""
+        if token_count <= self.max_context_tokens:
+            return False
+        if not self.truncate_over_length:
             raise ContextTooLargeError(
                 f"context has at least {token_count} tokens, more than max_context_tokens={self.max_context_tokens}; "
-                "split it or raise the limit"
+                "split it, raise the limit, or pass truncate_over_length=True to keep only the first tokens"
             )
+        return True
+
+    def _truncated_text(self, text: str, kept_offsets: list[tuple[int, int]]) -> str:
+        """``text`` cut after the last kept token, with a :class:`ContextTruncatedWarning`."""
+        cut = kept_offsets[-1][1] if kept_offsets else 0
+        warnings.warn(
+            f"context is longer than max_context_tokens={self.max_context_tokens}: only its first "
+            f"{self.max_context_tokens} tokens ({cut} of {len(text)} characters) are compressed",
+            ContextTruncatedWarning,
+            stacklevel=4,
+        )
+        return text[:cut]
 
     def _assemble(self, item: _Prepared, scores: Sequence[WindowScores]) -> CompressionResult:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
         sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
-        kept = self._kept_groups(
-            text, request.query, tokens, bioe, sums, _concat_relevance(scores), request.granularity, item.budget,
-            request.min_span_tokens,
-        )
-        groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
-        token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
-        token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
-        spans = [
-            _span(text, group, float(score), tags[tag])
-            for group, score, tag in zip(groups, sums.mean_keep(token_starts, token_ends),
-                                         sums.majority_tag(token_starts, token_ends))
-        ]
+        labels = fill_short_gaps(bioe.argmax(axis=1), backward=request.fill_backward)
+        if request.upstream_spans:
+            spans, compressed_tokens = _upstream_read(text, tokens, labels, sums, tags, request)
+        else:
+            kept = self._kept_groups(
+                text, request.query, tokens, bioe, labels, sums, _concat_relevance(scores), request.granularity,
+                item.budget, request.min_span_tokens,
+            )
+            groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
+            token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
+            token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
+            spans = [
+                _span(text, group, float(score), tags[tag])
+                for group, score, tag in zip(groups, sums.mean_keep(token_starts, token_ends),
+                                             sums.majority_tag(token_starts, token_ends))
+            ]
+            compressed_tokens = sum(unit.tokens for group in groups for unit in group)
         return CompressionResult(
             text=request.separator.join(span.text for span in spans),
             spans=spans,
             original_tokens=len(tokens.ids),
-            compressed_tokens=sum(unit.tokens for group in groups for unit in group),
+            compressed_tokens=compressed_tokens,
             windows=len(item.plan.windows),
             granularity=request.granularity,
             separator=request.separator,
-            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget},
+            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget,
+                      "truncated": item.truncated},
         )
 
     def _kept_groups(
@@ -284,6 +346,7 @@ class WindowParallelEngine:
         query: str,
         tokens: TokenizedText,
         bioe: np.ndarray,
+        labels: np.ndarray,
         sums: TokenScoreSums,
         relevance: np.ndarray | None,
         granularity: str,
@@ -298,7 +361,6 @@ class WindowParallelEngine:
         ``relevance_threshold``.
         """
         keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
-        labels = fill_short_gaps(bioe.argmax(axis=1))
         if granularity == "token":
             if budget is not None:
                 candidates = [
@@ -397,6 +459,42 @@ def _logit(probability: float | None) -> float:
     if probability is None:
         return float("inf")
     return float(np.log(probability) - np.log1p(-probability))
+
+
+def _sentence_windowed(request: CompressionRequest) -> bool:
+    """Whether the request's windows are cut at sentence ends (by default: when the context holds CJK, as upstream)."""
+    if request.sentence_windows is not None:
+        return request.sentence_windows
+    return has_cjk(decode_text(request.context))
+
+
+def _upstream_read(
+    text: str,
+    tokens: TokenizedText,
+    labels: np.ndarray,
+    sums: TokenScoreSums,
+    tags: list[str],
+    request: CompressionRequest,
+) -> tuple[list[Span], int]:
+    """Spans as upstream's endpoint reads them (see :mod:`cprs_core.upstream_spans`), and the tokens they cover."""
+    found = upstream_spans(
+        text, tokens.offsets, decode_spans(labels), request.min_span_tokens, widen=request.granularity == "sentence"
+    )
+    found = [span for span in found if text[span.char_start : span.char_end].strip()]
+    starts = np.array([span.token_start for span in found], dtype=np.int64)
+    ends = np.array([span.token_end for span in found], dtype=np.int64)
+    spans = [
+        Span(span.char_start, span.char_end, text[span.char_start : span.char_end], float(score), tags[tag])
+        for span, score, tag in zip(found, sums.mean_keep(starts, ends), sums.majority_tag(starts, ends))
+    ]
+    edges = np.zeros(len(text) + 1, dtype=np.int64)
+    for span in spans:
+        edges[span.start] += 1
+        edges[span.end] -= 1
+    kept_before = np.concatenate(([0], np.cumsum(np.cumsum(edges)[:-1] > 0)))  # kept characters before each position
+    offsets = np.asarray(tokens.offsets, dtype=np.int64).reshape(-1, 2)
+    compressed_tokens = int(np.count_nonzero(kept_before[offsets[:, 1]] > kept_before[offsets[:, 0]]))
+    return spans, compressed_tokens
 
 
 def _concat_tag_index(scores: Sequence[WindowScores]) -> np.ndarray | None:

@@ -1,4 +1,6 @@
-"""Errors raised by cprs. Every one is a ``CPRSError`` and a ``ValueError``, so callers can catch either."""
+"""Errors raised by cprs. Every one is a ``CPRSError`` and a ``ValueError``, so callers can catch either.
+
+One warning too: :class:`ContextTruncatedWarning`."""
 
 from __future__ import annotations
 
@@ -41,3 +43,7 @@ class GranularityError(CPRSError):
 
 class ContextTypeError(CPRSError, TypeError):
     """A context that is neither ``str`` nor ``bytes``."""
+
+
+class ContextTruncatedWarning(UserWarning):
+    """A context over ``max_context_tokens`` was truncated (only with ``truncate_over_length=True``)."""

@@ -30,7 +30,24 @@ INSTRUCTIONS: dict[str, str] = {
         "- tag the assignment chains with 'chain'"
     ),
 }
-"""The three control prompts published with QwenLong-CPRS (needles, supporting facts, variable chains)."""
+"""The three control prompts published with QwenLong-CPRS (needles, supporting facts, variable chains).
+
+Line breaks are real newlines. This is the default because it is the prompt as written: the markdown-style
+``## tagging rule:`` heading and ``- tag ...`` item only read as such on their own lines, and the chat template
+around the prompt uses real newlines too.
+"""
+
+_FIRST_BREAK_AS_TYPED = {"needle": "\\N"}
+"""Upstream's README types the needle prompt's first line break as ``\\N``."""
+
+LITERAL_INSTRUCTIONS: dict[str, str] = {
+    f"{name}-literal": text.replace("\n", _FIRST_BREAK_AS_TYPED.get(name, "\\n"), 1).replace("\n", "\\n")
+    for name, text in INSTRUCTIONS.items()
+}
+"""The same prompts as upstream's README hands them to ``infer.py``: inside bash double quotes, so the model gets
+a literal backslash and ``n`` (and, in the needle prompt's first break, ``\\N``) instead of each newline. Which form
+the model was trained with is not published; pick ``needle-literal``, ``fact-literal`` or ``chain-literal`` to send
+exactly what upstream's documented commands send."""
 
 DEFAULT_INSTRUCTION = INSTRUCTIONS["fact"]
 
@@ -41,10 +58,12 @@ _TAG_RULE = re.compile(r"\btag\b[^\n]*?\bwith\s+['\"]([^'\"]+)['\"]", re.IGNOREC
 
 
 def resolve_instruction(instruction: str | None) -> str:
-    """Return the instruction text: a preset name (``needle``/``fact``/``chain``), free text, or the default."""
+    """Return the instruction text: a preset name (``needle``/``fact``/``chain``, or one of them with ``-literal``),
+    free text, or the default."""
     if instruction is None or not instruction.strip():
         return DEFAULT_INSTRUCTION
-    return INSTRUCTIONS.get(instruction.strip(), instruction)
+    name = instruction.strip()
+    return INSTRUCTIONS.get(name) or LITERAL_INSTRUCTIONS.get(name, instruction)
 
 
 def parse_tags(instruction: str) -> list[str]:

@@ -78,6 +78,8 @@ class RemoteCompressor:
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
         separator: str = "\n",
+        sentence_windows: bool | None = None,
+        fill_backward: bool = False,
     ) -> CompressionResult:
         """Compress one context on the server; same arguments, result and errors as ``CPRSCompressor.compress``.
 
@@ -86,7 +88,8 @@ class RemoteCompressor:
             RemoteError: the server is unreachable, busy (503), timed out (504) or refused the request.
         """
         request = CompressionRequest(
-            context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator
+            context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
+            sentence_windows, fill_backward,
         )
         return _result_from_dict(self._post(COMPRESS_PATH, _request_to_dict(request)), separator)
 

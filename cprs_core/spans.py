@@ -13,22 +13,28 @@ from .errors import BudgetError
 
 B, I, O, E = (BIOE_LABELS.index(label) for label in "BIOE")
 MAX_FILL_GAP = 20
-"""Upstream fills runs of O shorter than this between a B and the following non-O token (and before an E)."""
+"""Runs of O are filled when the tagged tokens around them are fewer than this many positions apart (at most 18 O)."""
 
 
-def fill_short_gaps(labels: np.ndarray, max_gap: int = MAX_FILL_GAP) -> np.ndarray:
-    """Upstream's tag correction: inside a B ... E stretch, short O runs become I.
+def fill_short_gaps(labels: np.ndarray, max_gap: int = MAX_FILL_GAP, backward: bool = False) -> np.ndarray:
+    """Upstream's tag correction: short O runs after a B become I.
 
-    Walking forward from every B, each O run shorter than ``max_gap`` positions that ends at a non-O token is
-    relabelled I; the walk stops at the next B or E, or at a longer gap. The same is done walking backward
-    from every E. (Upstream's backward walk never terminates when an E follows an O; this is its intent.)
+    Walking forward from every B, each O run that ends at a non-O token fewer than ``max_gap`` positions after the
+    previous tagged token is relabelled I; the walk stops at the next B or E (after filling up to it), at a longer
+    gap, or at the end. This is everything upstream's correction does: its second pass, meant to walk backward
+    from every E, calls ``list.rindex`` (lists have no such method) inside a bare ``try/except: break``, so it
+    stops before doing anything. ``O O I O O E`` therefore stays as it is.
+
+    ``backward=True`` also runs that second pass as intended (the same fill walking back from every E, so
+    ``O O I O O E`` becomes ``O O I I I E``). It is a cprs option, not upstream behaviour.
     """
     labels = labels.copy()
     n = len(labels)
     for start in np.flatnonzero(labels == B):
         _fill_walk(labels, int(start), range(int(start) + 1, n), max_gap)
-    for start in np.flatnonzero(labels == E)[::-1]:
-        _fill_walk(labels, int(start), range(int(start) - 1, -1, -1), max_gap)
+    if backward:
+        for start in np.flatnonzero(labels == E)[::-1]:
+            _fill_walk(labels, int(start), range(int(start) - 1, -1, -1), max_gap)
     return labels
 
 

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-q", "--query", required=True, help="the question the kept text must answer")
     compress.add_argument(
         "-i", "--instruction",
-        help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}) or free text; default 'fact'",
+        help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}; NAME-literal sends upstream's literal \\n "
+             "form) or free text; default 'fact'",
     )
     add_output_options(compress)
     compress.add_argument("--format", choices=("text", "json"), default="text",
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--compile", action="store_true",
                        help="torch.compile a QwenLong-CPRS critic's layers on CUDA: 15-25%% less time per request after a "
                             "first one that compiles (seconds); no effect on cprs-mini")
+    serve.add_argument("--truncate-over-length", action="store_true",
+                       help="compress the first 2,048,000 tokens of longer contexts, as upstream does, instead of "
+                            "refusing them (results say metadata.truncated)")
     serve.set_defaults(handler=_serve)
 
     commands.add_parser(
@@ -191,7 +195,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cprs serve: error: {error}", file=sys.stderr)
         return 2
     compressor = CPRSCompressor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, window_size=args.window_size, compile=args.compile
+        args.model, device=args.device, dtype=args.dtype, window_size=args.window_size, compile=args.compile,
+        truncate_over_length=args.truncate_over_length,
     )
     print(f"cprs serve: model {args.model} loaded; serving on http://{args.host}:{args.port}", file=sys.stderr)
     serve(create_app(compressor, settings), host=args.host, port=args.port, log_level=args.log_level)

@@ -95,8 +95,13 @@ def test_upstream_defaults_offsets_and_sentences(url: str) -> None:
     with_offsets = output(min_keyword_len=0, return_offset=True)
     assert [item[0] for item in with_offsets] == ["1984", "42", "7"]
     assert all(CONTEXT[start:end] == text for text, start, end in with_offsets)
+    # upstream widens each span on its own: "42" reaches back to the newline and on to "dogs."; "7" starts inside
+    # that widened span, so it does not move left, and comes out again as "7 dogs." (overlap, as upstream answers)
     assert output(min_keyword_len=0, complete_sentence=True) == [
-        "The year was 1984.", "We counted 42 cats and 7 dogs."
+        "The year was 1984.", "We counted 42 cats and 7 dogs.", "7 dogs."
+    ]
+    assert output(min_keyword_len=0, complete_sentence=True, return_offset=True) == [
+        ["The year was 1984.", 0, 18], ["We counted 42 cats and 7 dogs.", 47, 77], ["7 dogs.", 70, 77]
     ]
 
 

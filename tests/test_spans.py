@@ -20,19 +20,39 @@ def pattern(values: np.ndarray) -> str:
     return "".join("BIOE"[v] for v in values)
 
 
+# Expected outputs worked out by hand from upstream's tag correction (run_api.py's correct_tag_pred): a forward
+# walk from each B fills O runs that end at a tagged token fewer than 20 positions after the previous one, and stops
+# after reaching a B or E; its backward pass never runs (list.rindex raises, a bare except breaks out).
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
         ("OBOOIOOEO", "OBIIIIIEO"),  # short gaps between B ... E are filled
-        ("B" + "O" * 25 + "E", "B" + "O" * 25 + "E"),  # gaps of 20+ are left alone
-        ("OOOOEOO", "OOOOEOO"),  # an E after O only (upstream's backward walk would hang here)
-        ("IOOE", "IIIE"),  # walking back from E fills too
+        ("B" + "O" * 18 + "E", "B" + "I" * 18 + "E"),  # 18 O: the E is 19 positions on, under 20: filled
+        ("B" + "O" * 19 + "E", "B" + "O" * 19 + "E"),  # 19 O: 20 positions on: left alone
+        ("OOIOOE", "OOIOOE"),  # no B: nothing is filled (the backward walk from E does not run upstream)
+        ("OOOOEOO", "OOOOEOO"),
+        ("IOOE", "IOOE"),
         ("BOOBOOE", "BIIBIIE"),  # each walk fills up to the next B or E and stops there
-        ("BOOIO" + "O" * 20 + "IOE", "BIIIO" + "O" * 20 + "IIE"),  # a long gap stops the walk
+        ("BOOEOOI", "BIIEOOI"),  # stopping at E: the O run after it stays
+        ("BOOIO" + "O" * 20 + "IOE", "BIIIO" + "O" * 20 + "IOE"),  # a long gap stops the walk; "IOE" stays
+        ("BOOO", "BOOO"),  # a run of O reaching the end is never filled
     ],
 )
-def test_fill_short_gaps(given: str, expected: str) -> None:
+def test_fill_short_gaps_is_upstreams_forward_fill(given: str, expected: str) -> None:
     assert pattern(fill_short_gaps(labels(given))) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("OOIOOE", "OOIIIE"),  # walking back from E fills the gap before it
+        ("IOOE", "IIIE"),
+        ("BOOIO" + "O" * 20 + "IOE", "BIIIO" + "O" * 20 + "IIE"),
+        ("OOOOEOO", "OOOOEOO"),  # nothing tagged before the E: nothing to fill
+    ],
+)
+def test_fill_short_gaps_backward_option(given: str, expected: str) -> None:
+    assert pattern(fill_short_gaps(labels(given), backward=True)) == expected
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ class CompressBody(BaseModel):
     target_tokens: int | None = None
     min_span_tokens: int = 1
     separator: str = "\n"
+    sentence_windows: bool | None = Field(default=None, description="cut windows at sentence ends; null = for CJK text")
+    fill_backward: bool = Field(default=False, description="also fill short O gaps walking back from each E")
+    upstream_spans: bool = Field(default=False, description="read spans as upstream's endpoint does")
 
     def to_request(self) -> CompressionRequest:
         return CompressionRequest(**self.model_dump())  # type: ignore[arg-type]
@@ -109,15 +112,15 @@ class UpstreamInput(BaseModel):
 
 
 class UpstreamParameters(BaseModel):
-    """Upstream's options. ``split_with_sent``, ``batch_size`` and ``chunk_size`` are accepted and ignored:
-    windows are cut by the server's ``--window-size`` and batching is dynamic across clients."""
+    """Upstream's options. ``batch_size`` and ``chunk_size`` are accepted and ignored: windows hold the server's
+    ``--window-size`` tokens and batching is dynamic across clients."""
 
     model_config = ConfigDict(extra="allow")
 
     min_keyword_len: int = Field(default=4, ge=0, description="keep spans of more than this many tokens")
-    complete_sentence: bool = Field(default=False, description="widen spans to whole sentences")
+    complete_sentence: bool = Field(default=False, description="widen each span to upstream's sentence delimiters")
     return_offset: bool = Field(default=False, description="answer [text, start, end] items instead of strings")
-    split_with_sent: bool = True
+    split_with_sent: bool = Field(default=True, description="cut the windows of a context holding CJK at sentence ends")
     batch_size: int = 1
     chunk_size: int | None = None
 

@@ -11,6 +11,9 @@ Request::
 Response: the request echoed back, with ``payload.output = {"text": [kept span, ...]}`` (items
 ``[text, start, end]`` with ``return_offset``), ``payload.usage = {"input_tokens": N}`` and
 ``header.status_code/status_name/status_message/finished``.
+
+Spans are read as upstream reads them (``CompressionRequest.upstream_spans``, see :mod:`cprs_core.upstream_spans`):
+texts are stripped, offsets are not; ``complete_sentence`` widens each span on its own (overlaps kept).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ PUNCTUATION_ONLY = "（），。！"
 
 
 def to_request(body: UpstreamRequest) -> CompressionRequest:
-    """The compression upstream would run: ``min_keyword_len`` k keeps spans of k+1 tokens or more, and
-    ``complete_sentence`` widens spans to whole sentences."""
+    """The compression upstream would run: ``min_keyword_len`` k keeps spans of k+1 tokens or more,
+    ``complete_sentence`` widens each span to its sentence delimiters, and ``split_with_sent`` (on by default)
+    cuts the windows of a context holding CJK at sentence ends."""
     instruction, query, context = (message.content for message in body.payload.input.messages)
     parameters = body.payload.parameters
     return CompressionRequest(
@@ -37,13 +41,19 @@ def to_request(body: UpstreamRequest) -> CompressionRequest:
         instruction=instruction,
         granularity="sentence" if parameters.complete_sentence else "token",
         min_span_tokens=parameters.min_keyword_len + 1,
+        sentence_windows=None if parameters.split_with_sent else False,
+        upstream_spans=True,
     )
 
 
 def success(data: dict[str, Any], result: CompressionResult, parameters: UpstreamParameters) -> dict[str, Any]:
     """Upstream's success answer: ``data`` (the request as sent) with output, usage and a success header."""
-    spans = [span for span in result.spans if span.text not in PUNCTUATION_ONLY]
-    texts: list[Any] = [[span.text, span.start, span.end] if parameters.return_offset else span.text for span in spans]
+    kept = [(span.text.strip(), span) for span in result.spans]
+    texts: list[Any] = [
+        [text, span.start, span.end] if parameters.return_offset else text
+        for text, span in kept
+        if text not in PUNCTUATION_ONLY
+    ]
     header, payload = _parts(data)
     payload["output"] = {"text": texts}
     payload["usage"] = {"input_tokens": result.original_tokens}
