@@ -6,12 +6,14 @@ from .configuration import CPRSConfig
 from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
+    BudgetTokenizerError,
     ContextTooLargeError,
     ContextTypeError,
     CPRSError,
     DeviceError,
     EmptyContextError,
     GranularityError,
+    KeepError,
     ModelLoadError,
     TextDecodingError,
     WindowSizeError,
@@ -24,6 +26,7 @@ from .result import CompressionResult, Span
 __all__ = [
     "BIOE_LABELS",
     "BudgetError",
+    "BudgetTokenizerError",
     "CompressionRequest",
     "Compressor",
     "ContextTypeError",
@@ -38,6 +41,7 @@ __all__ = [
     "DeviceError",
     "EmptyContextError",
     "INSTRUCTIONS",
+    "KeepError",
     "ModelLoadError",
     "QwenCritic",
     "Span",

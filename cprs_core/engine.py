@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -19,21 +19,16 @@ from .errors import (
     TextDecodingError,
     WindowSizeError,
 )
+from .keep import Forced, KeepPattern, check_forced_kept, check_keep, find_forced, force
 from .prompt import parse_tags, resolve_instruction
+from .reader_tokens import fit_budget, reader_budget, reader_tokenizer
 from .result import CompressionResult, Span
-from .spans import (
-    TokenScoreSums,
-    Unit,
-    decode_spans,
-    fill_short_gaps,
-    merge_adjacent,
-    select_by_budget,
-    units_from_char_ranges,
-)
-from .text_units import paragraph_ranges, sentence_ranges
+from .spans import I, TokenScoreSums, Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget
+from .text_units import segment
+from .unit_anchors import anchored_units, with_anchors
 
-Granularity = Literal["token", "sentence", "paragraph"]
-GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
+Granularity = Literal["token", "sentence", "paragraph", "line"]
+GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph", "line")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses instead, so nothing is lost silently)."""
 PROGRESS_CHUNK_WINDOWS = 16
@@ -73,6 +68,9 @@ class CompressionRequest:
     target_tokens: int | None = None
     min_span_tokens: int = 1
     separator: str = "\n"
+    keep: Sequence[KeepPattern] = ()
+    keep_spans: Sequence[tuple[int, int]] = ()
+    budget_tokenizer: Any = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +239,9 @@ class WindowParallelEngine:
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
         _check_budget(request.target_ratio, request.target_tokens)
+        check_keep(request.keep, request.keep_spans, len(text))
+        if request.budget_tokenizer is not None:
+            reader_tokenizer(request.budget_tokenizer)
         return text, resolve_instruction(request.instruction)
 
     def _check_size(self, token_count: int) -> None:
@@ -254,7 +255,16 @@ class WindowParallelEngine:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
         sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
-        kept = self._kept_groups(text, tokens, bioe, sums, request.granularity, item.budget, request.min_span_tokens)
+        forced = find_forced(text, tokens.offsets, request.keep, request.keep_spans)
+        budget, reader = item.budget, None
+        if request.budget_tokenizer is not None:
+            reader = reader_tokenizer(request.budget_tokenizer)
+            if budget is not None:
+                target = reader_budget(reader.count(text), request.target_ratio, request.target_tokens)
+                budget = fit_budget(lambda critic_budget: self._kept_text(item, bioe, forced, critic_budget),
+                                    reader.count, target, len(tokens.ids))
+
+        kept = self._kept_groups(text, tokens, bioe, forced, request.granularity, budget, request.min_span_tokens)
         groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
         token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
         token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
@@ -263,53 +273,76 @@ class WindowParallelEngine:
             for group, score, tag in zip(groups, sums.mean_keep(token_starts, token_ends),
                                          sums.majority_tag(token_starts, token_ends))
         ]
+        kept_text = request.separator.join(span.text for span in spans)
+        metadata = {"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": budget,
+                    "forced_tokens": int(forced.mask.sum())}
+        if reader is not None:
+            metadata["budget_tokenizer"] = {"name": reader.name, "original_tokens": reader.count(text),
+                                            "compressed_tokens": reader.count(kept_text)}
         return CompressionResult(
-            text=request.separator.join(span.text for span in spans),
+            text=kept_text,
             spans=spans,
             original_tokens=len(tokens.ids),
             compressed_tokens=sum(unit.tokens for group in groups for unit in group),
             windows=len(item.plan.windows),
             granularity=request.granularity,
             separator=request.separator,
-            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget},
+            metadata=metadata,
         )
+
+    def _kept_text(self, item: _Prepared, bioe: np.ndarray, forced: Forced, budget: int) -> str | None:
+        """The text kept under a critic-token ``budget`` (``None`` when the budget cannot be met)."""
+        request, text = item.request, item.text
+        try:
+            groups = self._kept_groups(text, item.tokens, bioe, forced, request.granularity, budget,
+                                       request.min_span_tokens)
+        except BudgetError:
+            return None
+        pieces = (text[group[0].char_start : group[-1].char_end].strip() for group in groups)
+        return request.separator.join(piece for piece in pieces if piece)
 
     @staticmethod
     def _kept_groups(
         text: str,
         tokens: TokenizedText,
         bioe: np.ndarray,
-        sums: TokenScoreSums,
+        forced: Forced,
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
     ) -> list[list[Unit]]:
-        """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units)."""
-        keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
-        labels = fill_short_gaps(bioe.argmax(axis=1))
+        """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units).
+
+        Forced tokens (see :mod:`cprs_core.keep`) are kept on top of the critic's tags, and first under a budget.
+        """
+        keep_scores, labels = force(1.0 - bioe[:, OUTSIDE_ID], fill_short_gaps(bioe.argmax(axis=1)), forced.mask, I)
+        decoded = [(start, end) for start, end in decode_spans(labels)
+                   if end - start >= min_span_tokens or forced.mask[start:end].any()]
         if granularity == "token":
             if budget is not None:
                 candidates = [
                     Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
                 ]
-                return merge_adjacent(select_by_budget(candidates, budget, granularity))
-            ranges = np.array(decode_spans(labels, min_span_tokens), dtype=np.int64).reshape(-1, 2)
-            scores = sums.mean_keep(ranges[:, 0], ranges[:, 1])
+                chosen = select_by_budget(candidates, budget, granularity)
+                check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+                return merge_adjacent(chosen)
             return [
-                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(score))]
-                for i, ((start, end), score) in enumerate(zip(ranges.tolist(), scores))
+                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], 0.0)]
+                for i, (start, end) in enumerate(decoded)
             ]
-        ranges = sentence_ranges(text) if granularity == "sentence" else paragraph_ranges(text)
-        candidates = units_from_char_ranges(ranges, [end for _, end in tokens.offsets], keep_scores)
+        candidates, anchors = anchored_units(segment(text, granularity), [end for _, end in tokens.offsets], keep_scores)
         if budget is not None:
-            return merge_adjacent(select_by_budget(candidates, budget, granularity))
+            chosen = select_by_budget(candidates, budget, granularity, anchors)
+            check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+            return merge_adjacent(chosen)
         tagged = np.zeros(len(labels) + 1, dtype=np.int64)
-        for start, end in decode_spans(labels, min_span_tokens):
+        for start, end in decoded:
             tagged[start:end] = 1
         tagged_before = np.concatenate(([0], np.cumsum(tagged)))
-        return merge_adjacent(
-            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]]
-        )
+        return merge_adjacent(with_anchors(
+            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]],
+            candidates, anchors,
+        ))
 
 
 def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None:

@@ -41,3 +41,11 @@ class GranularityError(CPRSError):
 
 class ContextTypeError(CPRSError, TypeError):
     """A context that is neither ``str`` nor ``bytes``."""
+
+
+class KeepError(CPRSError):
+    """A ``keep`` pattern or ``keep_spans`` range that is not valid for the context."""
+
+
+class BudgetTokenizerError(CPRSError):
+    """A ``budget_tokenizer`` that is not a tokenizer, a tiktoken encoding name or a ``str -> int`` counter."""
