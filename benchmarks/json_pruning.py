@@ -2,10 +2,10 @@
 
 Measured in one run, each the median of ``--repeats`` after a warm-up:
 
-* ``prune_json``: units, critic over their lines, rebuilt JSON and note (end to end);
+* ``prune_json`` (after one warm-up call): units, critic over their lines, rebuilt JSON and note (end to end);
 * baseline ``compress`` of the same records as plain JSON text (``json.dumps``, sentence granularity): the
   cost of text compression on the same content, which loses the JSON structure;
-* the part of ``prune_json`` outside the critic: building units and lines, rebuilding the value and the note.
+* ``json_units`` alone: cutting the value into units and their lines (part of ``prune_json``'s own overhead).
 
 Usage (from the repository root)::
 
@@ -40,7 +40,7 @@ def tool_output(records: int) -> dict[str, Any]:
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
+    """Median wall time of ``repeats`` calls (warm the model up before)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,7 +52,7 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=3000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
