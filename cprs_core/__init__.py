@@ -6,6 +6,7 @@ from .configuration import CPRSConfig
 from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
+    BudgetTokenizerError,
     ContextTooLargeError,
     ContextTruncatedWarning,
     ContextTypeError,
@@ -13,6 +14,7 @@ from .errors import (
     DeviceError,
     EmptyContextError,
     GranularityError,
+    KeepError,
     ModelLoadError,
     TextDecodingError,
     WindowSizeError,
@@ -25,6 +27,7 @@ from .result import CompressionResult, Span
 __all__ = [
     "BIOE_LABELS",
     "BudgetError",
+    "BudgetTokenizerError",
     "CompressionRequest",
     "Compressor",
     "ContextTypeError",
@@ -40,6 +43,7 @@ __all__ = [
     "DeviceError",
     "EmptyContextError",
     "INSTRUCTIONS",
+    "KeepError",
     "ModelLoadError",
     "QwenCritic",
     "Span",

@@ -11,6 +11,7 @@ import torch
 from .critic import TokenCritic
 from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, ProgressCallback, WindowParallelEngine
 from .errors import CPRSError, ModelLoadError
+from .keep import KeepPattern
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
 
@@ -58,6 +59,9 @@ class Compressor(Protocol):
         separator: str = "\n",
         sentence_windows: bool | None = None,
         fill_backward: bool = False,
+        keep: Sequence[KeepPattern] = (),
+        keep_spans: Sequence[tuple[int, int]] = (),
+        budget_tokenizer: Any = None,
     ) -> CompressionResult: ...
 
     def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]: ...
@@ -165,6 +169,9 @@ class CPRSCompressor:
         separator: str = "\n",
         sentence_windows: bool | None = None,
         fill_backward: bool = False,
+        keep: Sequence[KeepPattern] = (),
+        keep_spans: Sequence[tuple[int, int]] = (),
+        budget_tokenizer: Any = None,
         progress: ProgressCallback | None = None,
     ) -> CompressionResult:
         """Keep the parts of ``context`` the critic tags for ``query``.
@@ -174,8 +181,10 @@ class CPRSCompressor:
             query: the user's question.
             instruction: the control prompt with its tagging rule; a preset name (``"needle"``, ``"fact"``,
                 ``"chain"``) or free text; ``None`` = the supporting-facts preset.
-            granularity: ``"token"`` keeps the tagged spans; ``"sentence"``/``"paragraph"`` keep whole units
-                that contain tagged tokens.
+            granularity: ``"token"`` keeps the tagged spans; ``"sentence"``/``"paragraph"``/``"line"`` keep whole
+                units that contain tagged tokens. Units are structure-safe (markdown headings stay with their
+                section, code blocks by whole lines, table rows, chat turns with their speaker; see
+                :func:`cprs_core.text_units.segment`).
             target_ratio: keep about this fraction of tokens (0 < r <= 1): the highest-scoring units that fit.
             target_tokens: keep at most this many tokens: the highest-scoring units that fit.
             min_span_tokens: drop decoded spans shorter than this (no budget only).
@@ -184,15 +193,25 @@ class CPRSCompressor:
                 ``split_with_sent``); ``None`` = only when the context holds a CJK ideograph, as upstream does.
             fill_backward: also fill short O gaps walking back from each E label (a cprs option; upstream's
                 tag correction only walks forward from each B).
+            keep: text always kept: literal strings, or compiled ``re.Pattern`` for regular expressions; each
+                match (at the chosen granularity: its token/sentence/... units) is kept on top of the critic's
+                choice. Under a budget, forced text is taken first and counts against it (see
+                :mod:`cprs_core.keep`).
+            keep_spans: ``(start, end)`` character offsets always kept, like ``keep`` matches.
+            budget_tokenizer: count ``target_tokens``/``target_ratio`` in the reader's tokenizer: a transformers
+                tokenizer, a tiktoken encoding name or a ``str -> int`` function; ``result.metadata
+                ["budget_tokenizer"]`` then reports the original and kept counts in it (see
+                :mod:`cprs_core.reader_tokens`).
             progress: called with (windows scored, windows total) while scoring, e.g. to drive a progress bar.
 
         Raises:
-            EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError.
+            EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError, KeepError,
+            BudgetTokenizerError.
         """
         return self.engine.compress(
             CompressionRequest(
                 context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
-                sentence_windows, fill_backward,
+                sentence_windows, fill_backward, keep=keep, keep_spans=keep_spans, budget_tokenizer=budget_tokenizer,
             ),
             progress,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -21,24 +21,28 @@ from .errors import (
     TextDecodingError,
     WindowSizeError,
 )
+from .keep import Forced, KeepPattern, check_forced_kept, check_keep, find_forced, force
 from .prompt import parse_tags, resolve_instruction
+from .reader_tokens import fit_budget, reader_budget, reader_tokenizer
 from .result import CompressionResult, Span
 from .sentence_windows import has_cjk, sentence_windows
 from .spans import (
+    I,
+    SentenceScores,
     TokenScoreSums,
     Unit,
     decode_spans,
     fill_short_gaps,
     merge_adjacent,
-    SentenceScores,
     select_by_budget,
     units_from_char_ranges,
 )
-from .text_units import paragraph_ranges, sentence_ranges
+from .text_units import segment
+from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
 
-Granularity = Literal["token", "sentence", "paragraph"]
-GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
+Granularity = Literal["token", "sentence", "paragraph", "line"]
+GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph", "line")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
 PROGRESS_CHUNK_WINDOWS = 16
@@ -83,6 +87,9 @@ class CompressionRequest:
     sentence_windows: bool | None = None
     fill_backward: bool = False
     upstream_spans: bool = False
+    keep: Sequence[KeepPattern] = ()
+    keep_spans: Sequence[tuple[int, int]] = ()
+    budget_tokenizer: Any = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,9 @@ class WindowParallelEngine:
             raise BudgetError(
                 "upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens"
             )
+        check_keep(request.keep, request.keep_spans, len(text))
+        if request.budget_tokenizer is not None:
+            reader_tokenizer(request.budget_tokenizer)
         return text, resolve_instruction(request.instruction)
 
     def _over_limit(self, token_count: int) -> bool:
@@ -312,12 +322,25 @@ class WindowParallelEngine:
         bioe = np.concatenate([score.bioe for score in scores])
         sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
         labels = fill_short_gaps(bioe.argmax(axis=1), backward=request.fill_backward)
+        budget, reader = item.budget, None
+        metadata = {"critic": self.critic.name, "tags": tags, "window_size": self.window_size,
+                    "truncated": item.truncated, "forced_tokens": 0}
         if request.upstream_spans:
             spans, compressed_tokens = _upstream_read(text, tokens, labels, sums, tags, request)
         else:
+            forced = find_forced(text, tokens.offsets, request.keep, request.keep_spans)
+            relevance = _concat_relevance(scores)
+            if request.budget_tokenizer is not None:
+                reader = reader_tokenizer(request.budget_tokenizer)
+                if budget is not None:
+                    target = reader_budget(reader.count(text), request.target_ratio, request.target_tokens)
+                    budget = fit_budget(
+                        lambda critic_budget: self._kept_text(item, bioe, labels, forced, relevance, critic_budget),
+                        reader.count, target, len(tokens.ids),
+                    )
             kept = self._kept_groups(
-                text, request.query, tokens, bioe, labels, sums, _concat_relevance(scores), request.granularity,
-                item.budget, request.min_span_tokens,
+                text, request.query, tokens, bioe, labels, forced, relevance, request.granularity, budget,
+                request.min_span_tokens,
             )
             groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
             token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
@@ -328,17 +351,41 @@ class WindowParallelEngine:
                                              sums.majority_tag(token_starts, token_ends))
             ]
             compressed_tokens = sum(unit.tokens for group in groups for unit in group)
+            metadata["forced_tokens"] = int(forced.mask.sum())
+        kept_text = request.separator.join(span.text for span in spans)
+        metadata["budget"] = budget
+        if reader is not None:
+            metadata["budget_tokenizer"] = {"name": reader.name, "original_tokens": reader.count(text),
+                                            "compressed_tokens": reader.count(kept_text)}
         return CompressionResult(
-            text=request.separator.join(span.text for span in spans),
+            text=kept_text,
             spans=spans,
             original_tokens=len(tokens.ids),
             compressed_tokens=compressed_tokens,
             windows=len(item.plan.windows),
             granularity=request.granularity,
             separator=request.separator,
-            metadata={"critic": self.critic.name, "tags": tags, "window_size": self.window_size, "budget": item.budget,
-                      "truncated": item.truncated},
+            metadata=metadata,
         )
+
+    def _kept_text(
+        self,
+        item: _Prepared,
+        bioe: np.ndarray,
+        labels: np.ndarray,
+        forced: Forced,
+        relevance: np.ndarray | None,
+        budget: int,
+    ) -> str | None:
+        """The text kept under a critic-token ``budget`` (``None`` when the budget cannot be met)."""
+        request, text = item.request, item.text
+        try:
+            groups = self._kept_groups(text, request.query, item.tokens, bioe, labels, forced, relevance,
+                                       request.granularity, budget, request.min_span_tokens)
+        except BudgetError:
+            return None
+        pieces = (text[group[0].char_start : group[-1].char_end].strip() for group in groups)
+        return request.separator.join(piece for piece in pieces if piece)
 
     def _kept_groups(
         self,
@@ -347,7 +394,7 @@ class WindowParallelEngine:
         tokens: TokenizedText,
         bioe: np.ndarray,
         labels: np.ndarray,
-        sums: TokenScoreSums,
+        forced: Forced,
         relevance: np.ndarray | None,
         granularity: str,
         budget: int | None,
@@ -355,48 +402,56 @@ class WindowParallelEngine:
     ) -> list[list[Unit]]:
         """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units).
 
+        Forced tokens (see :mod:`cprs_core.keep`) are kept on top of the critic's tags, and first under a budget.
         Sentences and paragraphs are scored by their best token's keep probability, or, when the critic gives
         relevance logits, by their (best) sentence's :class:`~cprs_core.spans.SentenceScores`; without a budget,
         a unit is kept when it holds a tagged token or its sentence's mean logit reaches the critic's
         ``relevance_threshold``.
         """
-        keep_scores = 1.0 - bioe[:, OUTSIDE_ID]
+        keep_scores, labels = force(1.0 - bioe[:, OUTSIDE_ID], labels, forced.mask, I)
+        decoded = [(start, end) for start, end in decode_spans(labels)
+                   if end - start >= min_span_tokens or forced.mask[start:end].any()]
         if granularity == "token":
             if budget is not None:
                 candidates = [
                     Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
                 ]
-                return merge_adjacent(select_by_budget(candidates, budget, granularity))
-            ranges = np.array(decode_spans(labels, min_span_tokens), dtype=np.int64).reshape(-1, 2)
-            scores = sums.mean_keep(ranges[:, 0], ranges[:, 1])
+                chosen = select_by_budget(candidates, budget, granularity)
+                check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+                return merge_adjacent(chosen)
             return [
-                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], float(score))]
-                for i, ((start, end), score) in enumerate(zip(ranges.tolist(), scores))
+                [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], 0.0)]
+                for i, (start, end) in enumerate(decoded)
             ]
         token_ends = [end for _, end in tokens.offsets]
-        sentences = sentence_ranges(text)
-        ranges = sentences if granularity == "sentence" else paragraph_ranges(text)
+        text_units = segment(text, granularity)
         if relevance is None:
-            candidates = units_from_char_ranges(ranges, token_ends, keep_scores)
+            candidates, anchors = anchored_units(text_units, token_ends, keep_scores)
             relevant = [False] * len(candidates)
         else:
+            sentence_units = text_units if granularity == "sentence" else segment(text, "sentence")
+            sentences = [(unit.start, unit.end) for unit in sentence_units]
             scores = self._sentence_scores(text, query, relevance, sentences, token_ends, rank=budget is not None)
-            candidates = units_from_char_ranges(ranges, token_ends, scores.rank)
+            candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
             threshold = _logit(getattr(self.critic, "relevance_threshold", None))
+            ranges = [(unit.start, unit.end) for unit in text_units]
             relevant = [unit.score >= threshold for unit in units_from_char_ranges(ranges, token_ends, scores.keep)]
         if budget is not None:
-            return merge_adjacent(select_by_budget(candidates, budget, granularity))
+            chosen = select_by_budget(candidates, budget, granularity, anchors)
+            check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+            return merge_adjacent(chosen)
         tagged = np.zeros(len(labels) + 1, dtype=np.int64)
-        for start, end in decode_spans(labels, min_span_tokens):
+        for start, end in decoded:
             tagged[start:end] = 1
         tagged_before = np.concatenate(([0], np.cumsum(tagged)))
-        return merge_adjacent(
+        return merge_adjacent(with_anchors(
             [
                 unit
                 for unit, above in zip(candidates, relevant)
                 if above or tagged_before[unit.token_end] > tagged_before[unit.token_start]
-            ]
-        )
+            ],
+            candidates, anchors,
+        ))
 
     def _sentence_scores(
         self,

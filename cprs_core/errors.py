@@ -47,3 +47,11 @@ class ContextTypeError(CPRSError, TypeError):
 
 class ContextTruncatedWarning(UserWarning):
     """A context over ``max_context_tokens`` was truncated (only with ``truncate_over_length=True``)."""
+
+
+class KeepError(CPRSError):
+    """A ``keep`` pattern or ``keep_spans`` range that is not valid for the context."""
+
+
+class BudgetTokenizerError(CPRSError):
+    """A ``budget_tokenizer`` that is not a tokenizer, a tiktoken encoding name or a ``str -> int`` counter."""

@@ -13,12 +13,13 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any, Sequence
 
 from . import errors
 from .engine import CompressionRequest, Granularity, decode_text
-from .errors import CPRSError
+from .errors import BudgetTokenizerError, CPRSError
+from .keep import KeepPattern, check_keep, split_patterns
 from .result import CompressionResult, Span
 
 API_KEY_ENV = "CPRS_API_KEY"
@@ -80,8 +81,14 @@ class RemoteCompressor:
         separator: str = "\n",
         sentence_windows: bool | None = None,
         fill_backward: bool = False,
+        keep: Sequence[KeepPattern] = (),
+        keep_spans: Sequence[tuple[int, int]] = (),
+        budget_tokenizer: str | None = None,
     ) -> CompressionResult:
         """Compress one context on the server; same arguments, result and errors as ``CPRSCompressor.compress``.
+
+        ``keep`` regexes travel as their pattern text (flags i, m, s, x as inline flags); ``budget_tokenizer`` must
+        be a tiktoken encoding name, resolved on the server (a tokenizer object or function cannot be sent).
 
         Raises:
             CPRSError: the subclass the server raised for this input.
@@ -89,7 +96,7 @@ class RemoteCompressor:
         """
         request = CompressionRequest(
             context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
-            sentence_windows, fill_backward,
+            sentence_windows, fill_backward, keep=keep, keep_spans=keep_spans, budget_tokenizer=budget_tokenizer,
         )
         return _result_from_dict(self._post(COMPRESS_PATH, _request_to_dict(request)), separator)
 
@@ -148,8 +155,16 @@ class RemoteCompressor:
 
 def _request_to_dict(request: CompressionRequest) -> dict[str, Any]:
     """The JSON body of one request (a ``bytes`` context is decoded here, so offsets match a local run)."""
-    fields = asdict(request)
+    if request.budget_tokenizer is not None and not isinstance(request.budget_tokenizer, str):
+        raise BudgetTokenizerError(
+            "a cprs server counts budgets with a tiktoken encoding name only (e.g. 'o200k_base'); a tokenizer "
+            "object or function cannot be sent: compress locally to use it"
+        )
+    check_keep(request.keep, request.keep_spans, len(decode_text(request.context)))
+    fields = {field.name: getattr(request, field.name) for field in dataclass_fields(request)}
     fields["context"] = decode_text(request.context)
+    fields["keep"], fields["keep_regex"] = split_patterns(request.keep)
+    fields["keep_spans"] = [list(span) for span in request.keep_spans]
     return fields
 
 

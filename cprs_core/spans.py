@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -184,8 +184,14 @@ def units_from_char_ranges(
     return units
 
 
-def select_by_budget(units: list[Unit], max_tokens: int, granularity: str) -> list[Unit]:
-    """The highest-scoring units whose tokens fit in ``max_tokens`` (greedy, ties by position), in order."""
+def select_by_budget(
+    units: list[Unit], max_tokens: int, granularity: str, anchors: Sequence[Sequence[int]] | None = None
+) -> list[Unit]:
+    """The highest-scoring units whose tokens fit in ``max_tokens`` (greedy, ties by position), in order.
+
+    ``anchors[i]``, when given, are the positions of the units that must be kept with unit ``i`` (all of them,
+    transitively closed); a unit is taken only if it fits together with those of its anchors not yet taken.
+    """
     if max_tokens < 1:
         raise BudgetError(f"the budget allows {max_tokens} tokens; at least 1 is needed")
     if units and min(unit.tokens for unit in units) > max_tokens:
@@ -194,13 +200,17 @@ def select_by_budget(units: list[Unit], max_tokens: int, granularity: str) -> li
             f"no {granularity} fits in a budget of {max_tokens} tokens (the smallest has {smallest}); "
             "raise target_tokens/target_ratio or use a finer granularity"
         )
-    chosen = []
+    chosen: dict[int, Unit] = {}
     remaining = max_tokens
-    for unit in sorted(units, key=lambda unit: (-unit.score, unit.token_start)):
-        if unit.tokens <= remaining:
-            chosen.append(unit)
-            remaining -= unit.tokens
-    return sorted(chosen, key=lambda unit: unit.index)
+    for position in sorted(range(len(units)), key=lambda i: (-units[i].score, units[i].token_start)):
+        if position in chosen:
+            continue
+        needed = [i for i in (position, *(anchors[position] if anchors else ())) if i not in chosen]
+        cost = sum(units[i].tokens for i in needed)
+        if cost <= remaining:
+            chosen.update((i, units[i]) for i in needed)
+            remaining -= cost
+    return sorted(chosen.values(), key=lambda unit: unit.index)
 
 
 def merge_adjacent(units: list[Unit]) -> list[list[Unit]]:

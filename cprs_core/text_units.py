@@ -1,11 +1,42 @@
-"""Sentence and paragraph boundaries as character ranges of the original text."""
+"""Sentence, paragraph and line units as character ranges of the original text, structure-safe.
+
+:func:`segment` is what the engine keeps from: it reads markdown (headings, code fences, list items, tables) and
+chat transcripts (speaker turns) so that units never cut a structure in a harmful place, and names for each unit
+the units that must be kept with it (its *anchors*): the heading of its section, the speaker tag of its turn,
+a table's header rows, a code block's fences. Plain prose gives the same units as :func:`sentence_ranges` and
+:func:`paragraph_ranges`.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
-_SENTENCE_END = re.compile(r"[.!?。！？；;]+[\"'”’)\]]*(?=\s|$)|[。！？]+[\"'”’)\]]*|\n+")
+UnitKind = Literal["sentence", "paragraph", "line"]
+
+_CLOSERS = "\"'”’)\\]」』）】》〉"
+_SENTENCE_END = re.compile(rf"[.!?;]+[{_CLOSERS}]*(?=\s|$)|[。！？；]+[{_CLOSERS}]*|\n+")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_LINE = re.compile(r"[^\n]*\n?")
+_FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r"[ \t]{0,3}(#{1,6})[ \t]+\S")
+_TABLE_ROW = re.compile(r"[ \t]*\|")
+_TABLE_RULE = re.compile(r"[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(\|[ \t]*:?-{3,}:?[ \t]*)*\|?[ \t]*$")
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+\S")
+_SPEAKER = re.compile(
+    r"[ \t]*(?:\*\*|\[)?(?P<name>(?i:user|assistant|system|human|ai|bot|tool)|[A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2})"
+    r"(?:\*\*|\])?:(?:\*\*)?(?=[ \t]+\S)"
+)
+
+
+@dataclass(frozen=True)
+class TextUnit:
+    """A unit of text ``[start, end)``; ``anchors`` are indices of units that are kept whenever this one is."""
+
+    start: int
+    end: int
+    anchors: tuple[int, ...] = ()
 
 
 def _strip_range(text: str, start: int, end: int) -> tuple[int, int] | None:
@@ -16,21 +47,202 @@ def _strip_range(text: str, start: int, end: int) -> tuple[int, int] | None:
     return (start, end) if start < end else None
 
 
-def _ranges_between(text: str, cut_points: list[int]) -> list[tuple[int, int]]:
+def _ranges_between(text: str, cut_points: list[int], start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     ranges = []
-    bounds = [0, *cut_points, len(text)]
-    for start, end in zip(bounds, bounds[1:]):
-        stripped = _strip_range(text, start, end)
+    bounds = [start, *cut_points, len(text) if end is None else end]
+    for first, last in zip(bounds, bounds[1:]):
+        stripped = _strip_range(text, first, last)
         if stripped:
             ranges.append(stripped)
     return ranges
 
 
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    cuts = [match.end() for match in _SENTENCE_END.finditer(text, start, end)]
+    return _ranges_between(text, cuts, start, end)
+
+
 def sentence_ranges(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every sentence, whitespace trimmed, in order; ends at ``.!?`` (and CJK marks) or newlines."""
-    return _ranges_between(text, [match.end() for match in _SENTENCE_END.finditer(text)])
+    """``(start, end)`` of every sentence, whitespace trimmed, in order; ends at ``.!?;`` (and CJK ``。！？；``,
+    closing quotes and brackets included) or newlines. Plain-prose rules; :func:`segment` adds structure."""
+    return _sentences(text, 0, len(text))
 
 
 def paragraph_ranges(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every paragraph (blocks separated by blank lines), whitespace trimmed, in order."""
     return _ranges_between(text, [match.end() for match in _PARAGRAPH_BREAK.finditer(text)])
+
+
+def line_ranges(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of every non-blank line of ``text[start:end]``, whitespace trimmed, in order."""
+    end = len(text) if end is None else end
+    ranges = []
+    for match in _LINE.finditer(text, start, end):
+        stripped = _strip_range(text, match.start(), match.end())
+        if stripped:
+            ranges.append(stripped)
+    return ranges
+
+
+@dataclass(frozen=True)
+class _Block:
+    kind: Literal["prose", "fence", "heading", "table", "item"]
+    lines: list[tuple[int, int]]
+    """``(start, end)`` of each line, newline excluded."""
+    level: int = 0
+
+    @property
+    def start(self) -> int:
+        return self.lines[0][0]
+
+    @property
+    def end(self) -> int:
+        return self.lines[-1][1]
+
+
+def _split_lines(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    return [(m.start(), m.end() - (text[m.end() - 1 : m.end()] == "\n")) for m in _LINE.finditer(text, start, end)
+            if m.end() > m.start()]
+
+
+def _blocks(text: str, start: int, end: int) -> list[_Block]:
+    """Markdown blocks of ``text[start:end]``: prose paragraphs, fenced code, headings, tables, list items."""
+    lines = _split_lines(text, start, end)
+    blocks: list[_Block] = []
+    index = 0
+    while index < len(lines):
+        line_start, line_end = lines[index]
+        line = text[line_start:line_end]
+        if not line.strip():
+            index += 1
+            continue
+        fence = _FENCE.match(line)
+        if fence:
+            marker = fence.group(1)
+            close = next((i for i in range(index + 1, len(lines))
+                          if text[lines[i][0] : lines[i][1]].strip().startswith(marker[0] * len(marker))
+                          and not text[lines[i][0] : lines[i][1]].strip().strip(marker[0])), len(lines) - 1)
+            blocks.append(_Block("fence", lines[index : close + 1]))
+            index = close + 1
+        elif heading := _HEADING.match(line):
+            blocks.append(_Block("heading", [lines[index]], len(heading.group(1))))
+            index += 1
+        elif _TABLE_ROW.match(line):
+            stop = index
+            while stop < len(lines) and _TABLE_ROW.match(text[lines[stop][0] : lines[stop][1]]):
+                stop += 1
+            blocks.append(_Block("table", lines[index:stop]))
+            index = stop
+        else:
+            kind: Literal["prose", "item"] = "item" if _LIST_ITEM.match(line) else "prose"
+            stop = index + 1
+            while stop < len(lines):
+                following = text[lines[stop][0] : lines[stop][1]]
+                if (not following.strip() or _FENCE.match(following) or _HEADING.match(following)
+                        or _TABLE_ROW.match(following) or _LIST_ITEM.match(following)):
+                    break
+                stop += 1
+            blocks.append(_Block(kind, lines[index:stop]))
+            index = stop
+    return blocks
+
+
+class _Units:
+    """Collects units; each gets the anchors of its context (section heading, speaker tag) plus its own."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.units: list[TextUnit] = []
+
+    def add(self, start: int, end: int, anchors: tuple[int, ...] = ()) -> int | None:
+        stripped = _strip_range(self.text, start, end)
+        if stripped is None:
+            return None
+        self.units.append(TextUnit(*stripped, tuple(dict.fromkeys(anchors))))
+        return len(self.units) - 1
+
+    def anchor(self, indices: list[int], anchors: list[int]) -> None:
+        """Add ``anchors`` to the units at ``indices`` (for anchors that come after them, like a closing fence)."""
+        for index in indices:
+            unit = self.units[index]
+            self.units[index] = TextUnit(unit.start, unit.end, tuple(dict.fromkeys((*unit.anchors, *anchors))))
+
+
+def _add_blocks(units: _Units, text: str, start: int, end: int, kind: UnitKind, context: tuple[int, ...]) -> None:
+    headings: list[tuple[int, int]] = []  # (level, unit index) of the open sections, outermost first
+    for block in _blocks(text, start, end):
+        section = (*context, *(index for _, index in headings[-1:]))
+        if block.kind == "heading":
+            while headings and headings[-1][0] >= block.level:
+                headings.pop()
+            own = units.add(block.start, block.end, (*context, *(index for _, index in headings[-1:])))
+            if own is not None:
+                headings.append((block.level, own))
+        elif block.kind == "fence":
+            if kind == "paragraph" or len(block.lines) < 2:
+                units.add(block.start, block.end, section)
+                continue
+            opener = units.add(*block.lines[0], section)
+            inner = [index for line in block.lines[1:-1] if (index := units.add(*line, section)) is not None]
+            closer = units.add(*block.lines[-1], section)
+            units.anchor(inner, [fence for fence in (opener, closer) if fence is not None])
+        elif block.kind == "table":
+            head = [row for row in block.lines[:2] if _TABLE_RULE.match(text[row[0] : row[1]])]
+            header_rows = block.lines[:2] if head and len(block.lines) > 2 else []
+            anchors = [index for row in header_rows if (index := units.add(*row, section)) is not None]
+            for row in block.lines[len(header_rows):]:
+                units.add(*row, (*section, *anchors))
+        elif kind == "paragraph":
+            units.add(block.start, block.end, section)
+        else:
+            for sentence in _sentences(text, block.start, block.end):
+                units.add(*sentence, section)
+
+
+def _speaker_turns(text: str) -> list[tuple[int, int, int]] | None:
+    """``(turn start, tag end, turn end)`` of each speaker turn when ``text`` is a chat transcript, else ``None``.
+
+    A transcript starts with a speaker line (``User: ...``, ``**Alice:** ...``) and has at least two turns by at
+    least two speakers.
+    """
+    starts = []
+    for line_start, line_end in _split_lines(text, 0, len(text)):
+        match = _SPEAKER.match(text, line_start, line_end)
+        if match:
+            starts.append((line_start, match.end(), match.group("name").lower()))
+        elif not starts and text[line_start:line_end].strip():
+            return None
+    if len(starts) < 2 or len({name for _, _, name in starts}) < 2:
+        return None
+    ends = [start for start, _, _ in starts[1:]] + [len(text)]
+    return [(start, tag_end, end) for (start, tag_end, _), end in zip(starts, ends)]
+
+
+def segment(text: str, kind: UnitKind) -> list[TextUnit]:
+    """The units of ``text`` to keep or drop whole, with their anchors, in order.
+
+    * ``"line"``: every non-blank line (code, logs, JSON records); no anchors.
+    * ``"sentence"``: prose sentences (CJK ``。！？；`` end one too, without a following space); list items and
+      table rows are never merged; each code-block line is a unit anchored to the block's fences; headings are
+      units that anchor every unit of their section.
+    * ``"paragraph"``: blank-line separated paragraphs; a fenced code block is one unit even with blank lines
+      inside; each list item and table row is a unit (rows anchored to the table's header and rule rows).
+
+    In a chat transcript (see :func:`_speaker_turns`) a whole turn is one paragraph unit; at sentence level the
+    speaker tag (``User:``) is a unit that anchors the turn's sentences, so a kept sentence keeps its speaker.
+    Every unit is whitespace trimmed and ``text[unit.start:unit.end]`` is its text.
+    """
+    if kind == "line":
+        return [TextUnit(start, end) for start, end in line_ranges(text)]
+    units = _Units(text)
+    turns = _speaker_turns(text)
+    if turns is None:
+        _add_blocks(units, text, 0, len(text), kind, ())
+        return units.units
+    for turn_start, tag_end, turn_end in turns:
+        if kind == "paragraph":
+            units.add(turn_start, turn_end)
+            continue
+        tag = units.add(turn_start, tag_end)
+        _add_blocks(units, text, tag_end, turn_end, kind, () if tag is None else (tag,))
+    return units.units

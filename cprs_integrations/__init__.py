@@ -2,7 +2,8 @@
 
 Names are imported on first use, so ``import cprs_integrations`` needs neither framework: LangChain
 (``pip install cprs[langchain]``) only for :class:`CPRSDocumentCompressor` and :func:`pruned_tool`, LlamaIndex
-(``pip install cprs[llamaindex]``) only for :class:`CPRSNodePostprocessor`.
+(``pip install cprs[llamaindex]``) only for :class:`CPRSNodePostprocessor` and :class:`CPRSPrunedTool`, LangChain 1.x
+agents (``pip install cprs[agents]``) only for :class:`CPRSToolOutputMiddleware`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._shared import CompressorSettings, DocumentSettings
     from .langchain import CPRSDocumentCompressor
+    from .langchain_middleware import CPRSToolOutputMiddleware
     from .llamaindex import CPRSNodePostprocessor
+    from .llamaindex_tools import CPRSPrunedTool
     from .tools import prune_tool_output, pruned_tool
 
 _EXPORTS = {
     "CPRSDocumentCompressor": ".langchain",
     "CPRSNodePostprocessor": ".llamaindex",
+    "CPRSPrunedTool": ".llamaindex_tools",
+    "CPRSToolOutputMiddleware": ".langchain_middleware",
     "CompressorSettings": "._shared",
     "DocumentSettings": "._shared",
     "prune_tool_output": ".tools",

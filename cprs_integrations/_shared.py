@@ -8,6 +8,7 @@ choice of compressor, the per-document/joint compression and the metadata schema
 from __future__ import annotations
 
 import os
+import re
 import threading
 import weakref
 from contextlib import AbstractContextManager, nullcontext
@@ -127,6 +128,17 @@ class CompressorSettings(BaseModel):
     target_tokens: int | None = Field(default=None, description="Keep at most this many tokens.")
     min_span_tokens: int = Field(default=1, description="Drop kept spans shorter than this (no budget only).")
     separator: str = Field(default="\n", description="Placed between kept spans of one text.")
+    keep: list[str | re.Pattern[str]] = Field(
+        default_factory=list, description="Always kept: literal strings, or re.Pattern objects for regexes."
+    )
+    keep_spans: list[tuple[int, int]] = Field(
+        default_factory=list, description="Always kept: (start, end) character offsets (into each text)."
+    )
+    budget_tokenizer: Any = Field(
+        default=None, exclude=True, repr=False,
+        description="Count target_tokens/target_ratio in the reader's tokenizer: a transformers tokenizer, "
+        "a tiktoken encoding name or a str -> int function.",
+    )
     compressor: Any = Field(default=None, exclude=True, repr=False, description="A Compressor object to use.")
     server_url: str | None = Field(default=None, description="Base URL of a running cprs server.")
     timeout: float = Field(default=DEFAULT_TIMEOUT, description="Seconds a remote compression may take.")
@@ -166,7 +178,7 @@ class CompressorSettings(BaseModel):
         """A request for ``context`` and ``query`` with these options."""
         return CompressionRequest(
             context, query, self.instruction, self.granularity, self.target_ratio, self.target_tokens,
-            self.min_span_tokens, self.separator,
+            self.min_span_tokens, self.separator, tuple(self.keep), tuple(self.keep_spans), self.budget_tokenizer,
         )
 
     def compress_batch(self, contexts: Sequence[str], query: str) -> list[CompressionResult | CPRSError]:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionResult, Compressor, CPRSCompressor, CPRSError
 from cprs_core.engine import ProgressCallback
 from cprs_core.remote import API_KEY_ENV
-from cprs_integrations.cli_options import add_output_options
+from cprs_integrations.cli_options import add_keep_options, add_output_options, keep_options
 
 PROGRESS_DELAY_S = 0.5
 """On a terminal, the progress bar appears only once a compression has taken this long."""
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
              "form) or free text; default 'fact'",
     )
     add_output_options(compress)
+    add_keep_options(compress)
     compress.add_argument("--format", choices=("text", "json"), default="text",
                           help="text: the kept text; json: text, spans with offsets, token counts")
     compress.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -149,7 +150,7 @@ def _compress(args: argparse.Namespace) -> int:
         with _progress_bar(show, delay=0.0 if args.progress else PROGRESS_DELAY_S) as progress:
             if progress is not None:
                 options["progress"] = progress  # only a local CPRSCompressor reports progress
-            result = compressor.compress(context, args.query, args.instruction, **options)
+            result = compressor.compress(context, args.query, args.instruction, **options, **keep_options(args))
     except CPRSError as error:
         print(f"cprs compress: error: {'stdin' if args.file == '-' else args.file}: {error}", file=sys.stderr)
         return 1

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
+from typing import Any
 
 from cprs_core.engine import GRANULARITIES
+from cprs_core.keep import join_patterns
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -15,3 +19,39 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--target-tokens", type=int, help="keep at most this many tokens")
     parser.add_argument("--min-span-tokens", type=int, default=1, help="drop shorter spans (no budget only)")
     parser.add_argument("--separator", default="\n", help="placed between kept spans in the text output")
+
+
+def add_keep_options(parser: argparse.ArgumentParser) -> None:
+    """``--keep``, ``--keep-regex``, ``--keep-span`` (always kept) and ``--budget-tokenizer``."""
+    parser.add_argument("--keep", action="append", default=[], metavar="TEXT",
+                        help="always keep this literal text (repeatable); counts against a budget")
+    parser.add_argument("--keep-regex", action="append", default=[], metavar="REGEX",
+                        help="always keep the matches of this regular expression (repeatable)")
+    parser.add_argument("--keep-span", action="append", default=[], type=_span, metavar="START:END",
+                        help="always keep these character offsets of the input (repeatable)")
+    parser.add_argument("--budget-tokenizer", metavar="NAME",
+                        help="count --target-tokens/--target-ratio in this tokenizer: a tiktoken encoding name "
+                             "(e.g. o200k_base) or a local transformers tokenizer directory")
+
+
+def keep_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``keep``, ``keep_spans`` and ``budget_tokenizer`` arguments of ``compress`` from parsed options."""
+    options: dict[str, Any] = {"keep": join_patterns(args.keep, args.keep_regex), "keep_spans": args.keep_span}
+    if args.budget_tokenizer is not None:
+        options["budget_tokenizer"] = _budget_tokenizer(args.budget_tokenizer)
+    return options
+
+
+def _budget_tokenizer(name: str) -> Any:
+    if not Path(name).expanduser().is_dir():
+        return name
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(name).expanduser())
+
+
+def _span(value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+):(\d+)", value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected START:END character offsets, got {value!r}")
+    return int(match.group(1)), int(match.group(2))

@@ -5,9 +5,11 @@ tool (LangChain is imported only when it is called).
 """
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cprs_core import CompressionResult, Compressor
+from cprs_core.structured import DEFAULT_UNIT_CHARS, parse_json_container, prune_json_with
 
 from ._shared import CompressorSettings
 
@@ -28,46 +30,74 @@ Question = str | Callable[[ToolInput], str]
 
 
 def prune(
-    output: str, question: str, settings: CompressorSettings, min_tokens: int = DEFAULT_MIN_TOKENS
-) -> tuple[str, CompressionResult | None]:
-    """The text to put in the agent's context for ``output``, and the compression (``None`` when not pruned).
+    output: Any, question: str, settings: CompressorSettings, min_tokens: int = DEFAULT_MIN_TOKENS,
+    unit_chars: int = DEFAULT_UNIT_CHARS,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The content to put in the agent's context for ``output``, and the compression summary (``None``: unpruned).
 
-    Outputs of at most ``min_tokens`` tokens come back unchanged; a long output from which nothing was kept
-    becomes the :data:`NOTHING_KEPT` note, so the agent knows the tool did answer.
+    A string is compressed as text, unless it is a JSON object or array; JSON (a dict or list, or such a string)
+    is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
+    followed by a line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
+    ``total_units``, ``note``). Other values, outputs of at most ``min_tokens`` tokens and empty ones come back
+    unchanged; a long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
     """
-    if not output.strip():
+    value = output if isinstance(output, (dict, list)) else None
+    if isinstance(output, str):
+        if not output.strip():
+            return output, None
+        value = parse_json_container(output)
+    elif value is None:
         return output, None
+    text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
     compressor = settings.resolve_compressor()
     count_tokens = getattr(compressor, "count_tokens", None)
-    if count_tokens is not None and count_tokens(output) <= min_tokens:
+    if count_tokens is not None and count_tokens(text) <= min_tokens:
         return output, None
-    result = settings.compress(output, question)
+    if value is not None and value:
+        return _prune_json(output, value, question, settings, min_tokens, unit_chars)
+    result = settings.compress(text, question)
     if result.original_tokens <= min_tokens:
         return output, None
-    return (result.text if result.spans else NOTHING_KEPT.format(tokens=result.original_tokens)), result
+    return (result.text if result.spans else NOTHING_KEPT.format(tokens=result.original_tokens)), _summary(result)
+
+
+def _prune_json(
+    output: Any, value: Any, question: str, settings: CompressorSettings, min_tokens: int, unit_chars: int
+) -> tuple[Any, dict[str, Any] | None]:
+    line_settings = settings.model_copy(update={"granularity": "line"})
+    pruned = prune_json_with(lambda lines: line_settings.compress(lines, question), value, unit_chars)
+    if pruned.result.original_tokens <= min_tokens:
+        return output, None
+    summary = {**_summary(pruned.result),
+               "json": {"kept_units": pruned.kept_units, "total_units": pruned.total_units, "note": pruned.note}}
+    if not pruned.kept_units:
+        return NOTHING_KEPT.format(tokens=pruned.result.original_tokens), summary
+    return pruned.text + (f"\n{pruned.note}" if pruned.note else ""), summary
 
 
 def prune_tool_output(
-    output: str,
+    output: Any,
     question: str,
     compressor: Compressor | None = None,
     *,
     min_tokens: int = DEFAULT_MIN_TOKENS,
     **options: Any,
-) -> str:
+) -> Any:
     """Keep the parts of a tool's ``output`` relevant to the agent's ``question``; short outputs pass unchanged.
 
     Args:
-        output: what the tool returned.
+        output: what the tool returned: text, or JSON (a dict/list, or JSON text), which is pruned
+            structure-preserving (the kept JSON, then a line noting what was dropped).
         question: the agent's current question (the user's request or the step being worked on).
         compressor: any :class:`cprs_core.Compressor`; ``None`` = configured by ``options`` (``server_url``,
             ``model``, ...) or the embedded cprs-mini.
         min_tokens: outputs of at most this many tokens are returned as they are.
         options: :class:`~cprs_integrations._shared.CompressorSettings` fields (``instruction``,
-            ``granularity`` (default ``"sentence"``), ``target_ratio``, ``target_tokens``, ``server_url``, ...).
+            ``granularity`` (default ``"sentence"``), ``target_ratio``, ``target_tokens``, ``keep``,
+            ``budget_tokenizer``, ``server_url``, ...).
 
     Returns:
-        The kept text, the output itself when short, or the :data:`NOTHING_KEPT` note.
+        The kept text, the output itself when short (or neither text nor JSON), or the :data:`NOTHING_KEPT` note.
     """
     return prune(output, question, CompressorSettings(compressor=compressor, **options), min_tokens)[0]
 
@@ -87,9 +117,10 @@ def pruned_tool(
     in ``content_and_artifact`` format: the content is the pruned output (see :func:`prune_tool_output`), the
     artifact ``{"cprs": summary}`` with the compression's ``original_tokens``, ``compressed_tokens``,
     ``ratio``, ``keep_ratio``, ``windows``, ``granularity`` and ``spans`` (``None`` when the output was not
-    pruned). When invoked with a tool call the agent gets a ``ToolMessage`` carrying both;
-    the artifact is not sent to the model. Outputs that are not strings pass through unchanged; an inner
-    tool's own artifact is not carried over.
+    pruned; a ``"json"`` entry for JSON outputs). When invoked with a tool call the agent gets a ``ToolMessage``
+    carrying both; the artifact is not sent to the model. JSON outputs (dicts, lists, or JSON text) are pruned
+    structure-preserving; other non-string outputs pass through unchanged; an inner tool's own artifact is not
+    carried over.
 
     Args:
         tool: the tool to wrap.
@@ -108,10 +139,8 @@ def pruned_tool(
     settings = CompressorSettings(compressor=compressor, **options)
 
     def pruned(output: Any, tool_input: ToolInput) -> tuple[Any, dict[str, Any]]:
-        if not isinstance(output, str):
-            return output, {"cprs": None}
-        text, result = prune(output, question(tool_input) if callable(question) else question, settings, min_tokens)
-        return text, {"cprs": None if result is None else _summary(result)}
+        content, summary = prune(output, question(tool_input) if callable(question) else question, settings, min_tokens)
+        return content, {"cprs": summary}
 
     def run(*args: str, config: RunnableConfig, **arguments: Any) -> tuple[Any, dict[str, Any]]:
         tool_input = args[0] if args else arguments

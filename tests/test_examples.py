@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NAMES = ("langchain_rag", "llamaindex_query_engine", "agent_pruned_tool")
+NAMES = ("langchain_rag", "llamaindex_query_engine", "agent_pruned_tool", "agent_middleware")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,19 @@ def test_agent_tool_output_is_pruned_to_the_asked_chain(outputs: dict[str, str])
     ]
     assert "90517" not in output and _ratio(output) > 20
     assert "answer: QXKZT, HRMLP and WBNDE all hold 48213." in output
+
+
+def test_agent_middleware_hands_the_model_valid_pruned_json_with_the_asked_record(outputs: dict[str, str]) -> None:
+    import json
+
+    output = outputs["agent_middleware"]
+    shown = re.search(r"smaller\):\n  (.*)\n  (\[cprs: .*\])\n", output)
+    kept = json.loads(shown.group(1))
+    assert {"order": "A-1187", "item": "bookshelf", "status": "delivered", "ship_to": "Lisbon",
+            "tracking": "TRK55120"} in kept["orders"]
+    assert len(kept["orders"]) < 30 and set(kept) == {"orders"}
+    assert f"$.orders: {len(kept['orders'])} of 300 entries kept" in shown.group(2)
+    assert "returned 300 orders" in output and float(re.search(r"\(([\d.]+)x smaller", output).group(1)) > 5
 
 
 def test_compress_document_example_on_a_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,9 +106,13 @@ def test_a_single_input_tool_stays_a_single_input_tool(digit_compressor: CPRSCom
     assert message.content == "The code is 4471." and message.artifact["cprs"]["compressed_tokens"] > 0
 
 
-def test_non_string_output_passes_through(digit_compressor: CPRSCompressor) -> None:
-    wrapped = pruned_tool(stats, QUESTION, digit_compressor, min_tokens=1)
-    assert wrapped.invoke({"path": "x"}) == {"path": "x", "size": 12}
+def test_json_output_is_pruned_structurally_other_values_pass_through(digit_compressor: CPRSCompressor) -> None:
+    wrapped = pruned_tool(stats, QUESTION, digit_compressor, instruction="needle", min_tokens=1)
+    kept, note = wrapped.invoke({"path": "x"}).split("\n")
+    assert json.loads(kept) == {"size": 12} and note == "[cprs: JSON pruned for the question; dropped keys $.path]"
+    assert pruned_tool(stats, QUESTION, digit_compressor, min_tokens=50).invoke({"path": "x"}) == {"path": "x", "size": 12}
+    number = StructuredTool.from_function(lambda path: 42, name="size", description="A size.")
+    assert pruned_tool(number, QUESTION, digit_compressor, min_tokens=1).invoke({"path": "x"}) == 42
 
 
 def test_remote_mode_prunes_on_a_running_cprs_server(digit_compressor: CPRSCompressor) -> None:

@@ -106,7 +106,7 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
         """Compress one context; the body holds the arguments of ``CPRSCompressor.compress``."""
         authorize(request)
         body = validate(CompressBody, await read_json(request, settings.max_body_bytes))
-        outcome = (await run([body.to_request()]))[0]
+        outcome = (await run(_requests([body])))[0]
         if isinstance(outcome, CPRSError):
             raise from_compression_error(outcome)
         return JSONResponse(outcome.to_dict())
@@ -116,7 +116,7 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
         """Compress several contexts; each slot of ``results`` holds ``result`` or its own ``error``."""
         authorize(request)
         body = validate(BatchBody, await read_json(request, settings.max_body_bytes))
-        outcomes = await run([item.to_request() for item in body.requests])
+        outcomes = await run(_requests(body.requests))
         return JSONResponse({"results": [_slot(outcome) for outcome in outcomes]})
 
     @app.get("/health", response_model=HealthOut)
@@ -145,6 +145,14 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
         return "success"
 
     return app
+
+
+def _requests(bodies: list[CompressBody]) -> list[CompressionRequest]:
+    """The bodies as requests; a ``keep_regex`` that does not compile is a 400 ``KeepError``."""
+    try:
+        return [body.to_request() for body in bodies]
+    except CPRSError as error:
+        raise from_compression_error(error) from error
 
 
 def _slot(outcome: Outcome) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cprs_core import CompressionRequest
+from cprs_core.keep import join_patterns
 
 
 class CompressBody(BaseModel):
@@ -29,9 +30,19 @@ class CompressBody(BaseModel):
     sentence_windows: bool | None = Field(default=None, description="cut windows at sentence ends; null = for CJK text")
     fill_backward: bool = Field(default=False, description="also fill short O gaps walking back from each E")
     upstream_spans: bool = Field(default=False, description="read spans as upstream's endpoint does")
+    keep: list[str] = Field(default_factory=list, description="literal strings always kept")
+    keep_regex: list[str] = Field(default_factory=list, description="regular expressions whose matches are always kept")
+    keep_spans: list[tuple[int, int]] = Field(default_factory=list, description="[start, end] offsets always kept")
+    budget_tokenizer: str | None = Field(
+        default=None, description="tiktoken encoding name in which target_tokens/target_ratio count; null = the critic's"
+    )
 
     def to_request(self) -> CompressionRequest:
-        return CompressionRequest(**self.model_dump())  # type: ignore[arg-type]
+        """The request; a ``keep_regex`` that does not compile raises :class:`cprs_core.KeepError`."""
+        fields = self.model_dump()
+        fields["keep"] = join_patterns(fields["keep"], fields.pop("keep_regex"))
+        fields["keep_spans"] = [tuple(span) for span in fields["keep_spans"]]
+        return CompressionRequest(**fields)
 
 
 class BatchBody(BaseModel):

@@ -1,0 +1,132 @@
+"""Force-keep: text that is always kept, whatever the critic says (``keep=`` patterns and ``keep_spans=`` offsets).
+
+Forced tokens are tagged as kept on top of the critic's own tags, so they never take the place of something the
+critic chose. Under a budget they are taken first and their tokens count against it: the critic's choice fills
+what remains, and a budget too small for the forced text alone is a :class:`~cprs_core.errors.BudgetError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+
+from .errors import BudgetError, KeepError
+
+KeepPattern = Union[str, "re.Pattern[str]"]
+"""A literal string (matched as is) or a compiled regular expression."""
+
+FORCED_SCORE = 2.0
+"""Keep score given to forced tokens: above any critic score (at most 1), so budgets take them first."""
+
+_INLINE_FLAGS = {re.IGNORECASE: "i", re.MULTILINE: "m", re.DOTALL: "s", re.VERBOSE: "x"}
+
+
+def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]], text_length: int) -> None:
+    """Raise :class:`KeepError` for a pattern that is neither a string nor a regex, an empty one, or a bad span."""
+    if isinstance(keep, (str, bytes)):
+        raise KeepError("keep must be a list of strings or patterns, not a single string")
+    for pattern in keep:
+        if isinstance(pattern, re.Pattern):
+            if not isinstance(pattern.pattern, str):
+                raise KeepError(f"keep patterns must match str, got a bytes pattern {pattern.pattern!r}")
+            if pattern.fullmatch(""):
+                raise KeepError(f"keep pattern {pattern.pattern!r} matches the empty string")
+        elif not isinstance(pattern, str) or not pattern:
+            raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
+    for span in keep_spans:
+        if (len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+                or not 0 <= span[0] < span[1] <= text_length):
+            raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end <= "
+                            f"{text_length} (the context's length); got {span!r}")
+
+
+def compile_regex(pattern: str) -> "re.Pattern[str]":
+    """``re.compile(pattern)``, with a bad pattern reported as :class:`KeepError`."""
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise KeepError(f"keep_regex {pattern!r} is not a valid regular expression: {error}") from error
+
+
+def split_patterns(keep: Sequence[KeepPattern]) -> tuple[list[str], list[str]]:
+    """``keep`` as (literals, regex strings) for JSON transport; a pattern's flags become inline flags."""
+    literals, regexes = [], []
+    for pattern in keep:
+        if isinstance(pattern, re.Pattern):
+            flags = "".join(letter for flag, letter in _INLINE_FLAGS.items() if pattern.flags & flag)
+            regexes.append(f"(?{flags}){pattern.pattern}" if flags else pattern.pattern)
+        else:
+            literals.append(pattern)
+    return literals, regexes
+
+
+def join_patterns(literals: Sequence[str], regexes: Sequence[str]) -> tuple[KeepPattern, ...]:
+    """The inverse of :func:`split_patterns`: literals as they are, regex strings compiled."""
+    return (*literals, *(compile_regex(regex) for regex in regexes))
+
+
+@dataclass(frozen=True)
+class Forced:
+    """The forced character ranges of a context and which of its tokens they touch."""
+
+    ranges: list[tuple[int, int]]
+    mask: np.ndarray
+
+
+def find_forced(
+    text: str, offsets: Sequence[tuple[int, int]], keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]]
+) -> Forced:
+    """Every match of every ``keep`` pattern, every ``keep_spans`` range, and the tokens (by ``offsets``) they touch."""
+    ranges = _forced_ranges(text, keep, keep_spans)
+    return Forced(ranges, _forced_token_mask(offsets, ranges))
+
+
+def _forced_ranges(
+    text: str, keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Character ranges of ``text`` to keep: every match of every pattern, and every span (unsorted)."""
+    ranges = [tuple(span) for span in keep_spans]
+    for pattern in keep:
+        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+        ranges += [match.span() for match in regex.finditer(text) if match.end() > match.start()]
+    return ranges  # type: ignore[return-value]
+
+
+def _forced_token_mask(offsets: Sequence[tuple[int, int]], ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Which tokens (by character ``offsets``) overlap a forced character range."""
+    token_offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    mask = np.zeros(len(token_offsets), dtype=bool)
+    starts, ends = token_offsets[:, 0], token_offsets[:, 1]
+    for start, end in ranges:
+        mask |= (starts < end) & (ends > start)
+    return mask
+
+
+def force(keep_scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, inside_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep scores and labels with the forced tokens tagged ``inside_label`` and scored :data:`FORCED_SCORE`."""
+    keep_scores, labels = keep_scores.copy(), labels.copy()
+    keep_scores[mask] = FORCED_SCORE
+    labels[mask] = inside_label
+    return keep_scores, labels
+
+
+def check_forced_kept(
+    text: str, ranges: Sequence[tuple[int, int]], kept: Sequence[tuple[int, int]], budget: int | None
+) -> None:
+    """Raise :class:`BudgetError` when a budget left out a forced character (whitespace aside)."""
+    if not ranges:
+        return
+    covered = np.zeros(len(text) + 1, dtype=np.int64)
+    for start, end in kept:
+        covered[start] += 1
+        covered[end] -= 1
+    covered = np.cumsum(covered)[:-1] > 0
+    for start, end in ranges:
+        if any(not covered[i] and not text[i].isspace() for i in range(start, end)):
+            raise BudgetError(
+                f"the force-kept text {text[start:end][:40]!r} does not fit in the budget of {budget} tokens "
+                "together with the other forced text; raise target_tokens/target_ratio or keep less"
+            )
