@@ -6,6 +6,7 @@ from .configuration import CPRSConfig
 from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
+    CompressionFailedError,
     ContextTooLargeError,
     ContextTypeError,
     CPRSError,
@@ -20,10 +21,12 @@ from .modeling import CPRSForTokenCritic
 from .prompt import INSTRUCTIONS
 from .qwen_critic import QwenCritic
 from .result import CompressionResult, Span
+from .scheduler import Ticket, WindowScheduler
 
 __all__ = [
     "BIOE_LABELS",
     "BudgetError",
+    "CompressionFailedError",
     "CompressionRequest",
     "Compressor",
     "ContextTypeError",
@@ -45,6 +48,8 @@ __all__ = [
     "TextDecodingError",
     "TokenCritic",
     "TokenizedText",
+    "Ticket",
+    "WindowScheduler",
     "WindowScores",
     "WindowSizeError",
 ]

@@ -32,7 +32,7 @@ class BudgetError(CPRSError):
 
 
 class TextDecodingError(CPRSError):
-    """Input bytes that are not valid UTF-8."""
+    """Input bytes that are not valid UTF-8, or text holding characters cprs refuses (lone surrogates, NUL)."""
 
 
 class GranularityError(CPRSError):
@@ -41,3 +41,10 @@ class GranularityError(CPRSError):
 
 class ContextTypeError(CPRSError, TypeError):
     """A context that is neither ``str`` nor ``bytes``."""
+
+
+class CompressionFailedError(CPRSError):
+    """The model failed while compressing one request (e.g. out of memory); other requests are unaffected.
+
+    The original exception is the ``__cause__``.
+    """
