@@ -210,7 +210,8 @@ class WindowParallelEngine:
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
         text = decode_text(request.context)
-        for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction or "")):
+        for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction or ""),
+                             ("separator", request.separator)):
             refuse_bad_characters(value, field)
         if request.granularity not in GRANULARITIES:
             raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")

@@ -84,7 +84,6 @@ class WindowScheduler:
             raise ValueError(f"step_windows must be at least 1, got {step_windows}")
         self.engine = engine
         self.step_windows = step_windows
-        self.windows_scored = 0
         self._active: deque[Ticket] = deque()
 
     @property
@@ -112,11 +111,15 @@ class WindowScheduler:
         else:
             self._active.append(ticket)
 
-    def step(self) -> int:
-        """Score one forward batch of windows; finished requests get their ``on_done``. Returns windows scored."""
+    def step(self) -> dict[Ticket, int]:
+        """Score one forward batch of windows; finished requests get their ``on_done``.
+
+        Returns:
+            how many windows of each request the batch held (empty when there was nothing to do).
+        """
         self._drop_cancelled()
         if not self._active:
-            return 0
+            return {}
         head = self._active[0]
         shares = self._shares([ticket for ticket in self._active if ticket.key == head.key])
         now = time.monotonic()
@@ -133,9 +136,7 @@ class WindowScheduler:
                 self._finish(ticket)
         if self._active and self._active[0] is head:
             self._active.rotate(-1)  # the next request's turn
-        scored = sum(shares.values())
-        self.windows_scored += scored
-        return scored
+        return shares
 
     def run(self, requests: Sequence[CompressionRequest], progress: ProgressCallback | None = None) -> list[Outcome]:
         """Compress ``requests`` to the end; each slot holds its result or its own error, in order."""
@@ -151,7 +152,7 @@ class WindowScheduler:
             self.add(ticket)
         scored = 0
         while self._active:
-            scored += self.step()
+            scored += sum(self.step().values())
             if progress is not None:
                 progress(scored, total)
         return outcomes  # type: ignore[return-value]

@@ -54,9 +54,11 @@ def url(serve: Callable[..., BackgroundServer]) -> str:
     return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60).url
 
 
-def post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+def post(url: str, path: str, body: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+    """POST ``body`` (JSON unless bytes) as ``application/json`` unless ``headers`` say otherwise."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(url + path, content=content, timeout=60, **kwargs)
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return httpx.post(url + path, content=content, headers=headers, timeout=60, **kwargs)
 
 
 def wait_for(url: str, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0) -> None:
