@@ -114,14 +114,17 @@ def while_large_runs(
     batches_before = client.health()["batches"]
     with ThreadPoolExecutor(1) as pool:
         big = pool.submit(timed, RemoteCompressor(client.base_url, timeout=abandon_after_s or 3600, retries=0), large)
-        while client.health()["in_flight"] < 1 or client.health()["batches"] == batches_before:
-            time.sleep(0.05)  # tokenized, and its windows are being scored
         if abandon_after_s is not None:
             try:
                 big.result()
             except RemoteError as error:
                 if error.kind != "ClientTimeout":
                     raise
+        deadline = time.monotonic() + 600
+        while abandon_after_s is None and (client.health()["in_flight"] < 1 or client.health()["batches"] == batches_before):
+            if time.monotonic() > deadline or big.done():
+                raise SystemExit("the large request never started scoring (or finished at once)")
+            time.sleep(0.05)  # until it is tokenized and its windows are being scored
         latencies = short_latencies(client, shorts)
         if abandon_after_s is None and client.health()["in_flight"] < 1:
             raise SystemExit("the large request finished before the short ones: make it larger (--large-words)")

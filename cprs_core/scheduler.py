@@ -2,8 +2,9 @@
 
 Like continuous batching in LLM servers: a request joins the running set at any time, and every
 :meth:`WindowScheduler.step` scores at most ``step_windows`` windows, taken round-robin from the requests that
-share a prompt prefix with the request whose turn it is. A short request therefore waits for about one step,
-not for a 500K-token request to finish; a cancelled request's remaining windows are never scored; and a
+share a prompt prefix with the request whose turn it is. A request that just joined has the next turn (but
+newcomers never get two turns in a row, so a stream of them cannot starve the others). A short request
+therefore waits for about the step in progress, not for a 500K-token request to finish; a cancelled request's remaining windows are never scored; and a
 failure is confined to the request whose windows caused it (a failed shared batch is retried request by request).
 """
 
@@ -84,12 +85,14 @@ class WindowScheduler:
             raise ValueError(f"step_windows must be at least 1, got {step_windows}")
         self.engine = engine
         self.step_windows = step_windows
-        self._active: deque[Ticket] = deque()
+        self._fresh: deque[Ticket] = deque()  # no window scored yet, in arrival order
+        self._active: deque[Ticket] = deque()  # the others, in turn order
+        self._newcomer_went_first = False
 
     @property
     def active(self) -> int:
         """Requests holding unscored windows."""
-        return len(self._active)
+        return len(self._fresh) + len(self._active)
 
     def ticket(self, request: CompressionRequest, on_done: Callable[[Outcome], None]) -> Ticket:
         """Validate and tokenize ``request`` (any thread may call this) into a ticket for :meth:`add`.
@@ -105,11 +108,11 @@ class WindowScheduler:
             raise _failure(error) from error
 
     def add(self, ticket: Ticket) -> None:
-        """Let ``ticket``'s windows join the next steps (a request without windows is answered at once)."""
+        """Let ``ticket``'s windows join the next steps; a request without windows is answered at once."""
         if ticket.remaining == 0:
             self._finish(ticket)
         else:
-            self._active.append(ticket)
+            self._fresh.append(ticket)
 
     def step(self) -> dict[Ticket, int]:
         """Score one forward batch of windows; finished requests get their ``on_done``.
@@ -118,23 +121,29 @@ class WindowScheduler:
             how many windows of each request the batch held (empty when there was nothing to do).
         """
         self._drop_cancelled()
-        if not self._active:
+        if not self.active:
             return {}
-        head = self._active[0]
-        shares = self._shares([ticket for ticket in self._active if ticket.key == head.key])
+        newcomer_first = bool(self._fresh) and not (self._newcomer_went_first and self._active)
+        head = self._fresh[0] if newcomer_first else self._active[0]
+        self._newcomer_went_first = newcomer_first
+        shares = self._shares([head] + [t for t in (*self._fresh, *self._active) if t is not head and t.key == head.key])
         now = time.monotonic()
         for ticket in shares:
             ticket.started_at = ticket.started_at or now
         for ticket, scores in self._score(shares).items():
+            queue = self._fresh if ticket in self._fresh else self._active
             if isinstance(scores, CPRSError):
-                self._active.remove(ticket)
+                queue.remove(ticket)
                 ticket.on_done(scores)
                 continue
             ticket.scores += scores
             if ticket.remaining == 0:
-                self._active.remove(ticket)
+                queue.remove(ticket)
                 self._finish(ticket)
-        if self._active and self._active[0] is head:
+            elif queue is self._fresh:
+                self._fresh.remove(ticket)
+                self._active.append(ticket)  # started: its next turn comes after the others'
+        if not newcomer_first and self._active and self._active[0] is head:
             self._active.rotate(-1)  # the next request's turn
         return shares
 
@@ -151,15 +160,16 @@ class WindowScheduler:
         for ticket in tickets:
             self.add(ticket)
         scored = 0
-        while self._active:
+        while self.active:
             scored += sum(self.step().values())
             if progress is not None:
                 progress(scored, total)
         return outcomes  # type: ignore[return-value]
 
     def _drop_cancelled(self) -> None:
-        for ticket in [ticket for ticket in self._active if ticket.cancelled]:
-            self._active.remove(ticket)
+        for queue in (self._fresh, self._active):
+            for ticket in [ticket for ticket in queue if ticket.cancelled]:
+                queue.remove(ticket)
 
     def _shares(self, group: list[Ticket]) -> dict[Ticket, int]:
         """Windows each request of ``group`` gets in this step: one at a time, in turn, up to ``step_windows``."""

@@ -41,11 +41,22 @@ def test_a_short_request_waits_about_one_step_behind_a_long_one(digit_compressor
     long_ticket = scheduler.ticket(request(long_context(200)), done.keep("long"))
     scheduler.add(long_ticket)
     assert scheduler.step() == {long_ticket: 2}
+    first = scheduler.ticket(request(SHORT, query="Count the animals."), done.keep("first"))
+    scheduler.add(first)
+    assert scheduler.step() == {long_ticket: 2}  # a newcomer (the long one) just went first: the next turn is not
+    assert scheduler.step() == {first: 1}  # a newcomer's, then the short one is done, the long one far from it
     other_prefix = scheduler.ticket(request(SHORT, query="Count the animals."), done.keep("short"))
     scheduler.add(other_prefix)
-    assert scheduler.step() == {long_ticket: 2}  # the long request's turn was already due
-    assert scheduler.step() == {other_prefix: 1}  # then the short one's, although the long one is far from done
-    assert done["short"].text == digit_compressor.compress(SHORT, "Count the animals.", "needle", granularity="sentence").text
+    assert scheduler.step() == {long_ticket: 2}  # again: the last turn was a newcomer's
+    assert scheduler.step() == {other_prefix: 1}
+    third = scheduler.ticket(request(SHORT, query="How many dogs?"), done.keep("third"))
+    scheduler.add(third)
+    assert scheduler.step() == {long_ticket: 2}
+    newest = scheduler.ticket(request(SHORT, query="How many cats?"), done.keep("newest"))
+    scheduler.add(newest)
+    assert scheduler.step() == {third: 1} and scheduler.step() == {long_ticket: 2}  # newcomers take turns with it
+    assert scheduler.step() == {newest: 1}
+    assert done["short"].text == done["first"].text == digit_compressor.compress(SHORT, "Count the animals.", "needle", granularity="sentence").text
     same_prefix = scheduler.ticket(request(SHORT), done.keep("same"))
     scheduler.add(same_prefix)
     assert scheduler.step() == {long_ticket: 1, same_prefix: 1}  # same prompt: one shared batch, windows in turn

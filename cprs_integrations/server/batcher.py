@@ -1,6 +1,7 @@
 """Continuous batching: the windows of every client's request share forward batches on one worker thread.
 
-A request is validated and tokenized on a preparation thread (its own error comes back at once), then waits in
+A request is validated and tokenized on one of ``PREPARE_THREADS`` preparation threads (its own error comes
+back at once; a short request is not stuck behind a huge one's tokenizing), then waits in
 a bounded queue until fewer than ``max_batch_requests`` requests are being computed. The worker thread runs a
 :class:`cprs_core.WindowScheduler`: each step scores at most ``step_windows`` windows, taken in turn from the
 requests being computed, so a short request is answered after a step or two even while a 500K-token one runs.
@@ -26,6 +27,8 @@ from .metrics import Metrics
 
 Outcome = CompressionResult | CPRSError | ApiError
 """A request's answer: its result, its compression error (400) or the server's refusal (503, 504, ...)."""
+PREPARE_THREADS = 2
+"""Requests tokenized at once (fast tokenizers release the GIL; their settings are never changed after loading)."""
 IDLE_POLL_S = 0.05
 """How often an idle worker checks whether it should stop."""
 
@@ -59,7 +62,7 @@ class DynamicBatcher:
     Call :meth:`start`, :meth:`submit` and :meth:`stop` from one event loop.
 
     Args:
-        compressor: the model; only the worker thread scores, only the preparation thread tokenizes.
+        compressor: the model; only the worker thread scores, only the preparation threads tokenize.
         max_batch_requests: most requests computed at once (their windows interleaved); the rest wait.
         max_wait_ms: how long an idle worker waits for company before its first step.
         max_queue: most requests waiting; :meth:`submit` refuses more with a 503.
@@ -109,7 +112,7 @@ class DynamicBatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
-        self._prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cprs-prepare")
+        self._prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="cprs-prepare")
         self._worker = threading.Thread(target=self._run, name="cprs-windows", daemon=True)
         self._worker.start()
 
@@ -249,10 +252,9 @@ class DynamicBatcher:
                 self._loop.call_soon_threadsafe(self._leave_queue, job)
                 if not job.ticket.cancelled:
                     self.scheduler.add(job.ticket)
-                    self.metrics.in_flight.set(self.scheduler.active)
             shares = self.scheduler.step()
+            self.metrics.in_flight.set(self.scheduler.active)
             if shares:
                 self.metrics.windows.inc(sum(shares.values()))
                 self.metrics.forward_batches.inc()
-                self.metrics.in_flight.set(self.scheduler.active)
                 self.batch_sizes[len(shares)] += 1
