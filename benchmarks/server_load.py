@@ -71,10 +71,9 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
     command = [
         sys.executable, "-m", "cprs_integrations.cli", "serve", "--port", str(port), "--log-level", "warning",
         "--max-batch-requests", str(args.max_batch_requests), "--max-wait-ms", str(args.max_wait_ms),
-        "--step-windows", str(args.step_windows),
         "--max-queue", "256",
     ]
-    for option in ("model", "device", "dtype", "window_size"):
+    for option in ("model", "device", "dtype", "window_size", "step_windows"):
         if getattr(args, option) is not None:
             command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed", type=int, default=30, help="short + medium requests in the mixed run (default 30)")
     parser.add_argument("--max-batch-requests", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
-    parser.add_argument("--step-windows", type=int, default=4)
+    parser.add_argument("--step-windows", type=int, help="default: the server's (1 on CPU, 16 on GPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(f"Model {health['model']} on {args.device or 'default device'}; {machine()}; step_windows={args.step_windows}, "
+    print(f"Model {health['model']} on {args.device or 'default device'}; {machine()}; step_windows={args.step_windows or 'default'}, "
           f"max_batch_requests={args.max_batch_requests}.\n")
     idle_p50 = statistics.median(idle + idle_again)
     print("| short request ({} words), sent one at a time | p50 (s) | p95 (s) | p50 / idle p50 |".format(args.short_words))

@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_model_options(serve)
     serve.add_argument("--max-batch-requests", type=int, default=16,
                        help="requests computed at once, their windows interleaved (default 16)")
-    serve.add_argument("--step-windows", type=int, default=4,
-                       help="windows per forward batch: smaller is fairer to short requests (default 4)")
+    serve.add_argument("--step-windows", type=int,
+                       help="windows per forward batch: smaller is fairer to short requests (default 1 on CPU, 16 on GPU)")
     serve.add_argument("--max-wait-ms", type=float, default=10.0, help="an idle server waits this long for company (default 10)")
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")

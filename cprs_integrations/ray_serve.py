@@ -118,8 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerSettings()
     parser.add_argument("--max-batch-requests", type=int, default=defaults.max_batch_requests,
                         help=f"requests computed at once per replica (default {defaults.max_batch_requests})")
-    parser.add_argument("--step-windows", type=int, default=defaults.step_windows,
-                        help=f"windows per forward batch (default {defaults.step_windows})")
+    parser.add_argument("--step-windows", type=int,
+                        help="windows per forward batch (default 1 on CPU, 16 on GPU)")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                         help=f"wait for a batch to fill (default {defaults.max_wait_ms})")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue,

@@ -51,7 +51,7 @@ def serve(digit_compressor: CPRSCompressor) -> Iterator[Callable[..., Background
 
 @pytest.fixture(scope="module")
 def url(serve: Callable[..., BackgroundServer]) -> str:
-    return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60).url
+    return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60, step_windows=4).url
 
 
 def post(url: str, path: str, body: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:

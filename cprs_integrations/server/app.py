@@ -18,6 +18,7 @@ import secrets
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,8 +60,8 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     settings = settings or ServerSettings()
     metrics = Metrics()
     batcher = DynamicBatcher(
-        compressor, settings.max_batch_requests, settings.max_wait_ms, settings.max_queue, settings.step_windows,
-        metrics,
+        compressor, settings.max_batch_requests, settings.max_wait_ms, settings.max_queue,
+        settings.windows_per_step(torch.device(getattr(compressor.critic, "device", "cpu")).type), metrics,
     )
 
     @asynccontextmanager
@@ -124,7 +125,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
             raise ApiError(401, "Unauthorized", "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     @app.post("/qwen_long_compress_server", responses=_ERRORS)
-    async def qwen_long_compress_server(request: Request) -> JSONResponse:
+    async def qwen_long_compress_server(request: Request) -> JSONAnswer:
         """Upstream QwenLong-CPRS's endpoint: same request and response JSON (errors also in the header)."""
         data: Any = None
         try:
