@@ -201,7 +201,8 @@ class DynamicBatcher:
             self._leave_queue(job)
             self._settle(job, error)
             return
-        if job.future.done():  # timed out or disconnected while tokenizing
+        if job.future.done():  # answered (the server is stopping) while tokenizing
+            self._leave_queue(job)
             return
         self._incoming.put(job)
 
