@@ -7,6 +7,7 @@ from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedTex
 from .errors import (
     BudgetError,
     BudgetTokenizerError,
+    CompressionFailedError,
     ContextTooLargeError,
     ContextTruncatedWarning,
     ContextTypeError,
@@ -23,11 +24,13 @@ from .modeling import CPRSForTokenCritic
 from .prompt import INSTRUCTIONS
 from .qwen_critic import QwenCritic
 from .result import CompressionResult, Span
+from .scheduler import Ticket, WindowScheduler
 
 __all__ = [
     "BIOE_LABELS",
     "BudgetError",
     "BudgetTokenizerError",
+    "CompressionFailedError",
     "CompressionRequest",
     "Compressor",
     "ContextTypeError",
@@ -51,6 +54,8 @@ __all__ = [
     "TextDecodingError",
     "TokenCritic",
     "TokenizedText",
+    "Ticket",
+    "WindowScheduler",
     "WindowScores",
     "WindowSizeError",
 ]

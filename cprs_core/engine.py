@@ -26,6 +26,7 @@ from .prompt import parse_tags, resolve_instruction
 from .reader_tokens import fit_budget, reader_budget, reader_tokenizer
 from .result import CompressionResult, Span
 from .sentence_windows import has_cjk, sentence_windows
+from .scheduler import WindowScheduler
 from .spans import (
     I,
     SentenceScores,
@@ -40,6 +41,7 @@ from .spans import (
 from .text_units import segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
+from .text_checks import refuse_bad_characters
 
 Granularity = Literal["token", "sentence", "paragraph", "line"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph", "line")
@@ -220,38 +222,10 @@ class WindowParallelEngine:
 
         Requests with the same instruction and query share one prompt prefix, so their windows are scored
         in the same forward batches (e.g. many documents compressed for one question). ``progress``, when
-        given, is called with (windows scored, windows total) as scoring advances.
+        given, is called with (windows scored, windows total) as scoring advances. A failure caused by one
+        request (even an unexpected one, as :class:`CompressionFailedError`) fails that request only.
         """
-        outcomes: list[CompressionResult | CPRSError | None] = [None] * len(requests)
-        prepared: dict[int, _Prepared] = {}
-        for index, request in enumerate(requests):
-            try:
-                prepared[index] = self._prepare(request)
-            except CPRSError as error:
-                outcomes[index] = error
-        groups: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
-        for index, item in prepared.items():
-            groups.setdefault((tuple(item.plan.prefix_ids), tuple(item.tags)), []).append(index)
-        total_windows = sum(len(item.plan.windows) for item in prepared.values())
-        scored_windows = 0
-        for (prefix_ids, tags), members in groups.items():
-            windows = [prepared[i].tokens.ids[w.start : w.stop] for i in members for w in prepared[i].plan.windows]
-            chunk = _submission_size(len(windows), progress)
-            group_scores: list[WindowScores] = []
-            for start in range(0, len(windows), chunk):
-                group_scores += self.critic.score_windows(list(prefix_ids), windows[start : start + chunk], list(tags))
-                scored_windows += len(windows[start : start + chunk])
-                if progress is not None:
-                    progress(scored_windows, total_windows)
-            scores = iter(group_scores)
-            for index in members:
-                item = prepared[index]
-                window_scores = [next(scores) for _ in item.plan.windows]
-                try:
-                    outcomes[index] = self._assemble(item, window_scores)
-                except CPRSError as error:
-                    outcomes[index] = error
-        return outcomes  # type: ignore[return-value]
+        return WindowScheduler(self, PROGRESS_CHUNK_WINDOWS if progress is not None else None).run(requests, progress)
 
     def _prepare(self, request: CompressionRequest) -> _Prepared:
         text, instruction = self._checked_text(request)
@@ -279,6 +253,9 @@ class WindowParallelEngine:
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
         text = decode_text(request.context)
+        for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction or ""),
+                             ("separator", request.separator)):
+            refuse_bad_characters(value, field)
         if request.granularity not in GRANULARITIES:
             raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")
         if not text.strip():

@@ -34,7 +34,7 @@ class BudgetError(CPRSError):
 
 
 class TextDecodingError(CPRSError):
-    """Input bytes that are not valid UTF-8."""
+    """Input bytes that are not valid UTF-8, or text holding characters cprs refuses (lone surrogates, NUL)."""
 
 
 class GranularityError(CPRSError):
@@ -55,3 +55,10 @@ class KeepError(CPRSError):
 
 class BudgetTokenizerError(CPRSError):
     """A ``budget_tokenizer`` that is not a tokenizer, a tiktoken encoding name or a ``str -> int`` counter."""
+
+
+class CompressionFailedError(CPRSError):
+    """The model failed while compressing one request (e.g. out of memory); other requests are unaffected.
+
+    The original exception is the ``__cause__``.
+    """

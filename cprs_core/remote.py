@@ -10,7 +10,9 @@ everything that is not a compression error (server unreachable, busy, timed out,
 from __future__ import annotations
 
 import json
+import random
 import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import fields as dataclass_fields
@@ -27,6 +29,9 @@ API_KEY_ENV = "CPRS_API_KEY"
 COMPRESS_PATH = "/v1/compress"
 BATCH_PATH = "/v1/compress_batch"
 HEALTH_PATH = "/health"
+RETRIED_KINDS = frozenset({"ServerBusy", "ConnectionError"})
+"""Failures worth another attempt: a full queue (503) or no connection; compressing is idempotent."""
+MAX_BACKOFF_S = 10.0
 
 ERROR_TYPES: dict[str, type[CPRSError]] = {
     name: value
@@ -43,12 +48,14 @@ class RemoteError(CPRSError):
         kind: the server's error type (``"ServerBusy"``, ``"Timeout"``, ``"RequestTooLarge"``, ...), or
             ``"ConnectionError"`` / ``"ClientTimeout"`` when no answer came.
         status: the HTTP status, ``None`` when no answer came.
+        retry_after: the seconds of the server's ``Retry-After`` header, if it sent one.
     """
 
-    def __init__(self, message: str, kind: str, status: int | None = None) -> None:
+    def __init__(self, message: str, kind: str, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after = retry_after
 
 
 class RemoteCompressor:
@@ -59,14 +66,33 @@ class RemoteCompressor:
 
     Args:
         base_url: the server's address, e.g. ``"http://gpu-box:8091"``.
-        timeout: seconds to wait for one call's answer (the server has its own per-request timeout too).
+        timeout: seconds to wait for one attempt's answer (the server has its own per-request timeout too).
         api_key: sent as ``Authorization: Bearer <api_key>`` when the server was started with ``--api-key``.
+        retries: further attempts after a 503 (server busy) or a failed connection; each waits the server's
+            ``Retry-After`` or an exponential backoff (``backoff`` s doubling, at most 10 s) with full jitter.
+            A timed-out attempt is not retried (the server may still be computing it).
+        backoff: the first retry's backoff in seconds.
+        deadline: most seconds one call may take, every attempt and wait included (``None``: no limit).
     """
 
-    def __init__(self, base_url: str, timeout: float = 120.0, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 120.0,
+        api_key: str | None = None,
+        *,
+        retries: int = 3,
+        backoff: float = 0.5,
+        deadline: float | None = None,
+    ) -> None:
+        if retries < 0 or backoff < 0 or (deadline is not None and deadline <= 0):
+            raise ValueError(f"need retries >= 0, backoff >= 0, deadline > 0; got {retries}, {backoff}, {deadline}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key
+        self.retries = retries
+        self.backoff = backoff
+        self.deadline = deadline
 
     def compress(
         self,
@@ -130,26 +156,51 @@ class RemoteCompressor:
         return self._call(urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST"))
 
     def _call(self, request: urllib.request.Request) -> dict[str, Any]:
+        """One call: attempts until success, a failure not worth retrying, ``retries`` or the ``deadline``."""
+        give_up_at = None if self.deadline is None else time.monotonic() + self.deadline
+        for attempt in range(self.retries + 1):
+            timeout = self.timeout if give_up_at is None else max(min(self.timeout, give_up_at - time.monotonic()), 1e-3)
+            try:
+                return self._attempt(request, timeout)
+            except RemoteError as error:
+                if error.kind not in RETRIED_KINDS or attempt == self.retries:
+                    raise
+                wait = error.retry_after
+                if wait is None:
+                    wait = random.uniform(0.0, min(MAX_BACKOFF_S, self.backoff * 2**attempt))
+                if give_up_at is not None and time.monotonic() + wait >= give_up_at:
+                    raise RemoteError(
+                        f"{error} (gave up: the call's deadline of {self.deadline} s would pass before retry "
+                        f"{attempt + 1})", error.kind, error.status
+                    ) from error
+                time.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _attempt(self, request: urllib.request.Request, timeout: float) -> dict[str, Any]:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
             raise _error_from_response(error) from None
         except (TimeoutError, socket.timeout) as error:
             raise RemoteError(
-                f"no answer from the cprs server at {self.base_url} within {self.timeout} s; raise timeout= "
-                "for very long contexts", "ClientTimeout"
+                f"no answer from the cprs server at {self.base_url} within {timeout:g} s; raise timeout= "
+                "(or deadline=) for very long contexts", "ClientTimeout"
             ) from error
         except urllib.error.URLError as error:
             if isinstance(error.reason, (TimeoutError, socket.timeout)):
                 raise RemoteError(
-                    f"no answer from the cprs server at {self.base_url} within {self.timeout} s", "ClientTimeout"
+                    f"no answer from the cprs server at {self.base_url} within {timeout:g} s", "ClientTimeout"
                 ) from error
             raise RemoteError(
                 f"cannot reach the cprs server at {self.base_url}: {error.reason}; is `cprs serve` running there?",
                 "ConnectionError",
             ) from error
-        except (ConnectionError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        except ConnectionError as error:
+            raise RemoteError(
+                f"the connection to the cprs server at {self.base_url} failed: {error}", "ConnectionError"
+            ) from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RemoteError(f"bad answer from the cprs server at {self.base_url}: {error}", "BadResponse") from error
 
 
@@ -200,4 +251,8 @@ def _error_from_response(error: urllib.error.HTTPError) -> CPRSError:
         body = json.loads(error.read().decode("utf-8"))
     except (ValueError, OSError):
         body = None
-    return _error_from_dict(body.get("error") if isinstance(body, dict) else None, error.code)
+    failure = _error_from_dict(body.get("error") if isinstance(body, dict) else None, error.code)
+    retry_after = (error.headers.get("Retry-After") or "").strip()
+    if isinstance(failure, RemoteError) and retry_after.isdigit():
+        failure.retry_after = float(retry_after)
+    return failure

@@ -125,10 +125,9 @@ class PartStore:
         if manifest_path.exists():
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
             if previous != manifest:
-                changed = sorted(key for key in {*previous, *manifest} if previous.get(key) != manifest.get(key))
                 raise BatchInputError(
-                    f"{self.directory} holds a job with other {', '.join(changed)}; resume with the same input "
-                    "and options, or delete that directory to start over"
+                    f"{self.directory} holds a job with other {'; '.join(_differences(previous, manifest))}; resume "
+                    "with the same input and options, or delete that directory to start over"
                 )
         else:
             _write_atomically(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -206,3 +205,15 @@ def _write_atomically(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name (old -> new)`` for each differing entry; nested dicts (the options) name their own keys."""
+    differences = []
+    for key in sorted({*before, *now}):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key} ({json.dumps(old)[:60]} -> {json.dumps(new)[:60]})")
+    return differences

@@ -64,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all; default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8091, help="port (default 8091, as upstream)")
     _add_local_model_options(serve)
-    serve.add_argument("--max-batch-requests", type=int, default=16, help="requests per model batch (default 16)")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="wait for a batch to fill (default 10)")
+    serve.add_argument("--max-batch-requests", type=int, default=16,
+                       help="requests computed at once, their windows interleaved (default 16)")
+    serve.add_argument("--step-windows", type=int,
+                       help="windows per forward batch: smaller is fairer to short requests (default 1 on CPU, 16 on GPU)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="an idle server waits this long for company (default 10)")
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
-    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 after this long (default 300)")
+    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 and cancel after this long (default 300)")
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key (env {API_KEY_ENV})")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.add_argument("--compile", action="store_true",
@@ -189,7 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout_s,
+            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout_s,
             model_name=str(args.model), api_key=args.api_key,
         )
     except ValueError as error:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -178,11 +181,14 @@ def compress_jsonl(
     batch_size: int = DEFAULT_BATCH_SIZE,
     overwrite: bool = False,
     progress: BatchProgress | None = None,
+    address: str | None = None,
+    verbose: bool = False,
 ) -> BatchSummary:
     """Compress every record of the JSONL file ``input`` into ``output``, on Ray (see the module docstring).
 
-    Uses the running Ray instance, or starts a local one (``ray.init()``) when there is none. Re-running
-    with the same arguments after an interruption resumes: blocks already committed are not recomputed.
+    Every option, the input and the output are checked first; then the running Ray instance is used, or Ray
+    is started (``ray.init(address)``: a cluster, ``$RAY_ADDRESS``, else a local one). Re-running with the
+    same arguments after an interruption resumes: blocks already committed are not recomputed.
 
     Args:
         input: JSONL, one object per line, each with a unique ``id_field``.
@@ -203,6 +209,8 @@ def compress_jsonl(
         batch_size: records per block (one ``compress_batch`` call, one commit).
         overwrite: replace an ``output`` left by an earlier, finished job (otherwise refused).
         progress: called with (records done, records total) after each committed block.
+        address: the Ray cluster to join when Ray is not running yet.
+        verbose: keep Ray's own log lines and progress bars (off: only errors).
 
     Raises:
         BatchInputError: bad input lines, repeated ids, bad options, an existing output without ``overwrite``,
@@ -232,6 +240,8 @@ def compress_jsonl(
     if progress is not None:
         progress(records_done, plan.records)
     sizes = {block.index: block.records for block in pending}
+    if pending:
+        _start_ray(address, verbose)
     for index, text in _run_blocks(plan, pending, model_spec, spec, actors, gpus_per_actor, cpus_per_actor):
         store.commit(index, text)
         records_done += sizes.pop(index, 0)
@@ -273,13 +283,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if an earlier job finished it")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
-    parser.add_argument("--progress", action="store_true", help="a progress bar over records on stderr (besides Ray's)")
+    parser.add_argument("--progress", action="store_true", help="a progress bar over records on stderr")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``cprs batch`` with parsed :func:`add_arguments` options; returns the exit status."""
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    """Run ``cprs batch`` with parsed :func:`add_arguments` options; returns the exit status.
+
+    SIGTERM ends it like Ctrl-C: committed blocks are kept, and a Ray instance it started is shut down.
+    """
+    started_ray = not ray.is_initialized()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         with _progress_bar(args.progress) as progress:
             summary = compress_jsonl(
@@ -290,23 +305,49 @@ def run(args: argparse.Namespace) -> int:
                 min_span_tokens=args.min_span_tokens, separator=args.separator, model=args.model,
                 device=args.device, dtype=args.dtype, window_size=args.window_size, num_gpus=args.num_gpus,
                 num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
-                overwrite=args.overwrite, progress=progress,
+                overwrite=args.overwrite, progress=progress, address=args.address, verbose=args.verbose,
             )
     except (CPRSError, OSError) as error:
         print(f"cprs batch: error: {error}", file=sys.stderr)
         return 1
-    except (ray.exceptions.RayError, KeyboardInterrupt) as error:
-        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+    except (ray.exceptions.RayError, KeyboardInterrupt, _Terminated) as error:
+        reason = "failed: " + str(error) if isinstance(error, ray.exceptions.RayError) else "interrupted"
         print(f"cprs batch: {reason}\ncommitted blocks are kept; run the same command again to resume", file=sys.stderr)
-        return 130 if isinstance(error, KeyboardInterrupt) else 1
+        return {KeyboardInterrupt: 130, _Terminated: 143}.get(type(error), 1)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
     rate = summary.records / summary.seconds if summary.seconds else 0.0
     print(
         f"cprs batch: {summary.records} records ({summary.errors} with errors) -> {summary.output} in "
         f"{summary.seconds:.1f} s ({rate:.1f} records/s); {summary.resumed_blocks} of {summary.blocks} blocks "
-        "were done by an earlier run",
-        file=sys.stderr,
+        "were done by an earlier run"
     )
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _start_ray(address: str | None, verbose: bool) -> None:
+    """Join or start Ray unless it runs; without ``verbose`` its log lines and progress bars stay off."""
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
+    if not ray.is_initialized():
+        sigterm = signal.getsignal(signal.SIGTERM)
+        ray.init(
+            address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
+            include_dashboard=False,
+        )
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)  # ray.init installs a native handler that aborts the process
 
 
 def _run_blocks(

@@ -60,8 +60,8 @@ def build_app(
         device, dtype, window_size: as in :meth:`cprs_core.CPRSCompressor.from_pretrained`.
         num_cpus_per_replica: CPUs reserved per replica (CPU replicas use this many torch threads).
 
-    A replica takes up to ``2 * settings.max_batch_requests`` requests at once (one batch on the model, the
-    next one filling), so its batcher can form full batches while Serve still balances load across replicas.
+    A replica takes up to ``2 * settings.max_batch_requests`` requests at once (as many computing, their
+    windows interleaved, as waiting), so it stays busy while Serve still balances load across replicas.
     """
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be at least 1, got {num_replicas}")
@@ -119,7 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
     defaults = ServerSettings()
     parser.add_argument("--max-batch-requests", type=int, default=defaults.max_batch_requests,
-                        help=f"requests per model batch, per replica (default {defaults.max_batch_requests})")
+                        help=f"requests computed at once per replica (default {defaults.max_batch_requests})")
+    parser.add_argument("--step-windows", type=int,
+                        help="windows per forward batch (default 1 on CPU, 16 on GPU)")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                         help=f"wait for a batch to fill (default {defaults.max_wait_ms})")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            max_body_bytes=int(args.max_body_mb * 2**20), request_timeout_s=args.request_timeout_s, model_name=args.model or DEFAULT_MODEL, api_key=args.api_key,
+            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 2**20), request_timeout_s=args.request_timeout_s, model_name=args.model or DEFAULT_MODEL, api_key=args.api_key,
         )
     except ValueError as error:
         print(f"cprs serve-ray: error: {error}", file=sys.stderr)

@@ -75,3 +75,13 @@ def test_merge_refuses_an_incomplete_job(tmp_path: Path) -> None:
     with pytest.raises(BatchInputError, match=r"blocks \[1\]"):
         store.finish(2, "id")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_resume_with_other_options_names_each_differing_option(tmp_path: Path) -> None:
+    manifest = {"batch_size": 16, "options": {"granularity": "sentence", "target_ratio": None, "query": "q"}}
+    PartStore(tmp_path / "out.jsonl").open(manifest)
+    changed = {"batch_size": 16, "options": {"granularity": "token", "target_ratio": 0.5, "query": "q"}}
+    with pytest.raises(BatchInputError) as error:
+        PartStore(tmp_path / "out.jsonl").open(changed)
+    assert 'other options.granularity ("sentence" -> "token"); options.target_ratio (null -> 0.5); resume' in str(error.value)
+    assert PartStore(tmp_path / "out.jsonl").open(manifest) == set()

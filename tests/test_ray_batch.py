@@ -6,6 +6,10 @@ import argparse
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -149,14 +153,15 @@ def test_cli_compresses_with_the_embedded_model(tmp_path: Path, capsys: pytest.C
         "--context-field", "body", "--granularity", "sentence",
     ]))
 
-    assert status == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
     local = CPRSCompressor.from_pretrained(None)
     assert read_output(output) == [
         {"id": row["id"], "result": local.compress(row["body"], "What is the vault code?", granularity="sentence").to_dict(),
          "error": None}
         for row in rows
     ]
-    assert "2 records (0 with errors)" in capsys.readouterr().err
+    assert "2 records (0 with errors)" in captured.out  # the summary is the command's output
 
 
 def test_cli_reports_bad_input_without_starting_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,3 +174,64 @@ def test_cli_reports_bad_input_without_starting_workers(tmp_path: Path, capsys: 
 
     assert status == 1
     assert "repeats line 1" in capsys.readouterr().err
+
+
+def batch_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "cprs_integrations.cli", "batch", *arguments]
+
+
+def subprocess_env(ray_tmp: Path) -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root, "RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""}
+
+
+def test_refusals_come_before_ray_starts(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", digit_records(2))
+    (tmp_path / "out.jsonl").write_text("done\n", encoding="utf-8")
+    finished = subprocess.run(
+        batch_command("--input", str(source), "--output", str(tmp_path / "out.jsonl"), "--query", QUERY),
+        env=subprocess_env(tmp_path / "ray"), capture_output=True, text=True, timeout=120,
+    )
+    assert finished.returncode == 1 and "already exists; pass overwrite=True (--overwrite)" in finished.stderr
+    assert not (tmp_path / "ray").exists()  # no Ray session was started
+
+
+@pytest.mark.slow
+def test_sigterm_ends_cleanly_and_leaves_no_ray_processes(tmp_path: Path) -> None:
+    rows = [{**row, "text": row["text"] * 20} for row in digit_records(40)]
+    source = write_jsonl(tmp_path / "docs.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    job = subprocess.Popen(
+        batch_command("--input", str(source), "--output", str(output), "--query", QUERY, "--batch-size", "1",
+                      "--window-size", str(WINDOW)),
+        env=subprocess_env(ray_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    parts = Path(str(output) + ".parts")
+    deadline = time.monotonic() + 240
+    while not list(parts.glob("part-*")) and job.poll() is None:
+        assert time.monotonic() < deadline, "no block was committed in time"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 143, err
+    assert "interrupted\ncommitted blocks are kept" in err
+    assert "Fatal Python error" not in err and "core dumped" not in err and "Traceback" not in err
+    assert out == ""
+    deadline = time.monotonic() + 30
+    while _processes_using(ray_tmp):
+        assert time.monotonic() < deadline, f"orphaned Ray processes: {_processes_using(ray_tmp)}"
+        time.sleep(0.5)
+
+
+def _processes_using(directory: Path) -> list[str]:
+    """Command lines of live processes that mention ``directory`` (Ray's session processes do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in command:
+            found.append(command[:120])
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,7 +65,8 @@ UPSTREAM_BODY = {
 
 
 def answer(url: str, path: str, body: Any) -> tuple[int, Any]:
-    response = httpx.post(url + path, json=body, timeout=60)
+    content = json.dumps(body)  # ASCII-escaped, so a lone surrogate travels as JSON allows
+    response = httpx.post(url + path, content=content, headers={"Content-Type": "application/json"}, timeout=60)
     return response.status_code, response.json()
 
 
@@ -83,10 +85,16 @@ def test_two_replicas_are_running(serve_url: str) -> None:
         ("/v1/compress", {"context": "x", "unknown": 1}),
         ("/v1/compress_batch", {"requests": [compress_body(2), {"context": "", "query": "q"}, compress_body(3)]}),
         ("/qwen_long_compress_server", UPSTREAM_BODY),
+        ("/v1/compress", {"context": "x", "query": "q", "target_ratio": "0.5"}),
+        ("/v1/compress", {"context": "x \ud800", "query": "q"}),
+        ("/qwen_long_compress_server", {**UPSTREAM_BODY, "payload": {**UPSTREAM_BODY["payload"], "input": {
+            "messages": UPSTREAM_BODY["payload"]["input"]["messages"][::-1]}}}),
     ],
-    ids=["compress", "empty-context", "bad-field", "batch", "upstream"],
+    ids=["compress", "empty-context", "bad-field", "batch", "upstream", "string-number", "lone-surrogate",
+         "upstream-roles"],
 )
 def test_replicas_answer_as_the_plain_server(serve_url: str, plain_url: str, path: str, body: Any) -> None:
+    """Same answers, refusals included (the replicas run the same app, so the same strictness)."""
     assert answer(serve_url, path, body) == answer(plain_url, path, body)
 
 

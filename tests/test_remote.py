@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -130,3 +132,37 @@ def test_is_a_compressor_and_reports_health(remote: RemoteCompressor) -> None:
     assert not remote.base_url.endswith("/")
     health = remote.health()
     assert health["status"] == "ok" and health["model"] == "digit-tagger" and health["requests"] >= 0
+
+
+def test_retries_stop_at_the_deadline_when_nothing_listens() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    patient = RemoteCompressor(f"http://127.0.0.1:{port}", retries=1000, backoff=0.1, deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=r"cannot reach .* \(gave up: the call's deadline of 1.0 s") as error:
+        patient.compress(CONTEXT, QUERY)
+    assert 0.2 < time.monotonic() - started < 1.5 and error.value.kind == "ConnectionError"
+
+
+@pytest.mark.slow
+def test_a_busy_server_is_retried_after_its_retry_after(digit_compressor: CPRSCompressor) -> None:
+    settings = ServerSettings(max_batch_requests=1, max_wait_ms=0, max_queue=1, step_windows=1)
+    long_context = " ".join(f"Entry {i} of the ledger was read aloud." for i in range(1500))
+    with BackgroundServer(create_app(digit_compressor, settings)) as running, ThreadPoolExecutor(2) as pool:
+        busy = RemoteCompressor(running.url, retries=0)
+        computing = pool.submit(busy.compress, long_context, QUERY, "needle")
+        while busy.health()["in_flight"] < 1:
+            time.sleep(0.01)
+        waiting = pool.submit(busy.compress, long_context, QUERY, "needle")
+        while busy.health()["queue_depth"] < 1:
+            time.sleep(0.01)
+        with pytest.raises(RemoteError, match="ServerBusy") as refused:
+            busy.compress(CONTEXT, QUERY, "needle")
+        assert refused.value.retry_after == 1.0
+        patient = RemoteCompressor(running.url, retries=100, deadline=120)
+        started = time.monotonic()
+        result = patient.compress(CONTEXT, QUERY, "needle")
+        assert time.monotonic() - started >= 1.0  # waited the server's Retry-After at least once
+        assert result == digit_compressor.compress(CONTEXT, QUERY, "needle")
+        assert computing.result().text and waiting.result().text

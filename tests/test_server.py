@@ -51,12 +51,14 @@ def serve(digit_compressor: CPRSCompressor) -> Iterator[Callable[..., Background
 
 @pytest.fixture(scope="module")
 def url(serve: Callable[..., BackgroundServer]) -> str:
-    return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60).url
+    return serve(max_wait_ms=50, max_body_bytes=MAX_BODY, request_timeout_s=60, step_windows=4).url
 
 
-def post(url: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+def post(url: str, path: str, body: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+    """POST ``body`` (JSON unless bytes) as ``application/json`` unless ``headers`` say otherwise."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(url + path, content=content, timeout=60, **kwargs)
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return httpx.post(url + path, content=content, headers=headers, timeout=60, **kwargs)
 
 
 def wait_for(url: str, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0) -> None:
@@ -250,3 +252,127 @@ def test_api_key_is_required_when_set(serve: Callable[..., BackgroundServer]) ->
     assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert httpx.get(url + "/health").json()["settings"]["api_key"] is True
+
+
+def metric(url: str, name: str) -> float:
+    """The value of one sample line of ``/metrics`` (0 when absent)."""
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_bad_text_fails_only_its_own_request_among_concurrent_ones(
+    url: str, digit_compressor: CPRSCompressor
+) -> None:
+    good = [{"context": f"Ticket {i} cost {i * 13 + 2} coins. " + CONTEXT, "query": QUERY, "instruction": "needle"}
+            for i in range(9)]
+    bad = [
+        ({"context": "x \ud800 y", "query": QUERY}, "context holds a lone surrogate (U+D800) at character 2"),
+        ({"context": CONTEXT, "query": "nul\x00here"}, "query holds a NUL character (U+0000) at character 3"),
+        ({"context": CONTEXT, "query": QUERY, "separator": "\udfff"}, "separator holds a lone surrogate"),
+    ]
+    bodies = good[:3] + [body for body, _ in bad] + good[3:]
+    expected = digit_compressor.compress_many([body["context"] for body in good], QUERY, "needle")
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        singles = list(pool.map(lambda body: post(url, "/v1/compress", body), bodies))
+        batch = pool.submit(post, url, "/v1/compress_batch", {"requests": bodies})
+        upstream = pool.submit(post, url, "/qwen_long_compress_server", upstream_body(context="a \ud800 b"))
+    answers = singles[:3] + singles[6:]
+    assert [answer.status_code for answer in answers] == [200] * len(good)
+    assert [answer.json() for answer in answers] == [json.loads(json.dumps(result.to_dict())) for result in expected]
+    for answer, (_, message) in zip(singles[3:6], bad):
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "TextDecodingError"
+        assert message in answer.json()["error"]["message"]
+    slots = batch.result().json()["results"]
+    assert [slot["result"]["text"] for slot in slots[:3] + slots[6:]] == [result.text for result in expected]
+    assert [slot["error"]["type"] for slot in slots[3:6]] == ["TextDecodingError"] * 3
+    header = upstream.result().json()["header"]
+    assert upstream.result().status_code == 400 and header["status_name"] == "TextDecodingError"
+    assert upstream.result().json()["payload"]["input"]["messages"][2]["content"] == "a \ud800 b"  # echoed, escaped
+    assert metric(url, 'cprs_errors_total{kind="TextDecodingError"}') >= 7
+
+
+STRICT_BODIES = [
+    pytest.param({"context": CONTEXT, "target_ratio": "0.5"}, "target_ratio: Input should be a valid number", id="str-float"),
+    pytest.param({"context": CONTEXT, "target_ratio": True}, "target_ratio: Input should be a valid number", id="bool-float"),
+    pytest.param({"context": CONTEXT, "target_tokens": 2.0}, "target_tokens: Input should be a valid integer", id="float-int"),
+    pytest.param({"context": CONTEXT, "timeout_s": 0}, "timeout_s: Input should be greater than 0", id="zero-timeout"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), STRICT_BODIES)
+def test_types_are_strict(url: str, body: dict[str, Any], message: str) -> None:
+    response = post(url, "/v1/compress", body)
+    assert response.status_code == 422 and message in response.json()["error"]["message"]
+
+
+def test_content_type_and_header_limits(url: str, digit_compressor: CPRSCompressor) -> None:
+    body = {"context": CONTEXT, "query": QUERY}
+    plain = post(url, "/v1/compress", body, headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and plain.json()["error"]["type"] == "UnsupportedMediaType"
+    assert "text/plain" in plain.json()["error"]["message"]
+    bare = httpx.post(url + "/v1/compress", content=json.dumps(body), timeout=60)
+    assert bare.status_code == 415 and "no content type" in bare.json()["error"]["message"]
+    upstream_plain = post(url, "/qwen_long_compress_server", upstream_body(), headers={"Content-Type": "text/plain"})
+    assert upstream_plain.status_code == 415 and upstream_plain.json()["header"]["status_code"] == 415
+    huge = post(url, "/v1/compress", body, headers={"X-Padding": "p" * 1_000_000})
+    assert huge.status_code == 431 and "limit of 16384 bytes" in huge.json()["error"]["message"]
+    many = post(url, "/v1/compress", body, headers={f"X-H{i}": "1" for i in range(100)})
+    assert many.status_code == 431 and "limit of 64" in many.json()["error"]["message"]
+    assert_still_serves(url, digit_compressor)
+
+
+def test_upstream_message_roles_are_checked(url: str) -> None:
+    body = upstream_body()
+    messages = body["payload"]["input"]["messages"]
+    body["payload"]["input"]["messages"] = [messages[1], messages[0], messages[2]]
+    response = post(url, "/qwen_long_compress_server", body)
+    assert response.status_code == 422
+    header = response.json()["header"]
+    assert header["status_code"] == 422 and header["request_id"] == "1111abca"
+    assert "message roles must be ['system', 'user', 'context'] in this order, got ['user', 'system', 'context']" in (
+        header["status_message"]
+    )
+
+
+def test_request_ids_log_lines_and_metrics(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="cprs.server.requests"):
+        mine = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY}, headers={"X-Request-ID": "job-7"})
+        fresh = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY})
+    assert mine.headers["x-request-id"] == "job-7" and len(fresh.headers["x-request-id"]) == 32
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "cprs.server.requests"]
+    line = next(line for line in lines if line["id"] == "job-7")
+    assert line["status"] == 200 and line["path"] == "/v1/compress" and line["requests"] == 1 and line["errors"] == []
+    assert line["tokens"] > 0 and line["windows"] == 1
+    assert 0 <= line["queue_wait_s"] <= line["total_s"] and 0 <= line["compute_s"] <= line["total_s"]
+    text = httpx.get(url + "/metrics").text
+    assert 'cprs_request_seconds_bucket{endpoint="/v1/compress",le="0.5"}' in text
+    assert metric(url, 'cprs_http_requests_total{endpoint="/v1/compress",status="200"}') >= 2
+    assert metric(url, "cprs_windows_scored_total") >= 2 and "cprs_queue_depth" in text
+
+
+def test_deadline_and_disconnect_stop_the_remaining_windows(
+    serve: Callable[..., BackgroundServer], digit_compressor: CPRSCompressor
+) -> None:
+    url = serve(step_windows=1).url
+    long_body = {"context": long_context(3000), "query": QUERY, "instruction": "needle"}
+
+    def windows_stop_growing() -> float:
+        wait_for(url, lambda health: health["in_flight"] == 0)
+        scored = metric(url, "cprs_windows_scored_total")
+        time.sleep(0.3)
+        assert metric(url, "cprs_windows_scored_total") == scored
+        return scored
+
+    timed_out = post(url, "/v1/compress", {**long_body, "timeout_s": 0.5})
+    assert timed_out.status_code == 504 and "0.5 s" in timed_out.json()["error"]["message"]
+    after_timeout = windows_stop_growing()
+    total = digit_compressor.compress(**long_body).windows
+    assert after_timeout < total / 2
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/compress", json=long_body, timeout=1.0)
+    assert windows_stop_growing() - after_timeout < total / 2
+    assert metric(url, 'cprs_cancelled_requests_total{reason="disconnect"}') == 1
+    assert metric(url, 'cprs_cancelled_requests_total{reason="timeout"}') == 1
+    assert_still_serves(url, digit_compressor)

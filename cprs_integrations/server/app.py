@@ -5,26 +5,33 @@ Endpoints:
     ``POST /v1/compress``: a :class:`~.schemas.CompressBody` in, ``CompressionResult.to_dict()`` out.
     ``POST /v1/compress_batch``: ``{"requests": [...]}`` in, ``{"results": [{"result"|"error": ...}]}`` out.
     ``GET /health``: model, queue depth and batch-size statistics; ``GET /readiness``, ``GET /liveness``: probes.
+    ``GET /metrics``: Prometheus metrics (see :mod:`.metrics`).
 
-Errors of the ``/v1`` endpoints are ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status.
+Errors of the ``/v1`` endpoints are ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status. Every
+answer carries an ``X-Request-ID`` header (the client's, or a new one) and is logged (see :mod:`.observe`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cprs_core import CompressionRequest, Compressor, CPRSError
+from cprs_core import CompressionRequest, CompressionResult, CPRSCompressor, CPRSError
 
 from . import upstream
 from .batcher import DynamicBatcher, Outcome
 from .body import read_json, validate
-from .errors import ApiError, from_compression_error
+from .errors import ApiError, from_compression_error, from_unexpected
+from .metrics import Metrics
+from .observe import RequestGuard, RequestRecord
+from .responses import JSONAnswer
 from .schemas import (
     BatchBody,
     BatchOut,
@@ -36,21 +43,26 @@ from .schemas import (
 )
 from .settings import ServerSettings
 
+DISCONNECT_POLL_S = 0.1
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope} for status in (400, 401, 413, 422, 500, 503, 504)
+    status: {"model": ErrorEnvelope} for status in (400, 401, 413, 415, 422, 431, 500, 503, 504)
 }
 
 
-def create_app(compressor: Compressor, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = None) -> FastAPI:
     """A FastAPI app serving ``compressor``; its batching worker starts and stops with the app's lifespan.
 
     Args:
-        compressor: any :class:`cprs_core.Compressor` (usually a loaded ``CPRSCompressor``); only the
-            batcher's worker thread calls it, one batch at a time.
+        compressor: a loaded :class:`cprs_core.CPRSCompressor`; only the batcher's worker thread scores
+            windows with it (see :mod:`.batcher`).
         settings: batching, queue, size and timeout limits; defaults to :class:`ServerSettings`.
     """
     settings = settings or ServerSettings()
-    batcher = DynamicBatcher(compressor, settings.max_batch_requests, settings.max_wait_ms, settings.max_queue)
+    metrics = Metrics()
+    batcher = DynamicBatcher(
+        compressor, settings.max_batch_requests, settings.max_wait_ms, settings.max_queue,
+        settings.windows_per_step(torch.device(getattr(compressor.critic, "device", "cpu")).type), metrics,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,20 +76,46 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
         title="cprs",
         summary="QwenLong-CPRS query-aware context compression, dynamically batched across clients",
         lifespan=lifespan,
+        default_response_class=JSONAnswer,
     )
     app.state.batcher = batcher
     app.state.settings = settings
+    app.add_middleware(RequestGuard, settings=settings, metrics=metrics)
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, error: ApiError) -> JSONResponse:
-        return _error_response({"error": error.body()}, error)
+    async def api_error(request: Request, error: ApiError) -> JSONAnswer:
+        return _error_response(request, {"error": error.body()}, error)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"type": "HTTPError", "message": str(error.detail)}}, error.status_code)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONAnswer:
+        _record(request).errors.append("HTTPError")
+        return JSONAnswer({"error": {"type": "HTTPError", "message": str(error.detail)}}, error.status_code)
 
-    async def run(requests: list[CompressionRequest]) -> list[Outcome]:
-        return await batcher.submit(requests, settings.request_timeout_s)
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONAnswer:
+        failure = from_unexpected(error)
+        return _error_response(request, {"error": failure.body()}, failure)
+
+    async def run(request: Request, bodies: list[tuple[CompressionRequest, float | None]]) -> list[Outcome]:
+        """Each request's outcome; cancelled when the client disconnects or its deadline passes."""
+        limit = settings.request_timeout_s
+        jobs = await batcher.submit(
+            [(item, limit if timeout_s is None else min(timeout_s, limit)) for item, timeout_s in bodies],
+            disconnected=lambda: _disconnected(request),
+        )
+        record = _record(request)
+        record.requests = len(jobs)
+        record.tokens = sum(job.ticket.tokens for job in jobs if job.ticket)
+        record.windows = sum(job.ticket.windows for job in jobs if job.ticket)
+        record.queue_wait_s = max((job.queue_wait_s for job in jobs if job.queue_wait_s is not None), default=None)
+        record.compute_s = max((job.compute_s for job in jobs if job.compute_s is not None), default=None)
+        metrics.tokens.inc(record.tokens)
+        for job in jobs:
+            if job.queue_wait_s is not None:
+                metrics.queue_wait.observe(job.queue_wait_s)
+            if job.compute_s is not None:
+                metrics.compute.observe(job.compute_s)
+        return [job.future.result() for job in jobs]
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -87,37 +125,41 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
             raise ApiError(401, "Unauthorized", "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     @app.post("/qwen_long_compress_server", responses=_ERRORS)
-    async def qwen_long_compress_server(request: Request) -> JSONResponse:
+    async def qwen_long_compress_server(request: Request) -> JSONAnswer:
         """Upstream QwenLong-CPRS's endpoint: same request and response JSON (errors also in the header)."""
         data: Any = None
         try:
             authorize(request)
-            data = await read_json(request, settings.max_body_bytes)
+            data = await read_json(request, settings.max_body_bytes, content_type_optional=True)
             body = validate(UpstreamRequest, data)
-            outcome = (await run([upstream.to_request(body)]))[0]
-            if isinstance(outcome, CPRSError):
-                raise from_compression_error(outcome)
-            return JSONResponse(upstream.success(data, outcome, body.payload.parameters))
-        except ApiError as error:
-            return _error_response(upstream.failure(data, error), error)
+            outcome = _raise_for((await run(request, [(upstream.to_request(body), None)]))[0])
+            return JSONAnswer(upstream.success(data, outcome, body.payload.parameters))
+        except Exception as error:
+            failure = error if isinstance(error, ApiError) else from_unexpected(error)
+            return _error_response(request, upstream.failure(data, failure), failure)
 
     @app.post("/v1/compress", response_model=CompressOut, responses=_ERRORS)
-    async def compress(request: Request) -> JSONResponse:
-        """Compress one context; the body holds the arguments of ``CPRSCompressor.compress``."""
+    async def compress(request: Request) -> JSONAnswer:
+        """Compress one context; the body holds the arguments of ``CPRSCompressor.compress`` (and ``timeout_s``)."""
         authorize(request)
         body = validate(CompressBody, await read_json(request, settings.max_body_bytes))
-        outcome = (await run(_requests([body])))[0]
-        if isinstance(outcome, CPRSError):
-            raise from_compression_error(outcome)
-        return JSONResponse(outcome.to_dict())
+        outcome = _raise_for((await run(request, list(zip(_requests([body]), [body.timeout_s]))))[0])
+        return JSONAnswer(outcome.to_dict())
 
     @app.post("/v1/compress_batch", response_model=BatchOut, responses=_ERRORS)
-    async def compress_batch(request: Request) -> JSONResponse:
+    async def compress_batch(request: Request) -> JSONAnswer:
         """Compress several contexts; each slot of ``results`` holds ``result`` or its own ``error``."""
         authorize(request)
         body = validate(BatchBody, await read_json(request, settings.max_body_bytes))
-        outcomes = await run(_requests(body.requests))
-        return JSONResponse({"results": [_slot(outcome) for outcome in outcomes]})
+        outcomes = await run(request, list(zip(_requests(body.requests), [item.timeout_s for item in body.requests])))
+        slots = [_slot(outcome) for outcome in outcomes]
+        _record(request).errors += [slot["error"]["type"] for slot in slots if slot["error"]]
+        return JSONAnswer({"results": slots})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: queue depth, windows scored, latency histograms, errors by type."""
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/health", response_model=HealthOut)
     async def health() -> dict[str, Any]:
@@ -128,16 +170,16 @@ def create_app(compressor: Compressor, settings: ServerSettings | None = None) -
             "queue_depth": batcher.queue_depth,
             "in_flight": batcher.in_flight,
             "batches": sum(batcher.batch_sizes.values()),
-            "requests": sum(size * count for size, count in batcher.batch_sizes.items()),
+            "requests": batcher.computed,
             "max_batch_size": max(batcher.batch_sizes, default=0),
             "batch_sizes": dict(sorted(batcher.batch_sizes.items())),
             "settings": settings.public(),
         }
 
     @app.get("/readiness")
-    async def readiness() -> JSONResponse:
+    async def readiness() -> JSONAnswer:
         """``"success"`` once the model worker runs (503 before), as upstream answers."""
-        return JSONResponse("success" if batcher.running else "starting", 200 if batcher.running else 503)
+        return JSONAnswer("success" if batcher.running else "starting", 200 if batcher.running else 503)
 
     @app.get("/liveness")
     async def liveness() -> str:
@@ -155,12 +197,33 @@ def _requests(bodies: list[CompressBody]) -> list[CompressionRequest]:
         raise from_compression_error(error) from error
 
 
-def _slot(outcome: Outcome) -> dict[str, Any]:
+def _raise_for(outcome: Outcome) -> CompressionResult:
+    """The result, or the outcome's error raised as an :class:`ApiError`."""
+    if isinstance(outcome, ApiError):
+        raise outcome
     if isinstance(outcome, CPRSError):
-        return {"result": None, "error": from_compression_error(outcome).body()}
-    return {"result": outcome.to_dict(), "error": None}
+        raise from_compression_error(outcome)
+    return outcome
 
 
-def _error_response(content: dict[str, Any], error: ApiError) -> JSONResponse:
+def _slot(outcome: Outcome) -> dict[str, Any]:
+    try:
+        return {"result": _raise_for(outcome).to_dict(), "error": None}
+    except ApiError as error:
+        return {"result": None, "error": error.body()}
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read, so little else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(DISCONNECT_POLL_S)  # a server that answers at once with empty bodies is polled
+
+
+def _record(request: Request) -> RequestRecord:
+    return request.state.record
+
+
+def _error_response(request: Request, content: dict[str, Any], error: ApiError) -> JSONAnswer:
+    _record(request).errors.append(error.kind)
     headers = {"Retry-After": "1"} if error.status == 503 else None
-    return JSONResponse(content, error.status, headers=headers)
+    return JSONAnswer(content, error.status, headers=headers)

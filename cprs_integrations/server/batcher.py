@@ -1,161 +1,261 @@
-"""Dynamic batching: requests from many clients share one ``compress_batch`` call on one worker thread.
+"""Continuous batching: the windows of every client's request share forward batches on one worker thread.
 
-A request waits in a bounded queue. The worker takes the oldest, waits up to ``max_wait_ms`` for more (up to
-``max_batch_requests``), and hands them to ``compressor.compress_batch`` in one call, so requests with the same
-query and instruction share forward batches on the GPU. While the model runs, new requests pile up and form
-the next batch at once. The queue is bounded (a full queue answers 503) and every request has a deadline
-(504 when it passes; a batch already on the model still finishes, its answer is dropped).
+A request is validated and tokenized on one of ``PREPARE_THREADS`` preparation threads (its own error comes
+back at once; a short request is not stuck behind a huge one's tokenizing), then waits in
+a bounded queue until fewer than ``max_batch_requests`` requests are being computed. The worker thread runs a
+:class:`cprs_core.WindowScheduler`: each step scores at most ``step_windows`` windows, taken in turn from the
+requests being computed, so a short request is answered after a step or two even while a 500K-token one runs.
+A request whose deadline passes (504) or whose client disconnects is cancelled: its remaining windows are
+never scored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import queue
+import threading
+import time
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
 
-from cprs_core import CompressionRequest, CompressionResult, Compressor, CPRSError
+from cprs_core import CompressionRequest, CompressionResult, CPRSCompressor, CPRSError, Ticket, WindowScheduler
 
-from .errors import ApiError, from_unexpected
+from .errors import ApiError
+from .metrics import Metrics
 
-Outcome = CompressionResult | CPRSError
+Outcome = CompressionResult | CPRSError | ApiError
+"""A request's answer: its result, its compression error (400) or the server's refusal (503, 504, ...)."""
+PREPARE_THREADS = 2
+"""Requests tokenized at once (fast tokenizers release the GIL; their settings are never changed after loading)."""
+IDLE_POLL_S = 0.05
+"""How often an idle worker checks whether it should stop."""
 
 
-@dataclass(frozen=True)
-class _Job:
+@dataclass(eq=False)
+class Job:
+    """One request's way through the server, with the timings of the per-request log line."""
+
     request: CompressionRequest
+    timeout_s: float
     future: asyncio.Future[Outcome]
+    arrived: float = field(default_factory=time.monotonic)
+    ticket: Ticket | None = None
+    finished: float | None = None
+    queued: bool = True
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        started = self.ticket.started_at if self.ticket else None
+        return None if started is None else started - self.arrived
+
+    @property
+    def compute_s(self) -> float | None:
+        started = self.ticket.started_at if self.ticket else None
+        return None if started is None or self.finished is None else self.finished - started
 
 
 class DynamicBatcher:
-    """Queues requests and runs them through ``compressor.compress_batch`` in batches, one batch at a time.
+    """Computes requests from many clients together, window by window, on one worker thread.
 
-    Call :meth:`start` and :meth:`stop` from the event loop that calls :meth:`submit`.
+    Call :meth:`start`, :meth:`submit` and :meth:`stop` from one event loop.
 
     Args:
-        compressor: the model; only the batcher's one worker thread calls it.
-        max_batch_requests: most requests per ``compress_batch`` call.
-        max_wait_ms: how long a batch's first request waits for company.
+        compressor: the model; only the worker thread scores, only the preparation threads tokenize.
+        max_batch_requests: most requests computed at once (their windows interleaved); the rest wait.
+        max_wait_ms: how long an idle worker waits for company before its first step.
         max_queue: most requests waiting; :meth:`submit` refuses more with a 503.
+        step_windows: most windows per forward batch (smaller: fairer and quicker to cancel; larger: more
+            throughput on a GPU).
+        metrics: where queue depth, windows scored and cancellations are counted.
     """
 
-    def __init__(self, compressor: Compressor, max_batch_requests: int, max_wait_ms: float, max_queue: int) -> None:
-        self.compressor = compressor
+    def __init__(
+        self,
+        compressor: CPRSCompressor,
+        max_batch_requests: int,
+        max_wait_ms: float,
+        max_queue: int,
+        step_windows: int,
+        metrics: Metrics,
+    ) -> None:
+        self.scheduler = WindowScheduler(compressor.engine, step_windows)
         self.max_batch_requests = max_batch_requests
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.in_flight = 0
+        self.metrics = metrics
         self.batch_sizes: Counter[int] = Counter()
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self.waiting = 0
+        self.computed = 0
+        self._open: set[Job] = set()
+        self._incoming: queue.Queue[Job] = queue.Queue()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._prepare: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return self._worker is not None and self._worker.is_alive()
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for the model (not counting the batch being computed)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting to be computed (being tokenized or waiting for a place)."""
+        return self.waiting
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose windows are being scored."""
+        return self.scheduler.active
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cprs-batch")
-        self._worker = asyncio.create_task(self._run(), name="cprs-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="cprs-prepare")
+        self._worker = threading.Thread(target=self._run, name="cprs-windows", daemon=True)
+        self._worker.start()
 
     async def stop(self) -> None:
-        """Stop taking batches, answer waiting requests with 503, and wait for the batch on the model."""
+        """Stop computing, answer unfinished requests with 503, and wait for the step on the model."""
+        self._stop.set()
         if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        if self._queue is not None:
-            while not self._queue.empty():
-                job = self._queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(ApiError(503, "ServerBusy", "the server is shutting down"))
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            await asyncio.to_thread(self._worker.join)
+        if self._prepare is not None:
+            await asyncio.to_thread(self._prepare.shutdown, wait=True)
+        for job in list(self._open):
+            self._settle(job, ApiError(503, "ServerBusy", "the server is shutting down"))
 
-    async def submit(self, requests: Sequence[CompressionRequest], timeout_s: float) -> list[Outcome]:
-        """Queue ``requests`` and wait for their outcomes (a result or that request's ``CPRSError``, in order).
+    async def submit(
+        self,
+        requests: Sequence[tuple[CompressionRequest, float]],
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[Job]:
+        """Compute ``(request, timeout_s)`` pairs; every returned job's future holds its outcome, in order.
+
+        A request not answered within its ``timeout_s`` (queue wait included) is cancelled and answered 504.
+        When ``disconnected`` returns first (the client went away), every unfinished request is cancelled.
 
         Raises:
-            ApiError: 503 when the queue has no room for all of them, 504 when ``timeout_s`` passes first,
-                500 when the model itself failed on their batch.
+            ApiError: 503 when the queue has no room for all of them (or the server is stopping), 413 when
+                they could never fit in it, 499 when the client disconnected.
         """
-        if self._queue is None or not self.running:
+        if not self.running:
             raise ApiError(503, "ServerBusy", "the server is not ready (model worker not running)")
         if len(requests) > self.max_queue:
             raise ApiError(
                 413, "RequestTooLarge",
                 f"{len(requests)} requests in one call is more than the server's queue holds ({self.max_queue})",
             )
-        if self._queue.qsize() + len(requests) > self.max_queue:
+        if self.waiting + len(requests) > self.max_queue:
             raise ApiError(
                 503, "ServerBusy",
-                f"the server is busy: {self._queue.qsize()} requests already wait (max_queue={self.max_queue}); "
-                "retry later",
+                f"the server is busy: {self.waiting} requests already wait (max_queue={self.max_queue}); retry later",
             )
         loop = asyncio.get_running_loop()
-        jobs = [_Job(request, loop.create_future()) for request in requests]
+        jobs = [Job(request, timeout_s, loop.create_future()) for request, timeout_s in requests]
+        self._open.update(jobs)
+        self._set_waiting(len(jobs))
+        answered = asyncio.gather(*(self._answer(job) for job in jobs))
+        if disconnected is None:
+            await answered
+            return jobs
+        gone = asyncio.ensure_future(disconnected())
+        await asyncio.wait({answered, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if answered.done():
+            gone.cancel()
+            return jobs
+        answered.cancel()
+        await asyncio.gather(answered, return_exceptions=True)
         for job in jobs:
-            self._queue.put_nowait(job)
+            self._cancel(job, "disconnect")
+        raise ApiError(499, "ClientClosedRequest", "the client disconnected before the answer was ready")
+
+    async def _answer(self, job: Job) -> None:
+        """Prepare ``job``, hand it to the worker and wait for its outcome or its deadline."""
+        deadline = job.arrived + job.timeout_s
         try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*(job.future for job in jobs), return_exceptions=True), timeout_s)
+            await asyncio.wait_for(self._enqueue(job), max(deadline - time.monotonic(), 0.0))
+            await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:
-            raise ApiError(
+            self._cancel(job, "timeout")
+            self._settle(job, ApiError(
                 504, "Timeout",
-                f"no answer within the server's request timeout of {timeout_s} s (queue wait included); "
-                "retry, send a shorter context, or start the server with a larger --request-timeout-s",
-            ) from None
-        for outcome in outcomes:
-            if isinstance(outcome, ApiError):
-                raise outcome
-        return outcomes
+                f"no answer within the request timeout of {job.timeout_s} s (queue wait included); its remaining "
+                "windows were cancelled. Retry, send a shorter context, or allow more time (timeout_s, or the "
+                "server's --request-timeout-s)",
+            ))
+        except asyncio.CancelledError:
+            self._cancel(job, "disconnect")
+            raise
+        job.finished = job.finished or time.monotonic()
 
-    async def _run(self) -> None:
-        assert self._queue is not None
+    async def _enqueue(self, job: Job) -> None:
+        """Validate and tokenize on the preparation thread; the job's own error settles it at once."""
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect(loop)
-            if not jobs:
-                continue
-            self.in_flight = len(jobs)
-            try:
-                outcomes = await loop.run_in_executor(
-                    self._executor, self.compressor.compress_batch, [job.request for job in jobs]
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the model failed (e.g. out of memory): fail this batch, keep serving
-                failure = from_unexpected(error)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(failure)
-            else:
-                for job, outcome in zip(jobs, outcomes):
-                    if not job.future.done():
-                        job.future.set_result(outcome)
-            finally:
-                self.in_flight = 0
-            self.batch_sizes[len(jobs)] += 1
+        try:
+            job.ticket = await loop.run_in_executor(
+                self._prepare, self.scheduler.ticket, job.request, lambda outcome: self._done(job, outcome)
+            )
+        except CPRSError as error:
+            self._leave_queue(job)
+            self._settle(job, error)
+            return
+        if job.future.done():  # answered (the server is stopping) while tokenizing
+            self._leave_queue(job)
+            return
+        self._incoming.put(job)
 
-    async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
-        """The next batch: the oldest waiting job plus those arriving within ``max_wait_s``; timed-out ones dropped."""
-        assert self._queue is not None
-        jobs = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait_s
-        while len(jobs) < self.max_batch_requests:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            else:
-                jobs.append(self._queue.get_nowait())
-        return [job for job in jobs if not job.future.done()]
+    def _done(self, job: Job, outcome: CompressionResult | CPRSError) -> None:
+        """Called on the worker thread when the scheduler finished ``job``."""
+        job.finished = time.monotonic()
+        self.computed += 1
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle, job, outcome)
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        if job.ticket is not None and not job.future.done() and not job.ticket.cancelled:
+            job.ticket.cancel()
+            self.metrics.cancelled.labels(reason).inc()
+        if job.ticket is None:
+            self._leave_queue(job)  # never reached the worker
+
+    def _leave_queue(self, job: Job) -> None:
+        if job.queued:
+            job.queued = False
+            self._set_waiting(-1)
+
+    def _set_waiting(self, change: int) -> None:
+        self.waiting += change
+        self.metrics.queue_depth.set(self.waiting)
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        self._open.discard(job)
+        if not job.future.done():
+            job.future.set_result(outcome)
+
+    def _run(self) -> None:
+        """The worker thread: admit waiting jobs up to ``max_batch_requests``, then score one step; repeat."""
+        admitted: deque[Job] = deque()
+        while not self._stop.is_set():
+            idle = self.scheduler.active == 0 and not admitted
+            try:
+                admitted.append(self._incoming.get(timeout=IDLE_POLL_S) if idle else self._incoming.get_nowait())
+                if idle:
+                    self._stop.wait(self.max_wait_s)  # let company arrive for the first step
+                while True:
+                    admitted.append(self._incoming.get_nowait())
+            except queue.Empty:
+                pass
+            while admitted and self.scheduler.active < self.max_batch_requests:
+                job = admitted.popleft()
+                assert self._loop is not None and job.ticket is not None
+                self._loop.call_soon_threadsafe(self._leave_queue, job)
+                if not job.ticket.cancelled:
+                    self.scheduler.add(job.ticket)
+            shares = self.scheduler.step()
+            self.metrics.in_flight.set(self.scheduler.active)
+            if shares:
+                self.metrics.windows.inc(sum(shares.values()))
+                self.metrics.forward_batches.inc()
+                self.batch_sizes[len(shares)] += 1

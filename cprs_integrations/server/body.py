@@ -13,11 +13,14 @@ from .errors import ApiError
 Model = TypeVar("Model", bound=BaseModel)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The body parsed as JSON, refusing more than ``max_bytes`` (413), non-UTF-8 (400) and bad JSON (400).
+async def read_json(request: Request, max_bytes: int, content_type_optional: bool = False) -> Any:
+    """The body parsed as JSON, refusing a non-JSON content type (415), more than ``max_bytes`` (413),
+    non-UTF-8 (400) and bad JSON (400).
 
-    No content type is required: upstream's clients post JSON without one.
+    ``content_type_optional`` lets a body without a ``Content-Type`` through (upstream's clients post JSON
+    without one); a declared type other than JSON is refused even then.
     """
+    _check_content_type(request.headers.get("content-type"), content_type_optional)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
@@ -57,6 +60,17 @@ def validate(model: type[Model], data: Any) -> Model:
             f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()
         )
         raise ApiError(422, "ValidationError", f"invalid request: {problems}") from error
+
+
+def _check_content_type(declared: str | None, optional: bool) -> None:
+    if declared is None and optional:
+        return
+    media_type = (declared or "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(
+            415, "UnsupportedMediaType",
+            f"the body must be JSON sent with 'Content-Type: application/json', not {declared or 'no content type'}",
+        )
 
 
 def _too_large(size: int, max_bytes: int) -> ApiError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cprs_core import CPRSError
+from cprs_core import CompressionFailedError, CPRSError
 
 
 class ApiError(Exception):
@@ -12,7 +12,8 @@ class ApiError(Exception):
 
     ``kind`` is the error type sent to clients: a :class:`~cprs_core.CPRSError` subclass name for compression
     errors (so :class:`cprs_core.remote.RemoteCompressor` raises the same class), else one of ``MalformedJSON``,
-    ``ValidationError``, ``RequestTooLarge``, ``Unauthorized``, ``ServerBusy``, ``Timeout``, ``InternalError``.
+    ``ValidationError``, ``RequestTooLarge``, ``UnsupportedMediaType``, ``HeadersTooLarge``, ``Unauthorized``,
+    ``ServerBusy``, ``Timeout``, ``ClientClosedRequest``, ``InternalError``.
     """
 
     def __init__(self, status: int, kind: str, message: str) -> None:
@@ -27,10 +28,10 @@ class ApiError(Exception):
 
 
 def from_compression_error(error: CPRSError) -> ApiError:
-    """A 400 carrying the compression error's class name and message."""
-    return ApiError(400, type(error).__name__, str(error))
+    """A 400 carrying the compression error's class name and message (500 when the model itself failed)."""
+    return ApiError(500 if isinstance(error, CompressionFailedError) else 400, type(error).__name__, str(error))
 
 
 def from_unexpected(error: BaseException) -> ApiError:
-    """A 500 for a failure of the model itself (e.g. out of GPU memory); the server keeps serving."""
-    return ApiError(500, "InternalError", f"the model failed on this batch: {type(error).__name__}: {error}")
+    """A 500 for a failure outside any one request's compression; the server keeps serving."""
+    return ApiError(500, "InternalError", f"the server failed: {type(error).__name__}: {error}")

@@ -9,9 +9,15 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+from .observe import configure_request_log
+
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8091, log_level: str = "info") -> None:
-    """Serve ``app`` until interrupted (one process: the model is loaded once and batches all clients)."""
+    """Serve ``app`` until interrupted (one process: the model is loaded once and batches all clients).
+
+    Request log lines (see :mod:`.observe`) go to stderr at ``log_level``.
+    """
+    configure_request_log(log_level)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
 
 

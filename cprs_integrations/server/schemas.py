@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cprs_core import CompressionRequest
 from cprs_core.keep import join_patterns
@@ -13,11 +13,12 @@ from cprs_core.keep import join_patterns
 class CompressBody(BaseModel):
     """One compression: the fields of :class:`cprs_core.CompressionRequest` (see ``CPRSCompressor.compress``).
 
-    Values are checked by the compressor itself, so a bad granularity or budget comes back as the same
-    error a local call raises (``GranularityError``, ``BudgetError``, ...).
+    Types are strict (``"0.5"`` or ``true`` is not a number). Values are checked by the compressor itself, so
+    a bad granularity or budget comes back as the same error a local call raises (``GranularityError``,
+    ``BudgetError``, ...). ``timeout_s`` is this request's own deadline (at most the server's).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context: str
     query: str = ""
@@ -37,9 +38,11 @@ class CompressBody(BaseModel):
         default=None, description="tiktoken encoding name in which target_tokens/target_ratio count; null = the critic's"
     )
 
+    timeout_s: float | None = Field(default=None, gt=0, description="answer 504 and stop after this many seconds")
+
     def to_request(self) -> CompressionRequest:
         """The request; a ``keep_regex`` that does not compile raises :class:`cprs_core.KeepError`."""
-        fields = self.model_dump()
+        fields = self.model_dump(exclude={"timeout_s"})
         fields["keep"] = join_patterns(fields["keep"], fields.pop("keep_regex"))
         fields["keep_spans"] = [tuple(span) for span in fields["keep_spans"]]
         return CompressionRequest(**fields)
@@ -48,7 +51,7 @@ class CompressBody(BaseModel):
 class BatchBody(BaseModel):
     """Several compressions answered together, each with its own result or error."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     requests: list[CompressBody] = Field(min_length=1)
 
@@ -100,33 +103,45 @@ class HealthOut(BaseModel):
     model: str
     queue_depth: int
     in_flight: int
-    batches: int
-    requests: int
+    batches: int = Field(description="forward batches (critic calls) so far")
+    requests: int = Field(description="requests computed to the end so far")
     max_batch_size: int
-    batch_sizes: dict[int, int] = Field(description="batch size -> how many batches had it")
+    batch_sizes: dict[int, int] = Field(description="requests in a forward batch -> how many forward batches had that many")
     settings: dict[str, Any]
 
 
-class UpstreamMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+UPSTREAM_ROLES = ("system", "user", "context")
+"""The roles of upstream's three messages, in their order."""
 
-    role: str = ""
+
+class UpstreamMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: str
     content: str
 
 
 class UpstreamInput(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     messages: list[UpstreamMessage] = Field(
         min_length=3, max_length=3, description="[system prompt (instruction), user (query), context], in this order"
     )
+
+    @field_validator("messages")
+    @classmethod
+    def _roles_in_order(cls, messages: list[UpstreamMessage]) -> list[UpstreamMessage]:
+        roles = tuple(message.role for message in messages)
+        if roles != UPSTREAM_ROLES:
+            raise ValueError(f"message roles must be {list(UPSTREAM_ROLES)} in this order, got {list(roles)}")
+        return messages
 
 
 class UpstreamParameters(BaseModel):
     """Upstream's options. ``batch_size`` and ``chunk_size`` are accepted and ignored: windows hold the server's
     ``--window-size`` tokens and batching is dynamic across clients."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     min_keyword_len: int = Field(default=4, ge=0, description="keep spans of more than this many tokens")
     complete_sentence: bool = Field(default=False, description="widen each span to upstream's sentence delimiters")
@@ -137,13 +152,13 @@ class UpstreamParameters(BaseModel):
 
 
 class UpstreamHeader(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     request_id: str | int | None = None
 
 
 class UpstreamPayload(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     input: UpstreamInput
     parameters: UpstreamParameters = Field(default_factory=UpstreamParameters)
@@ -152,7 +167,7 @@ class UpstreamPayload(BaseModel):
 class UpstreamRequest(BaseModel):
     """The body of upstream QwenLong-CPRS's ``/qwen_long_compress_server``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     header: UpstreamHeader = Field(default_factory=UpstreamHeader)
     payload: UpstreamPayload

@@ -1,0 +1,118 @@
+"""Every HTTP request's guard and record: header limits, a request id, one structured log line and its metrics.
+
+A pure ASGI middleware (it does not buffer bodies, so client disconnects still reach the endpoints). The
+log line is one JSON object on the ``cprs.server.requests`` logger, e.g.::
+
+    {"event": "request", "id": "5f0c...", "method": "POST", "path": "/v1/compress", "status": 200,
+     "errors": [], "requests": 1, "tokens": 512, "windows": 2, "queue_wait_s": 0.004, "compute_s": 0.081,
+     "total_s": 0.093}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import Metrics
+from .responses import JSONAnswer
+from .settings import ServerSettings
+
+LOGGER = logging.getLogger("cprs.server.requests")
+REQUEST_ID_HEADER = "x-request-id"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class RequestRecord:
+    """What the log line reports about one HTTP request; endpoints fill in the compression figures."""
+
+    id: str
+    method: str
+    path: str
+    status: int = 0
+    errors: list[str] = field(default_factory=list)
+    requests: int = 0
+    tokens: int = 0
+    windows: int = 0
+    queue_wait_s: float | None = None
+    compute_s: float | None = None
+    total_s: float = 0.0
+
+
+class RequestGuard:
+    """ASGI middleware: refuses oversized headers (431), echoes or assigns ``X-Request-ID``, logs and counts."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        sent_id = dict(headers).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        record = RequestRecord(
+            id=sent_id if _CLIENT_ID.fullmatch(sent_id) else uuid.uuid4().hex, method=scope["method"], path=scope["path"]
+        )
+        scope.setdefault("state", {})["record"] = record
+        started = time.monotonic()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), record.id.encode())]
+            await send(message)
+
+        try:
+            problem = self._header_problem(headers)
+            if problem is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                record.errors.append("HeadersTooLarge")
+                await JSONAnswer({"error": {"type": "HeadersTooLarge", "message": problem}}, 431)(
+                    scope, receive, send_with_id
+                )
+        finally:
+            record.total_s = time.monotonic() - started
+            self._report(record)
+
+    def _header_problem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        size = sum(len(name) + len(value) for name, value in headers)
+        if len(headers) > self.settings.max_headers:
+            return f"{len(headers)} request headers are more than the server's limit of {self.settings.max_headers}"
+        if size > self.settings.max_header_bytes:
+            return (
+                f"request headers of {size} bytes are larger than the server's limit of "
+                f"{self.settings.max_header_bytes} bytes"
+            )
+        return None
+
+    def _report(self, record: RequestRecord) -> None:
+        endpoint = record.path if record.status != 404 else "other"
+        self.metrics.requests.labels(endpoint, str(record.status)).inc()
+        self.metrics.latency.labels(endpoint).observe(record.total_s)
+        for kind in record.errors:
+            self.metrics.errors.labels(kind).inc()
+        LOGGER.info(json.dumps({"event": "request", **_rounded(asdict(record))}))
+
+
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()}
+
+
+def configure_request_log(level: str) -> None:
+    """Print the request log lines on stderr at ``level`` (``cprs serve`` calls this; embedders may not)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(level.upper())
+    LOGGER.propagate = False
