@@ -178,7 +178,8 @@ class CompressorSettings(BaseModel):
         """A request for ``context`` and ``query`` with these options."""
         return CompressionRequest(
             context, query, self.instruction, self.granularity, self.target_ratio, self.target_tokens,
-            self.min_span_tokens, self.separator, tuple(self.keep), tuple(self.keep_spans), self.budget_tokenizer,
+            self.min_span_tokens, self.separator, keep=tuple(self.keep), keep_spans=tuple(self.keep_spans),
+            budget_tokenizer=self.budget_tokenizer,
         )
 
     def compress_batch(self, contexts: Sequence[str], query: str) -> list[CompressionResult | CPRSError]:

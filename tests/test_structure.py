@@ -179,7 +179,7 @@ def test_keep_and_budget_tokenizer_through_the_server_and_the_cli(
         assert result.text == "Nothing here is a number at all.\nThe code is 4471.\nKeep this line."
         body = json.dumps({"context": CONTEXT, "query": QUESTION, "keep_regex": ["("]}).encode()
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(f"{url}/v1/compress", data=body, method="POST"))
+            urllib.request.urlopen(urllib.request.Request(f"{url}/v1/compress", data=body, method="POST", headers={"Content-Type": "application/json"}))
         assert refused.value.code == 400 and json.loads(refused.value.read())["error"]["type"] == "KeepError"
         with pytest.raises(BudgetTokenizerError, match="tiktoken encoding name only"):
             remote.compress(CONTEXT, QUESTION, target_tokens=5, budget_tokenizer=len)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,7 +33,9 @@ class CompressBody(BaseModel):
     upstream_spans: bool = Field(default=False, description="read spans as upstream's endpoint does")
     keep: list[str] = Field(default_factory=list, description="literal strings always kept")
     keep_regex: list[str] = Field(default_factory=list, description="regular expressions whose matches are always kept")
-    keep_spans: list[tuple[int, int]] = Field(default_factory=list, description="[start, end] offsets always kept")
+    keep_spans: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(
+        default_factory=list, description="[start, end] offsets always kept"
+    )
     budget_tokenizer: str | None = Field(
         default=None, description="tiktoken encoding name in which target_tokens/target_ratio count; null = the critic's"
     )
