@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
-    BudgetError,
     ContextTooLargeError,
     ContextTypeError,
     CPRSError,
     EmptyContextError,
-    GranularityError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -31,9 +29,8 @@ from .spans import (
     units_from_char_ranges,
 )
 from .text_units import paragraph_ranges, sentence_ranges
+from .validation import DEFAULT_GRANULARITY, Granularity, check_request
 
-Granularity = Literal["token", "sentence", "paragraph"]
-GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses instead, so nothing is lost silently)."""
 PROGRESS_CHUNK_WINDOWS = 16
@@ -62,17 +59,19 @@ def decode_text(context: str | bytes) -> str:
 class CompressionRequest:
     """One compression job: a context, the query and instruction, and output options.
 
-    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field.
+    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field; :func:`check_request` checks
+    them (the engine calls it first, so a wrong field is that request's own ``CPRSError``).
     """
 
     context: str | bytes
     query: str = ""
     instruction: str | None = None
-    granularity: Granularity = "token"
+    granularity: Granularity = DEFAULT_GRANULARITY
     target_ratio: float | None = None
     target_tokens: int | None = None
     min_span_tokens: int = 1
     separator: str = "\n"
+    allow_empty_query: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,11 +235,9 @@ class WindowParallelEngine:
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
         text = decode_text(request.context)
-        if request.granularity not in GRANULARITIES:
-            raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")
+        check_request(request)
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
-        _check_budget(request.target_ratio, request.target_tokens)
         return text, resolve_instruction(request.instruction)
 
     def _check_size(self, token_count: int) -> None:
@@ -312,19 +309,8 @@ class WindowParallelEngine:
         )
 
 
-def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None:
-    if target_ratio is not None and target_tokens is not None:
-        raise BudgetError("give target_ratio or target_tokens, not both")
-    if target_ratio is not None and not 0.0 < target_ratio <= 1.0:
-        raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
-    if target_tokens is not None and (
-        isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1
-    ):
-        raise BudgetError(f"target_tokens must be a positive integer, got {target_tokens!r}")
-
-
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
-    """Tokens to keep, from options that :func:`_check_budget` has accepted."""
+    """Tokens to keep, from options that :func:`~cprs_core.validation.check_budget` has accepted."""
     if target_ratio is not None:
         return max(1, int(total_tokens * target_ratio))
     return target_tokens

@@ -7,7 +7,8 @@ tool (LangChain is imported only when it is called).
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from cprs_core import CompressionResult, Compressor
+from cprs_core import CompressionResult, Compressor, OptionError
+from cprs_core.validation import check_int, check_query
 
 from ._shared import CompressorSettings
 
@@ -34,7 +35,18 @@ def prune(
 
     Outputs of at most ``min_tokens`` tokens come back unchanged; a long output from which nothing was kept
     becomes the :data:`NOTHING_KEPT` note, so the agent knows the tool did answer.
+
+    Raises:
+        OptionError: ``output`` is not a string, or ``min_tokens`` is not a non-negative integer.
+        QueryError: ``question`` is not a string or is empty (unless the settings allow an empty query).
     """
+    if not isinstance(output, str):
+        raise OptionError(
+            f"output must be the tool's text output (a str), got {type(output).__name__}; serialize structured "
+            "output first (e.g. json.dumps(output)) or pass it to the agent unpruned"
+        )
+    check_query(question, settings.allow_empty_query, name="question")
+    check_int("min_tokens", min_tokens, 0)
     if not output.strip():
         return output, None
     compressor = settings.resolve_compressor()
@@ -68,6 +80,10 @@ def prune_tool_output(
 
     Returns:
         The kept text, the output itself when short, or the :data:`NOTHING_KEPT` note.
+
+    Raises:
+        cprs_core.CPRSError: a wrong argument, named (a non-string ``output``, an empty ``question``, a bad option),
+            before any model loads.
     """
     return prune(output, question, CompressorSettings(compressor=compressor, **options), min_tokens)[0]
 

@@ -7,25 +7,27 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cprs_core import CompressionRequest
+from cprs_core.validation import DEFAULT_GRANULARITY
 
 
 class CompressBody(BaseModel):
     """One compression: the fields of :class:`cprs_core.CompressionRequest` (see ``CPRSCompressor.compress``).
 
-    Values are checked by the compressor itself, so a bad granularity or budget comes back as the same
-    error a local call raises (``GranularityError``, ``BudgetError``, ...).
+    Values are checked by the compressor itself, so an empty query, a bad granularity or budget comes back as
+    the same error a local call raises (``QueryError``, ``GranularityError``, ``BudgetError``, ...).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     context: str
-    query: str = ""
+    query: str = Field(default="", description="the question; empty only with allow_empty_query")
     instruction: str | None = Field(default=None, description="'needle', 'fact', 'chain' or free text; null = 'fact'")
-    granularity: str = Field(default="token", description="'token', 'sentence' or 'paragraph'")
+    granularity: str = Field(default=DEFAULT_GRANULARITY, description="'sentence' (default), 'paragraph' or 'token'")
     target_ratio: float | None = None
     target_tokens: int | None = None
     min_span_tokens: int = 1
     separator: str = "\n"
+    allow_empty_query: bool = Field(default=False, description="opt in to query-free compression")
 
     def to_request(self) -> CompressionRequest:
         return CompressionRequest(**self.model_dump())  # type: ignore[arg-type]

@@ -27,16 +27,18 @@ PUNCTUATION_ONLY = "（），。！"
 
 
 def to_request(body: UpstreamRequest) -> CompressionRequest:
-    """The compression upstream would run: ``min_keyword_len`` k keeps spans of k+1 tokens or more, and
-    ``complete_sentence`` widens spans to whole sentences."""
+    """The compression upstream would run: token spans, ``min_keyword_len`` k keeps spans of k+1 tokens or more,
+    ``complete_sentence`` widens spans to whole sentences; as upstream, an empty query or system prompt is
+    accepted (an empty system prompt means the default ``fact`` instruction)."""
     instruction, query, context = (message.content for message in body.payload.input.messages)
     parameters = body.payload.parameters
     return CompressionRequest(
         context=context,
         query=query,
-        instruction=instruction,
+        instruction=instruction if instruction.strip() else None,
         granularity="sentence" if parameters.complete_sentence else "token",
         min_span_tokens=parameters.min_keyword_len + 1,
+        allow_empty_query=True,
     )
 
 
