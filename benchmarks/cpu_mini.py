@@ -62,8 +62,8 @@ def main() -> None:
     for length in args.lengths:
         text = haystack_text(haystack, length)
         tokens = critic.tokenize_context(text)
-        result = compressor.compress(text, QUERY, "needle")
-        engine_s = median_seconds(lambda: compressor.compress(text, QUERY, "needle"), args.repeats)
+        result = compressor.compress(text, QUERY, "needle", granularity="token")
+        engine_s = median_seconds(lambda: compressor.compress(text, QUERY, "needle", granularity="token"), args.repeats)
         prefix = critic.encode_prefix("needle", QUERY)
         plan = compressor.engine.plan(tokens, "needle", QUERY)
         windows = [tokens.ids[w.start : w.stop] for w in plan.windows]

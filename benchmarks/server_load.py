@@ -110,7 +110,7 @@ def wait_ready(client: RemoteCompressor, server: subprocess.Popen[bytes], timeou
 
 def timed(client: RemoteCompressor, job: Job) -> tuple[CompressionResult, float]:
     start = time.perf_counter()
-    result = client.compress(job.context, job.query, "fact")
+    result = client.compress(job.context, job.query, "fact", granularity="token")
     return result, time.perf_counter() - start
 
 
