@@ -20,7 +20,7 @@ from kjv_corpus import chapters
 from cprs_core import DEFAULT_GRANULARITY, GRANULARITIES, CPRSCompressor, CPRSError
 
 DEFAULT_BOOKS = ("Matthew", "Mark")
-DEFAULT_QUERY = "Who denied Jesus three times before the cock crew?"
+DEFAULT_QUERY = "Which disciple denied Jesus three times?"
 DEFAULT_ANSWER = "Peter"
 """What the kept text must name for the default question."""
 DEFAULT_BUDGET: int | None = None
@@ -64,7 +64,7 @@ def main() -> int:
         found = DEFAULT_ANSWER in result.text
         print(f"\nthe answer ({DEFAULT_ANSWER}) is in the kept text: {'yes' if found else 'no'}")
         if not found:
-            print("a budget keeps the critic's best-scored sentences instead: try --target-tokens 300")
+            print("a budget keeps the critic's best-scored sentences instead: try --target-tokens 1000")
     return 0
 
 

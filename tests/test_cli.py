@@ -221,7 +221,7 @@ def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None
         body = {"header": {"request_id": "cli"}, "payload": {"input": {"messages": messages},
                                                              "parameters": {"min_keyword_len": 1}}}
         answer = httpx.post(url + "/qwen_long_compress_server", content=json.dumps(body), timeout=60).json()
-        expected = [span.text for span in mini.compress(VERSES, QUERY, "fact", min_span_tokens=2).spans]
+        expected = [span.text for span in mini.compress(VERSES, QUERY, "fact", granularity="token", min_span_tokens=2).spans]
         assert answer["header"]["status_code"] == 200 and answer["payload"]["output"]["text"] == expected
         health = httpx.get(url + "/health").json()
         assert health["model"] == "cprs-mini" and health["settings"]["max_batch_requests"] == 4

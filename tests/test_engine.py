@@ -164,7 +164,9 @@ def test_digit_tagger_keeps_exactly_the_numbers_across_window_edges(digit_compre
     filler = "The weather was calm and the sea was quiet. "
     numbers = ["31415926535897932384626433832795", "271828", "1618033988"]
     context = filler * 30 + f"Code {numbers[0]} here. " + filler * 30 + f"Keys {numbers[1]} and {numbers[2]}. " + filler * 5
-    result = digit_compressor.compress(context, "What are the codes?", "tag the numbers with 'needle'")
+    result = digit_compressor.compress(
+        context, "What are the codes?", "tag the numbers with 'needle'", granularity="token"
+    )
     assert [span.text for span in result.spans] == numbers
     assert all(span.tag == "needle" for span in result.spans)  # the LM-head label row names the tag
     assert result.compressed_tokens == sum(len(n) for n in numbers)  # Qwen2 splits digits one per token
@@ -185,7 +187,7 @@ def test_digit_tagger_by_sentence_and_paragraph(digit_compressor: CPRSCompressor
 
 def test_second_tag_from_instruction_is_reported(digit_compressor: CPRSCompressor) -> None:
     instruction = "## tagging rule:\n- tag the names with 'chain'\n- tag the numbers with 'needle'"
-    result = digit_compressor.compress("Room 101 is open.", "which room?", instruction)
+    result = digit_compressor.compress("Room 101 is open.", "which room?", instruction, granularity="token")
     assert [(s.text, s.tag) for s in result.spans] == [("101", "needle")]
 
 
@@ -276,7 +278,7 @@ def test_checkpoint_without_lm_head_still_compresses(digit_tagger_dir: Path, tmp
     weights = {k: v for k, v in load_file(headless / "model.safetensors").items() if k != "lm_head.weight"}
     save_file(weights, headless / "model.safetensors", metadata={"format": "pt"})
     compressor = CPRSCompressor.from_pretrained(headless, device="cpu", window_size=128)
-    result = compressor.compress("Code 777 only.", "code?", "tag the codes with 'chain'")
+    result = compressor.compress("Code 777 only.", "code?", "tag the codes with 'chain'", granularity="token")
     assert [(s.text, s.tag) for s in result.spans] == [("777", "chain")]
 
 
