@@ -1,9 +1,10 @@
 """A LangChain RAG chain whose retrieved documents are compressed by CPRS before they reach the LLM.
 
-Eight chapters of the King James Bible (Ruth and Jonah) go into an ``InMemoryVectorStore``; a magic number is
-planted in Ruth 3 and a distractor number in Jonah 2. The retriever is wrapped in a
+Eight chapters of the King James Bible (Ruth and Jonah), split into ~1,000-character chunks, go into an
+``InMemoryVectorStore``; a magic number is planted in Ruth 3 and a distractor number in Jonah 2. The retriever is
+wrapped in a
 ``ContextualCompressionRetriever`` with :class:`CPRSDocumentCompressor` in joint mode (the top-k retrieved
-chapters compressed as one context), and an LCEL chain answers. Retrieval ranks with real MiniLM sentence
+chunks compressed as one context), and an LCEL chain answers. Retrieval ranks with real MiniLM sentence
 embeddings; the answer comes from the LLM at ``CPRS_LLM_BASE_URL`` when one is configured (see ``models.py``),
 else from LangChain's fake chat model. Runs offline on the embedded cprs-mini critic::
 
@@ -19,6 +20,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_text_splitters import RecursiveCharacterTextSplitter
 from models import langchain_chat_model, langchain_embeddings, llm_description
 
 from cprs_integrations.langchain import CPRSDocumentCompressor
@@ -26,7 +28,8 @@ from cprs_integrations.langchain import CPRSDocumentCompressor
 QUESTION = "What is the special magic number for silver-harbor?"
 NEEDLE = "One of the special magic numbers for silver-harbor is: 7318245."
 DISTRACTOR = "One of the special magic numbers for quiet-meadow is: 5527190."
-TOP_K = 3
+CHUNK_CHARS = 1000
+TOP_K = 4
 OFFLINE_ANSWER = "The special magic number for silver-harbor is 7318245."
 
 PROMPT = ChatPromptTemplate.from_messages(
@@ -49,7 +52,8 @@ def format_documents(documents: list[Document]) -> str:
 
 def build_chain(documents: list[Document]) -> Runnable:
     """retriever (MiniLM top k, compressed by CPRS) -> prompt -> chat model; returns the documents and the answer."""
-    store = InMemoryVectorStore.from_documents(documents, langchain_embeddings())
+    chunks = RecursiveCharacterTextSplitter(chunk_size=CHUNK_CHARS, chunk_overlap=0).split_documents(documents)
+    store = InMemoryVectorStore.from_documents(chunks, langchain_embeddings())
     retriever = ContextualCompressionRetriever(
         base_compressor=CPRSDocumentCompressor(instruction="needle", mode="joint"),
         base_retriever=store.as_retriever(search_kwargs={"k": TOP_K}),
@@ -64,7 +68,8 @@ def main() -> None:
     documents = load_documents()
     output = build_chain(documents).invoke(QUESTION)
     print(f"question: {QUESTION}")
-    print(f"MiniLM retrieved the top {TOP_K} of {len(documents)} chapters; CPRS kept text from {len(output['docs'])}:")
+    print(f"MiniLM retrieved the top {TOP_K} chunks of {len(documents)} chapters; "
+          f"CPRS kept text from {len(output['docs'])}:")
     for document in output["docs"]:
         spans = document.metadata["cprs"]["spans"]
         where = f"chars {spans[0]['start']}-{spans[-1]['end']}"

