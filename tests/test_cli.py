@@ -191,6 +191,7 @@ def test_serve_compile_option_compiles_the_served_critic(
     assert fused is compile
 
 
+@pytest.mark.slow
 def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
     command = [sys.executable, "-m", "cprs_integrations.cli", "compress", "--query", QUERY, "--format", "json"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -199,6 +200,7 @@ def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
     assert json.loads(done.stdout) == json.loads(json.dumps(mini.compress(VERSES, QUERY).to_dict()))
 
 
+@pytest.mark.slow
 def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}

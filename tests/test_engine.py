@@ -89,6 +89,7 @@ def test_spans_are_exact_slices_in_order(tiny_compressor: CPRSCompressor, granul
     assert 0 < result.compressed_tokens <= result.original_tokens
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_window_batching(tiny_cprs_dir: Path) -> None:
     one_at_a_time = CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu", max_batch_tokens=1), 256)
     all_at_once = CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu", max_batch_tokens=10**6), 256)
@@ -98,6 +99,7 @@ def test_results_do_not_depend_on_window_batching(tiny_cprs_dir: Path) -> None:
     assert [s.score for s in a.spans] == pytest.approx([s.score for s in b.spans], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_of_requests_equals_one_by_one(tiny_compressor: CPRSCompressor) -> None:
     contexts = [UNICODE_TEXT[:3000], UNICODE_TEXT[1000:5000], UNICODE_TEXT]
     batched = tiny_compressor.compress_many(contexts, "Which city?")
@@ -106,6 +108,7 @@ def test_batch_of_requests_equals_one_by_one(tiny_compressor: CPRSCompressor) ->
         assert [(s.start, s.end) for s in single.spans] == [(s.start, s.end) for s in result.spans]
 
 
+@pytest.mark.slow
 def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compressor: CPRSCompressor) -> None:
     context = "Plain words and a code 12345 here. " * 400
     calls: list[tuple[int, int]] = []
@@ -117,6 +120,7 @@ def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compre
     assert with_progress.to_dict() == digit_compressor.compress(context, "codes?").to_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("granularity", "ratio"), [("token", None), ("sentence", 0.3)])
 def test_windows_are_scored_while_the_rest_is_tokenized_with_the_batch_path_result(
     digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch, granularity: str, ratio: float | None
@@ -155,6 +159,7 @@ def test_a_context_found_too_large_in_a_later_part_is_refused(
         small.compress("word " * 2000, "q")
 
 
+@pytest.mark.slow
 def test_compression_is_deterministic(tiny_compressor: CPRSCompressor) -> None:
     first = tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2)
     assert first.to_dict() == tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2).to_dict()
