@@ -159,3 +159,14 @@ def _kjv_chapters(book: str):
         from kjv_corpus import chapters
 
         return chapters(book)
+
+
+def test_the_flagship_answer_check_wants_the_denial_not_just_the_name() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(EXAMPLES))
+        from compress_document import ANSWERING_SENTENCE
+
+    assert ANSWERING_SENTENCE.search("And Peter remembered the word of Jesus, which said unto him, Before the cock "
+                                     "crow, thou shalt deny me thrice.")
+    assert ANSWERING_SENTENCE.search("But he denied before them all. Peter went out.")
+    assert not ANSWERING_SENTENCE.search("The first, Simon, who is called Peter, and Andrew his brother;")
