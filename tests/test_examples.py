@@ -84,17 +84,20 @@ def test_compress_document_example_on_a_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def chat_endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A real OpenAI-compatible ``/chat/completions`` endpoint on loopback that answers from the prompt it got
-    (the planted number when the prompt holds it) and records every request."""
+    """A real OpenAI-compatible ``/chat/completions`` endpoint on loopback that echoes the messages it got (so the
+    answer shows what the LLM was given) and records every request."""
     received: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append({"path": self.path, "auth": self.headers["Authorization"], **body})
-            number = re.search(r"amber-falcon is: (\d+)", body["messages"][1]["content"])
-            answer = f"The number is {number.group(1)}." if number else "The excerpts do not say."
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+            answer = "echo: " + " | ".join(str(message["content"]) for message in body["messages"]).replace("\n", " ")
+            data = json.dumps({
+                "id": f"chat-{len(received)}", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -125,13 +128,37 @@ def test_cascade_compresses_then_asks_the_configured_llm(
          "--query", "What is the special magic number for amber-falcon?", "--target-tokens", "60"],
         capture_output=True, text=True, timeout=300, check=True, env=env,
     )
-    assert "answer: The number is 5521907." in completed.stdout
+    assert re.search(r"answer: echo: .*amber-falcon is: 5521907\.", completed.stdout)
     assert f"LLM: tiny-chat at {url}" in completed.stdout
     [request] = received
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k-1"
     prompt = request["messages"][1]["content"]
     assert "One of the special magic numbers for amber-falcon is: 5521907." in prompt
     assert len(prompt) < len(document.read_text()) / 10
+
+
+@pytest.mark.parametrize(("name", "kept", "dropped"), [
+    ("langchain_rag", "silver-harbor is: 7318245.", "quiet-meadow"),
+    ("llamaindex_query_engine", "keeps the lighthouse key in a cedar box", "Miriam Okafor"),
+])
+def test_framework_examples_answer_with_the_configured_llm(
+    name: str, kept: str, dropped: str, chat_endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = chat_endpoint
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(EXAMPLES))
+        patch.delenv("CPRS_SERVER_URL", raising=False)
+        for key, value in {"CPRS_LLM_BASE_URL": url, "CPRS_LLM_MODEL": "tiny-chat", "CPRS_LLM_API_KEY": "k-2"}.items():
+            patch.setenv(key, value)
+        with contextlib.redirect_stdout(stdout):
+            runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+    output = stdout.getvalue()
+    assert f"LLM: tiny-chat at {url}" in output
+    answer = output[output.index("answer: echo: "):]
+    assert kept in answer and dropped not in answer  # the LLM got the compressed context
+    assert [request["path"] for request in received] == ["/v1/chat/completions"]
+    assert received[0]["model"] == "tiny-chat" and received[0]["auth"] == "Bearer k-2"
 
 
 def test_cascade_without_an_llm_prints_the_prompt(tmp_path: Path) -> None:
