@@ -270,7 +270,7 @@ def main() -> None:
     rows = []
     for length in args.lengths:
         text = make_text(tokenizer, length)
-        run_engine = lambda: compressor.compress(text, query, instruction)  # noqa: E731
+        run_engine = lambda: compressor.compress(text, query, instruction, granularity="token")  # noqa: E731
         result = run_engine()
         with ClockSampler() as clocks:
             engine_s = median_time(run_engine, args.repeats)

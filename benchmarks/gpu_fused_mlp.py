@@ -1,4 +1,4 @@
-"""Does a GEMM with the SwiGLU in its epilogue make the critic's MLP faster? (See the README for the figures.)
+"""Does a GEMM with the SwiGLU in its epilogue make the critic's MLP faster? (See docs/performance.md for the figures.)
 
 The engine computes the MLP as one cuBLAS GEMM for gate and up, a compiled elementwise ``silu(gate) * up``
 (memory-bound: ~4% of a 128K-token compress) and the down GEMM. This script times, on the 7B shape with a batch

@@ -92,7 +92,7 @@ def profile_engine(tokenizer_dir: str, tokens: int) -> None:
     model.compile_layers()
     compressor = CPRSCompressor(QwenCritic(model, tokenizer, name="random-7B"), window_size=8192)
     text = make_text(tokenizer, tokens)
-    run = lambda: compressor.compress(text, "What is the special magic number?", "needle")  # noqa: E731
+    run = lambda: compressor.compress(text, "What is the special magic number?", "needle", granularity="token")  # noqa: E731
     run()
     print(f"\ncompress of {tokens} tokens, compiled: median {median_time(run, 3):.3f} s")
     profile_compress(run)

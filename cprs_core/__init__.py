@@ -1,61 +1,77 @@
-"""cprs_core: QwenLong-CPRS query-aware context compression (model, critic, window-parallel engine, spans)."""
+"""cprs_core: QwenLong-CPRS query-aware context compression (model, critic, window-parallel engine, spans).
 
-from .compressor import DEFAULT_MODEL, Compressor, CPRSCompressor
-from .engine import CompressionRequest
-from .configuration import CPRSConfig
-from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
-from .errors import (
-    BudgetError,
-    BudgetTokenizerError,
-    CompressionFailedError,
-    ContextTooLargeError,
-    ContextTruncatedWarning,
-    ContextTypeError,
-    CPRSError,
-    DeviceError,
-    EmptyContextError,
-    GranularityError,
-    KeepError,
-    ModelLoadError,
-    TextDecodingError,
-    WindowSizeError,
-)
-from .modeling import CPRSForTokenCritic
-from .prompt import INSTRUCTIONS
-from .qwen_critic import QwenCritic
-from .result import CompressionResult, Span
-from .scheduler import Ticket, WindowScheduler
+Names are imported on first use, so ``import cprs_core`` (and the light modules ``cprs_core.errors``,
+``cprs_core.prompt``, ``cprs_core.validation``) do not import torch: ``cprs --help`` stays fast.
+"""
 
-__all__ = [
-    "BIOE_LABELS",
-    "BudgetError",
-    "BudgetTokenizerError",
-    "CompressionFailedError",
-    "CompressionRequest",
-    "Compressor",
-    "ContextTypeError",
-    "GranularityError",
-    "CPRSCompressor",
-    "CPRSConfig",
-    "CPRSError",
-    "CPRSForTokenCritic",
-    "CompressionResult",
-    "ContextTooLargeError",
-    "ContextTruncatedWarning",
-    "DEFAULT_MODEL",
-    "DeviceError",
-    "EmptyContextError",
-    "INSTRUCTIONS",
-    "KeepError",
-    "ModelLoadError",
-    "QwenCritic",
-    "Span",
-    "StreamingTokenCritic",
-    "TextDecodingError",
-    "TokenCritic",
-    "TokenizedText",
-    "Ticket",
-    "WindowScheduler",
-    "WindowScores",
-    "WindowSizeError",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .compressor import Compressor, CPRSCompressor
+    from .configuration import CPRSConfig
+    from .critic import BIOE_LABELS, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
+    from .engine import CompressionRequest
+    from .errors import (
+        BudgetError,
+        BudgetTokenizerError,
+        CompressionFailedError,
+        ContextTooLargeError,
+        ContextTruncatedWarning,
+        ContextTypeError,
+        CPRSError,
+        DeviceError,
+        EmptyContextError,
+        GranularityError,
+        InstructionError,
+        KeepError,
+        ModelLoadError,
+        OptionError,
+        QueryError,
+        TextDecodingError,
+        WindowSizeError,
+    )
+    from .modeling import CPRSForTokenCritic
+    from .prompt import INSTRUCTIONS
+    from .qwen_critic import QwenCritic
+    from .result import CompressionResult, Span
+    from .scheduler import Ticket, WindowScheduler
+    from .validation import DEFAULT_GRANULARITY, DEFAULT_MODEL, GRANULARITIES
+
+_EXPORTS = {
+    **dict.fromkeys(("Compressor", "CPRSCompressor"), ".compressor"),
+    "CPRSConfig": ".configuration",
+    **dict.fromkeys(("BIOE_LABELS", "StreamingTokenCritic", "TokenCritic", "TokenizedText", "WindowScores"), ".critic"),
+    "CompressionRequest": ".engine",
+    **dict.fromkeys(
+        (
+            "BudgetError", "BudgetTokenizerError", "CompressionFailedError", "ContextTooLargeError",
+            "ContextTruncatedWarning", "ContextTypeError", "CPRSError", "DeviceError", "EmptyContextError",
+            "GranularityError", "InstructionError", "KeepError", "ModelLoadError", "OptionError", "QueryError",
+            "TextDecodingError", "WindowSizeError",
+        ),
+        ".errors",
+    ),
+    "CPRSForTokenCritic": ".modeling",
+    "INSTRUCTIONS": ".prompt",
+    "QwenCritic": ".qwen_critic",
+    **dict.fromkeys(("CompressionResult", "Span"), ".result"),
+    **dict.fromkeys(("Ticket", "WindowScheduler"), ".scheduler"),
+    **dict.fromkeys(("DEFAULT_GRANULARITY", "DEFAULT_MODEL", "GRANULARITIES"), ".validation"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -10,13 +10,11 @@ import torch
 
 from .critic import TokenCritic
 from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, ProgressCallback, WindowParallelEngine
-from .errors import CPRSError, ModelLoadError
+from .errors import CPRSError, ModelLoadError, OptionError, WindowSizeError
 from .keep import KeepPattern
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
-
-DEFAULT_MODEL = "cprs-mini"
-"""Name of the embedded CPU critic shipped inside the package."""
+from .validation import DEFAULT_GRANULARITY, DEFAULT_MODEL, check_int, check_optional_int
 
 
 def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
@@ -52,7 +50,7 @@ class Compressor(Protocol):
         query: str = "",
         instruction: str | None = None,
         *,
-        granularity: Granularity = "token",
+        granularity: Granularity = DEFAULT_GRANULARITY,
         target_ratio: float | None = None,
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
@@ -62,6 +60,7 @@ class Compressor(Protocol):
         keep: Sequence[KeepPattern] = (),
         keep_spans: Sequence[tuple[int, int]] = (),
         budget_tokenizer: Any = None,
+        allow_empty_query: bool = False,
     ) -> CompressionResult: ...
 
     def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]: ...
@@ -122,10 +121,14 @@ class CPRSCompressor:
         Raises:
             ModelLoadError: missing path or a directory that is not a CPRS critic.
             DeviceError: unknown/unavailable device or unsupported dtype.
-            WindowSizeError: ``window_size`` larger than the model allows.
+            WindowSizeError: ``window_size`` below 2 (checked before loading) or larger than the model allows.
+            OptionError: ``max_batch_tokens`` / ``max_context_tokens`` not a positive integer (before loading).
         """
         from .mini import is_mini_checkpoint, load_mini_critic
 
+        check_optional_int("window_size", window_size, 2, WindowSizeError)
+        check_optional_int("max_batch_tokens", max_batch_tokens, 1, OptionError)
+        check_int("max_context_tokens", max_context_tokens, 1, OptionError)
         critic: TokenCritic
         if path_or_id is None or str(path_or_id) == DEFAULT_MODEL:
             critic = load_mini_critic(None, device=device, dtype=dtype)
@@ -162,7 +165,7 @@ class CPRSCompressor:
         query: str = "",
         instruction: str | None = None,
         *,
-        granularity: Granularity = "token",
+        granularity: Granularity = DEFAULT_GRANULARITY,
         target_ratio: float | None = None,
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
@@ -172,19 +175,22 @@ class CPRSCompressor:
         keep: Sequence[KeepPattern] = (),
         keep_spans: Sequence[tuple[int, int]] = (),
         budget_tokenizer: Any = None,
+        allow_empty_query: bool = False,
         progress: ProgressCallback | None = None,
     ) -> CompressionResult:
         """Keep the parts of ``context`` the critic tags for ``query``.
 
         Args:
             context: the long text (``bytes`` must be UTF-8).
-            query: the user's question.
+            query: the user's question; must not be empty unless ``allow_empty_query=True``.
             instruction: the control prompt with its tagging rule; a preset name (``"needle"``, ``"fact"``,
-                ``"chain"``) or free text; ``None`` = the supporting-facts preset.
-            granularity: ``"token"`` keeps the tagged spans; ``"sentence"``/``"paragraph"``/``"line"`` keep whole
-                units that contain tagged tokens. Units are structure-safe (markdown headings stay with their
-                section, code blocks by whole lines, table rows, chat turns with their speaker; see
-                :func:`cprs_core.text_units.segment`).
+                ``"chain"``) or free text; ``None`` = the supporting-facts preset. A single word close to a
+                preset (``"needles"``) is refused with the suggestion.
+            granularity: ``"sentence"`` (default, :data:`~cprs_core.validation.DEFAULT_GRANULARITY`) keeps whole
+                sentences that contain tagged tokens (cprs-mini also ranks them, see docs/cprs-mini-evaluation.md),
+                ``"paragraph"`` whole paragraphs, ``"line"`` whole lines, ``"token"`` only the tagged spans. Units
+                are structure-safe (markdown headings stay with their section, code blocks by whole lines, table
+                rows, chat turns with their speaker; see :func:`cprs_core.text_units.segment`).
             target_ratio: keep about this fraction of tokens (0 < r <= 1): the highest-scoring units that fit.
             target_tokens: keep at most this many tokens: the highest-scoring units that fit.
             min_span_tokens: drop decoded spans shorter than this (no budget only).
@@ -202,16 +208,19 @@ class CPRSCompressor:
                 tokenizer, a tiktoken encoding name or a ``str -> int`` function; ``result.metadata
                 ["budget_tokenizer"]`` then reports the original and kept counts in it (see
                 :mod:`cprs_core.reader_tokens`).
+            allow_empty_query: opt in to query-free compression (an empty ``query`` is otherwise an error).
             progress: called with (windows scored, windows total) while scoring, e.g. to drive a progress bar.
 
         Raises:
-            EmptyContextError, ContextTooLargeError, TextDecodingError, WindowSizeError, BudgetError, KeepError,
-            BudgetTokenizerError.
+            QueryError, InstructionError, GranularityError, BudgetError, OptionError, KeepError,
+            BudgetTokenizerError: a wrong argument, named.
+            EmptyContextError, ContextTypeError, ContextTooLargeError, TextDecodingError, WindowSizeError.
         """
         return self.engine.compress(
             CompressionRequest(
                 context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
                 sentence_windows, fill_backward, keep=keep, keep_spans=keep_spans, budget_tokenizer=budget_tokenizer,
+                allow_empty_query=allow_empty_query,
             ),
             progress,
         )

@@ -11,13 +11,11 @@ import numpy as np
 
 from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
-    BudgetError,
     ContextTooLargeError,
     ContextTruncatedWarning,
     ContextTypeError,
     CPRSError,
     EmptyContextError,
-    GranularityError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -38,13 +36,12 @@ from .spans import (
     select_by_budget,
     units_from_char_ranges,
 )
+from .text_checks import refuse_bad_characters
 from .text_units import segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
-from .text_checks import refuse_bad_characters
+from .validation import DEFAULT_GRANULARITY, Granularity, check_request
 
-Granularity = Literal["token", "sentence", "paragraph", "line"]
-GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph", "line")
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
 PROGRESS_CHUNK_WINDOWS = 16
@@ -73,15 +70,16 @@ def decode_text(context: str | bytes) -> str:
 class CompressionRequest:
     """One compression job: a context, the query and instruction, and output options.
 
-    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field; ``upstream_spans=True`` reads
-    spans as upstream's endpoint does (unstripped offsets; with ``granularity="sentence"``, upstream's per-span
-    widening instead of whole merged sentences; see :mod:`cprs_core.upstream_spans`).
+    See :meth:`cprs_core.CPRSCompressor.compress` for the meaning of each field; :func:`check_request` checks
+    them (the engine calls it first, so a wrong field is that request's own ``CPRSError``). ``upstream_spans=True``
+    reads spans as upstream's endpoint does (unstripped offsets; with ``granularity="sentence"``, upstream's
+    per-span widening instead of whole merged sentences; see :mod:`cprs_core.upstream_spans`).
     """
 
     context: str | bytes
     query: str = ""
     instruction: str | None = None
-    granularity: Granularity = "token"
+    granularity: Granularity = DEFAULT_GRANULARITY
     target_ratio: float | None = None
     target_tokens: int | None = None
     min_span_tokens: int = 1
@@ -92,6 +90,7 @@ class CompressionRequest:
     keep: Sequence[KeepPattern] = ()
     keep_spans: Sequence[tuple[int, int]] = ()
     budget_tokenizer: Any = None
+    allow_empty_query: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,14 +252,13 @@ class WindowParallelEngine:
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
         text = decode_text(request.context)
-        for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction or ""),
+        for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction),
                              ("separator", request.separator)):
-            refuse_bad_characters(value, field)
-        if request.granularity not in GRANULARITIES:
-            raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {request.granularity!r}")
+            if isinstance(value, str):
+                refuse_bad_characters(value, field)
+        check_request(request)
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
-        _check_budget(request.target_ratio, request.target_tokens)
         if request.upstream_spans and request.granularity == "paragraph":
             raise GranularityError("upstream_spans reads spans as upstream does: granularity 'token' or 'sentence'")
         if request.upstream_spans and (request.target_ratio is not None or request.target_tokens is not None):
@@ -452,19 +450,8 @@ class WindowParallelEngine:
         return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight)
 
 
-def _check_budget(target_ratio: float | None, target_tokens: int | None) -> None:
-    if target_ratio is not None and target_tokens is not None:
-        raise BudgetError("give target_ratio or target_tokens, not both")
-    if target_ratio is not None and not 0.0 < target_ratio <= 1.0:
-        raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
-    if target_tokens is not None and (
-        isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1
-    ):
-        raise BudgetError(f"target_tokens must be a positive integer, got {target_tokens!r}")
-
-
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:
-    """Tokens to keep, from options that :func:`_check_budget` has accepted."""
+    """Tokens to keep, from options that :func:`~cprs_core.validation.check_budget` has accepted."""
     if target_ratio is not None:
         return max(1, int(total_tokens * target_ratio))
     return target_tokens

@@ -62,3 +62,15 @@ class CompressionFailedError(CPRSError):
 
     The original exception is the ``__cause__``.
     """
+
+
+class QueryError(CPRSError):
+    """A query that is not a string, or is empty/whitespace without ``allow_empty_query=True``."""
+
+
+class InstructionError(CPRSError):
+    """An instruction that is not a string, is empty, or is a near miss of a preset name (``"needles"``)."""
+
+
+class OptionError(CPRSError):
+    """Any other option of the wrong type or out of range (``min_span_tokens``, ``separator``, ...)."""

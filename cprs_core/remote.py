@@ -23,6 +23,7 @@ from .engine import CompressionRequest, Granularity, decode_text
 from .errors import BudgetTokenizerError, CPRSError
 from .keep import KeepPattern, check_keep, split_patterns
 from .result import CompressionResult, Span
+from .validation import DEFAULT_GRANULARITY, check_request
 
 API_KEY_ENV = "CPRS_API_KEY"
 """Environment variable holding a cprs server's API key (read by the CLI and the framework adapters)."""
@@ -100,7 +101,7 @@ class RemoteCompressor:
         query: str = "",
         instruction: str | None = None,
         *,
-        granularity: Granularity = "token",
+        granularity: Granularity = DEFAULT_GRANULARITY,
         target_ratio: float | None = None,
         target_tokens: int | None = None,
         min_span_tokens: int = 1,
@@ -110,6 +111,7 @@ class RemoteCompressor:
         keep: Sequence[KeepPattern] = (),
         keep_spans: Sequence[tuple[int, int]] = (),
         budget_tokenizer: str | None = None,
+        allow_empty_query: bool = False,
     ) -> CompressionResult:
         """Compress one context on the server; same arguments, result and errors as ``CPRSCompressor.compress``.
 
@@ -117,32 +119,46 @@ class RemoteCompressor:
         be a tiktoken encoding name, resolved on the server (a tokenizer object or function cannot be sent).
 
         Raises:
-            CPRSError: the subclass the server raised for this input.
+            CPRSError: the subclass a local call raises for this input (wrong arguments are refused before
+                anything is sent).
             RemoteError: the server is unreachable, busy (503), timed out (504) or refused the request.
         """
         request = CompressionRequest(
             context, query, instruction, granularity, target_ratio, target_tokens, min_span_tokens, separator,
             sentence_windows, fill_backward, keep=keep, keep_spans=keep_spans, budget_tokenizer=budget_tokenizer,
+            allow_empty_query=allow_empty_query,
         )
+        check_request(request)
         return _result_from_dict(self._post(COMPRESS_PATH, _request_to_dict(request)), separator)
 
     def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult | CPRSError]:
         """Compress several requests in one HTTP call; each slot holds its result or its own error.
 
+        A request with a wrong argument gets its error here and is not sent.
+
         Raises:
             TextDecodingError: a ``bytes`` context is not UTF-8 (checked before anything is sent).
             RemoteError: the whole call failed (unreachable, busy, timed out, too large).
         """
-        if not requests:
-            return []
-        answer = self._post(BATCH_PATH, {"requests": [_request_to_dict(request) for request in requests]})
+        outcomes: list[CompressionResult | CPRSError | None] = [None] * len(requests)
+        for index, request in enumerate(requests):
+            try:
+                check_request(request)
+            except CPRSError as error:
+                outcomes[index] = error
+        sent = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if not sent:
+            return outcomes  # type: ignore[return-value]
+        answer = self._post(BATCH_PATH, {"requests": [_request_to_dict(requests[index]) for index in sent]})
         slots = answer.get("results")
-        if not isinstance(slots, list) or len(slots) != len(requests):
+        if not isinstance(slots, list) or len(slots) != len(sent):
             raise RemoteError(f"the server at {self.base_url} sent a malformed batch answer", "BadResponse", 200)
-        return [
-            _error_from_dict(slot["error"], 200) if slot.get("error") else _result_from_dict(slot["result"], request.separator)
-            for slot, request in zip(slots, requests)
-        ]
+        for index, slot in zip(sent, slots):
+            outcomes[index] = (
+                _error_from_dict(slot["error"], 200) if slot.get("error")
+                else _result_from_dict(slot["result"], requests[index].separator)
+            )
+        return outcomes  # type: ignore[return-value]
 
     def health(self) -> dict[str, Any]:
         """The server's ``/health`` report (model, queue depth, batch-size statistics, settings)."""

@@ -25,10 +25,18 @@ from cprs_core import (
     CPRSCompressor,
     CPRSError,
     EmptyContextError,
+    OptionError,
     Span,
+    WindowSizeError,
 )
-from cprs_core.engine import Granularity
 from cprs_core.remote import API_KEY_ENV
+from cprs_core.validation import (
+    DEFAULT_GRANULARITY,
+    Granularity,
+    check_optional_int,
+    check_query,
+    check_settings,
+)
 
 SERVER_URL_ENV = "CPRS_SERVER_URL"
 """When no compressor, ``server_url`` or local model setting is configured, a server URL in this variable is used."""
@@ -43,6 +51,7 @@ SUMMARY_KEYS = ("original_tokens", "compressed_tokens", "ratio", "keep_ratio", "
 """The :meth:`CompressionResult.to_dict` entries copied into each kept text's metadata."""
 
 _LOCAL_FIELDS = ("model", "device", "dtype", "window_size")
+_OPTION_FIELDS = ("instruction", "granularity", "target_ratio", "target_tokens", "min_span_tokens", "separator")
 
 _cache_lock = threading.Lock()
 _local_compressors: dict[tuple[str, str | None, str | None, int | None], CPRSCompressor] = {}
@@ -115,14 +124,17 @@ class CompressorSettings(BaseModel):
     it needs one), a local model configured by ``model``/``device``/``dtype``/``window_size``, the server in
     ``$CPRS_SERVER_URL``, and finally the embedded cprs-mini. Local models and server clients are cached per
     process, so adapters with the same settings share one loaded model. The compression options are those of
-    :meth:`cprs_core.CPRSCompressor.compress`.
+    :meth:`cprs_core.CPRSCompressor.compress`; a wrong one raises its :class:`cprs_core.CPRSError` when the
+    adapter is built (before any model loads), and an empty query raises ``QueryError`` on the call unless
+    ``allow_empty_query=True``.
     """
 
     instruction: str | None = Field(
         default=None, description="Tagging instruction: 'needle', 'fact', 'chain' or free text; None = 'fact'."
     )
     granularity: Granularity = Field(
-        default="sentence", description="Keep tagged spans ('token') or the whole sentences/paragraphs holding them."
+        default=DEFAULT_GRANULARITY,
+        description="Keep the whole sentences (default) or paragraphs holding tagged tokens, or only the tagged spans ('token').",
     )
     target_ratio: float | None = Field(default=None, description="Keep about this fraction of tokens (0 < r <= 1).")
     target_tokens: int | None = Field(default=None, description="Keep at most this many tokens.")
@@ -139,6 +151,7 @@ class CompressorSettings(BaseModel):
         description="Count target_tokens/target_ratio in the reader's tokenizer: a transformers tokenizer, "
         "a tiktoken encoding name or a str -> int function.",
     )
+    allow_empty_query: bool = Field(default=False, description="Opt in to query-free compression of an empty query.")
     compressor: Any = Field(default=None, exclude=True, repr=False, description="A Compressor object to use.")
     server_url: str | None = Field(default=None, description="Base URL of a running cprs server.")
     timeout: float = Field(default=DEFAULT_TIMEOUT, description="Seconds a remote compression may take.")
@@ -151,6 +164,20 @@ class CompressorSettings(BaseModel):
         default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU; \"int8\" = cprs-mini with int8 linear layers (CPU)."
     )
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
+
+    def __init__(self, **data: Any) -> None:
+        """Check the compression options as the core does (a :class:`cprs_core.CPRSError`, not a pydantic error)."""
+        fields = type(self).model_fields
+
+        def given(name: str) -> Any:
+            return data[name] if name in data else fields[name].default
+
+        check_settings(*(given(name) for name in _OPTION_FIELDS))
+        check_optional_int("window_size", given("window_size"), 2, WindowSizeError)
+        timeout = given("timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        super().__init__(**data)
 
     @model_validator(mode="after")
     def _one_source(self) -> "CompressorSettings":
@@ -179,14 +206,20 @@ class CompressorSettings(BaseModel):
         return CompressionRequest(
             context, query, self.instruction, self.granularity, self.target_ratio, self.target_tokens,
             self.min_span_tokens, self.separator, keep=tuple(self.keep), keep_spans=tuple(self.keep_spans),
-            budget_tokenizer=self.budget_tokenizer,
+            budget_tokenizer=self.budget_tokenizer, allow_empty_query=self.allow_empty_query,
         )
 
     def compress_batch(self, contexts: Sequence[str], query: str) -> list[CompressionResult | CPRSError]:
-        """Compress ``contexts`` for ``query`` in one batch call; each slot holds a result or its error."""
+        """Compress ``contexts`` for ``query`` in one batch call; each slot holds a result or its error.
+
+        Raises:
+            CPRSError: a wrong query (``QueryError``), before the compressor is resolved or loaded.
+        """
+        requests = [self.request(context, query) for context in contexts]
+        check_query(query, self.allow_empty_query)
         compressor = self.resolve_compressor()
         with exclusive(compressor):
-            return compressor.compress_batch([self.request(context, query) for context in contexts])
+            return compressor.compress_batch(requests)
 
     def compress(self, context: str, query: str) -> CompressionResult:
         """Compress one context for ``query``; raises its :class:`CPRSError`."""
@@ -211,8 +244,9 @@ class DocumentSettings(CompressorSettings):
         """What was kept of each text for ``query``; ``None`` for a text that is empty or had nothing kept.
 
         Raises:
-            CPRSError: any error other than an empty text (a bad budget, a context too large, ...).
+            CPRSError: any error other than an empty text (an empty query, a context too large, ...).
         """
+        check_query(query, self.allow_empty_query)
         if not texts:
             return []
         if self.mode == "joint":

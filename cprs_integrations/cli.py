@@ -3,6 +3,9 @@
 ``cprs compress``: compress a file (or stdin) for a query, locally or on a cprs server.
 ``cprs serve``: serve a model over HTTP (upstream-compatible API plus ``/v1``), batching all clients together.
 ``cprs batch``: compress a corpus with Ray (needs ``pip install 'cprs[ray]'``).
+
+Only light modules are imported until a model is needed, so ``--help``, ``--version`` and argument errors
+(ranges included) answer in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,13 +16,20 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionResult, Compressor, CPRSCompressor, CPRSError
-from cprs_core.engine import ProgressCallback
-from cprs_core.remote import API_KEY_ENV
+from cprs_core.errors import CPRSError, WindowSizeError
+from cprs_core.prompt import INSTRUCTIONS
+from cprs_core.validation import DEFAULT_MODEL, check_optional_int, check_query, check_settings
 from cprs_integrations.cli_options import add_keep_options, add_output_options, keep_options
+
+if TYPE_CHECKING:
+    from cprs_core import CompressionResult, Compressor
+    from cprs_core.engine import ProgressCallback
+
+API_KEY_HELP = "the server's API key (default: $CPRS_API_KEY)"
 
 PROGRESS_DELAY_S = 0.5
 """On a terminal, the progress bar appears only once a compression has taken this long."""
@@ -28,14 +38,18 @@ PROGRESS_DELAY_S = 0.5
 def build_parser() -> argparse.ArgumentParser:
     """The ``cprs`` parser (``batch`` takes its options from :mod:`cprs_integrations.ray_batch` when run)."""
     parser = argparse.ArgumentParser(prog="cprs", description="QwenLong-CPRS query-aware context compression.")
+    parser.add_argument("--version", action="version", version=f"cprs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compress = commands.add_parser(
         "compress", help="compress a text file or stdin for a query",
-        description="Keep the parts of FILE (or stdin) that the critic tags for the query; print them.",
+        description="Keep the parts of FILE (or stdin) that the critic tags for the query; print them. By default "
+        "whole sentences holding tagged tokens are kept (--granularity sentence).",
     )
-    compress.add_argument("file", nargs="?", default="-", help="UTF-8 text file; '-' or nothing reads stdin")
-    compress.add_argument("-q", "--query", required=True, help="the question the kept text must answer")
+    compress.add_argument("file", nargs="?", default="-", help="UTF-8 text file; '-' or nothing reads piped stdin")
+    compress.add_argument("-q", "--query", help="the question the kept text must answer (required)")
+    compress.add_argument("--no-query", action="store_true",
+                          help="compress without a question (query-free: keep what the critic tags on its own)")
     compress.add_argument(
         "-i", "--instruction",
         help=f"tagging instruction: a preset ({', '.join(INSTRUCTIONS)}; NAME-literal sends upstream's literal \\n "
@@ -52,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--server", metavar="URL", help="compress on a running `cprs serve` at URL instead")
     _add_local_model_options(compress)
     compress.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for --server (default 600)")
-    compress.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"--server's key (env {API_KEY_ENV})")
-    compress.set_defaults(handler=_compress)
+    compress.add_argument("--api-key", help=API_KEY_HELP)
+    compress.set_defaults(handler=_compress, subparser=compress)
 
     serve = commands.add_parser(
         "serve", help="serve a model over HTTP",
@@ -72,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 and cancel after this long (default 300)")
-    serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this bearer key (env {API_KEY_ENV})")
+    serve.add_argument("--api-key", help=f"require this bearer key; {API_KEY_HELP}")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.add_argument("--compile", action="store_true",
                        help="torch.compile a QwenLong-CPRS critic's layers on CUDA: 15-25%% less time per request after a "
@@ -100,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return _ray_command(args.command, extras)
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    if args.command == "compress":
-        _check_compress_options(parser, args)
     try:
+        if args.command == "compress":
+            _check_compress_options(args.subparser, args)
         return args.handler(args)
     except CPRSError as error:
         print(f"cprs {args.command}: error: {error}", file=sys.stderr)
@@ -119,7 +133,30 @@ def _add_local_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
 
 
+def _version() -> str:
+    try:
+        return version("cprs")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    from cprs_core.remote import API_KEY_ENV
+
+    return args.api_key or os.environ.get(API_KEY_ENV)
+
+
 def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors exit 2; wrong values raise their ``CPRSError`` (exit 1), all before any model loads."""
+    if args.query is None and not args.no_query:
+        parser.error("the following arguments are required: -q/--query (or --no-query to compress without one)")
+    if args.file == "-" and sys.stdin.isatty():
+        parser.error("no input: give a FILE, or pipe text into stdin (e.g. `cat book.txt | cprs compress -q ... -`)")
+    check_query(args.query or "", args.no_query)
+    check_settings(
+        args.instruction, args.granularity, args.target_ratio, args.target_tokens, args.min_span_tokens, args.separator
+    )
+    check_optional_int("--window-size", args.window_size, 2, WindowSizeError)
     if args.server is None:
         return
     local = [f"--{name.replace('_', '-')}" for name in ("device", "dtype", "window_size") if getattr(args, name)]
@@ -139,21 +176,23 @@ def _compress(args: argparse.Namespace) -> int:
     if args.server:
         from cprs_core.remote import RemoteCompressor
 
-        compressor = RemoteCompressor(args.server, timeout=args.timeout, api_key=args.api_key)
+        compressor = RemoteCompressor(args.server, timeout=args.timeout, api_key=_api_key(args))
     else:
+        from cprs_core import CPRSCompressor
+
         compressor = CPRSCompressor.from_pretrained(
             args.model, device=args.device, dtype=args.dtype, window_size=args.window_size
         )
     options: dict[str, Any] = dict(
         granularity=args.granularity, target_ratio=args.target_ratio, target_tokens=args.target_tokens,
-        min_span_tokens=args.min_span_tokens, separator=args.separator,
+        min_span_tokens=args.min_span_tokens, separator=args.separator, allow_empty_query=args.no_query,
     )
     show = args.progress if args.progress is not None else (not args.server and sys.stderr.isatty())
     try:
         with _progress_bar(show, delay=0.0 if args.progress else PROGRESS_DELAY_S) as progress:
             if progress is not None:
                 options["progress"] = progress  # only a local CPRSCompressor reports progress
-            result = compressor.compress(context, args.query, args.instruction, **options, **keep_options(args))
+            result = compressor.compress(context, args.query or "", args.instruction, **options, **keep_options(args))
     except CPRSError as error:
         print(f"cprs compress: error: {'stdin' if args.file == '-' else args.file}: {error}", file=sys.stderr)
         return 1
@@ -185,6 +224,7 @@ def _progress_bar(enabled: bool, delay: float) -> Iterator[ProgressCallback | No
 
 def _serve(args: argparse.Namespace) -> int:
     try:
+        from cprs_core import CPRSCompressor
         from cprs_integrations.server import ServerSettings, create_app, serve
     except ImportError as error:
         print(f"cprs serve needs the server extra: pip install 'cprs[server]' ({error})", file=sys.stderr)
@@ -192,8 +232,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 1024 * 1024), request_timeout_s=args.request_timeout_s,
-            model_name=str(args.model), api_key=args.api_key,
+            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            request_timeout_s=args.request_timeout_s, model_name=str(args.model), api_key=_api_key(args),
         )
     except ValueError as error:
         print(f"cprs serve: error: {error}", file=sys.stderr)

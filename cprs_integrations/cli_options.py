@@ -7,17 +7,21 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cprs_core.engine import GRANULARITIES
 from cprs_core.keep import join_patterns
+from cprs_core.validation import DEFAULT_GRANULARITY, GRANULARITIES
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--granularity``, ``--target-ratio`` | ``--target-tokens``, ``--min-span-tokens`` and ``--separator``."""
-    parser.add_argument("--granularity", choices=GRANULARITIES, default="token", help="keep tagged spans or whole units")
+    parser.add_argument(
+        "--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY,
+        help=f"keep whole sentences or paragraphs holding tagged tokens, or only the tagged spans (token); "
+        f"default {DEFAULT_GRANULARITY}",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--target-ratio", type=float, help="keep about this fraction of tokens (0 < r <= 1)")
     budget.add_argument("--target-tokens", type=int, help="keep at most this many tokens")
-    parser.add_argument("--min-span-tokens", type=int, default=1, help="drop shorter spans (no budget only)")
+    parser.add_argument("--min-span-tokens", type=int, default=1, help="drop shorter spans (no budget only; default 1)")
     parser.add_argument("--separator", default="\n", help="placed between kept spans in the text output")
 
 

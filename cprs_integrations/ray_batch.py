@@ -37,7 +37,7 @@ import ray
 import ray.data
 
 from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionRequest, CompressionResult, Compressor, CPRSError
-from cprs_core.engine import GRANULARITIES, Granularity
+from cprs_core.validation import DEFAULT_GRANULARITY, Granularity, check_query, check_settings
 
 from .batch_store import BatchInputError, Block, InputPlan, PartStore, plan_blocks, read_block
 from .cli_options import add_output_options
@@ -69,7 +69,7 @@ class RecordSpec:
     id_field: str = "id"
     instruction: str | None = None
     instruction_field: str | None = None
-    granularity: Granularity = "token"
+    granularity: Granularity = DEFAULT_GRANULARITY
     target_ratio: float | None = None
     target_tokens: int | None = None
     min_span_tokens: int = 1
@@ -80,8 +80,12 @@ class RecordSpec:
             raise BatchInputError("give exactly one of query_field (a query per record) and query (one for all)")
         if self.instruction is not None and self.instruction_field is not None:
             raise BatchInputError("give instruction or instruction_field, not both")
-        if self.granularity not in GRANULARITIES:
-            raise BatchInputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.query is not None:
+            check_query(self.query)
+        check_settings(
+            self.instruction, self.granularity, self.target_ratio, self.target_tokens, self.min_span_tokens,
+            self.separator,
+        )
 
     def request(self, record: dict[str, Any]) -> CompressionRequest:
         """The compression request for ``record``.
@@ -166,7 +170,7 @@ def compress_jsonl(
     id_field: str = "id",
     instruction: str | None = None,
     instruction_field: str | None = None,
-    granularity: Granularity = "token",
+    granularity: Granularity = DEFAULT_GRANULARITY,
     target_ratio: float | None = None,
     target_tokens: int | None = None,
     min_span_tokens: int = 1,
@@ -213,8 +217,9 @@ def compress_jsonl(
         verbose: keep Ray's own log lines and progress bars (off: only errors).
 
     Raises:
-        BatchInputError: bad input lines, repeated ids, bad options, an existing output without ``overwrite``,
-            or a parts directory left by a job with other input or options.
+        BatchInputError: bad input lines, repeated ids, an existing output without ``overwrite``, or a parts
+            directory left by a job with other input or options.
+        CPRSError: a wrong option (``QueryError``, ``BudgetError``, ...), before any worker starts.
         ray.exceptions.RayError: the pipeline failed (e.g. the model could not load); committed blocks stay,
             and a re-run resumes.
     """

@@ -8,8 +8,9 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from cprs_core import CompressionResult, Compressor
+from cprs_core import CompressionResult, Compressor, OptionError
 from cprs_core.structured import DEFAULT_UNIT_CHARS, parse_json_container, prune_json_with
+from cprs_core.validation import check_int, check_query
 
 from ._shared import CompressorSettings
 
@@ -38,15 +39,27 @@ def prune(
     A string is compressed as text, unless it is a JSON object or array; JSON (a dict or list, or such a string)
     is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
     followed by a line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
-    ``total_units``, ``note``). Other values, outputs of at most ``min_tokens`` tokens and empty ones come back
-    unchanged; a long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
+    ``total_units``, ``note``). Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
+    long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
+
+    Raises:
+        OptionError: ``output`` is neither text nor JSON (a dict or list), or ``min_tokens`` is not a
+            non-negative integer.
+        QueryError: ``question`` is not a string or is empty (unless the settings allow an empty query).
     """
+    if not isinstance(output, (str, dict, list)):
+        raise OptionError(
+            f"output must be the tool's text or JSON (str, dict or list), got {type(output).__name__}; serialize "
+            "it first or pass it to the agent unpruned"
+        )
+    check_query(question, settings.allow_empty_query, name="question")
+    check_int("min_tokens", min_tokens, 0)
     value = output if isinstance(output, (dict, list)) else None
     if isinstance(output, str):
         if not output.strip():
             return output, None
         value = parse_json_container(output)
-    elif value is None:
+    elif not output:
         return output, None
     text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
     compressor = settings.resolve_compressor()
@@ -97,7 +110,11 @@ def prune_tool_output(
             ``budget_tokenizer``, ``server_url``, ...).
 
     Returns:
-        The kept text, the output itself when short (or neither text nor JSON), or the :data:`NOTHING_KEPT` note.
+        The kept text or JSON, the output itself when short, or the :data:`NOTHING_KEPT` note.
+
+    Raises:
+        cprs_core.CPRSError: a wrong argument, named (an output that is neither text nor JSON, an empty
+            ``question``, a bad option), before any model loads.
     """
     return prune(output, question, CompressorSettings(compressor=compressor, **options), min_tokens)[0]
 

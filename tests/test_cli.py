@@ -191,6 +191,7 @@ def test_serve_compile_option_compiles_the_served_critic(
     assert fused is compile
 
 
+@pytest.mark.slow
 def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
     command = [sys.executable, "-m", "cprs_integrations.cli", "compress", "--query", QUERY, "--format", "json"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -199,6 +200,7 @@ def test_subprocess_reads_stdin(mini: CPRSCompressor) -> None:
     assert json.loads(done.stdout) == json.loads(json.dumps(mini.compress(VERSES, QUERY).to_dict()))
 
 
+@pytest.mark.slow
 def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -221,7 +223,7 @@ def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None
         body = {"header": {"request_id": "cli"}, "payload": {"input": {"messages": messages},
                                                              "parameters": {"min_keyword_len": 1}}}
         answer = httpx.post(url + "/qwen_long_compress_server", content=json.dumps(body), timeout=60).json()
-        expected = [span.text for span in mini.compress(VERSES, QUERY, "fact", min_span_tokens=2).spans]
+        expected = [span.text for span in mini.compress(VERSES, QUERY, "fact", granularity="token", min_span_tokens=2).spans]
         assert answer["header"]["status_code"] == 200 and answer["payload"]["output"]["text"] == expected
         health = httpx.get(url + "/health").json()
         assert health["model"] == "cprs-mini" and health["settings"]["max_batch_requests"] == 4

@@ -89,6 +89,7 @@ def test_spans_are_exact_slices_in_order(tiny_compressor: CPRSCompressor, granul
     assert 0 < result.compressed_tokens <= result.original_tokens
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_window_batching(tiny_cprs_dir: Path) -> None:
     one_at_a_time = CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu", max_batch_tokens=1), 256)
     all_at_once = CPRSCompressor(QwenCritic.from_pretrained(tiny_cprs_dir, device="cpu", max_batch_tokens=10**6), 256)
@@ -98,6 +99,7 @@ def test_results_do_not_depend_on_window_batching(tiny_cprs_dir: Path) -> None:
     assert [s.score for s in a.spans] == pytest.approx([s.score for s in b.spans], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_of_requests_equals_one_by_one(tiny_compressor: CPRSCompressor) -> None:
     contexts = [UNICODE_TEXT[:3000], UNICODE_TEXT[1000:5000], UNICODE_TEXT]
     batched = tiny_compressor.compress_many(contexts, "Which city?")
@@ -106,6 +108,7 @@ def test_batch_of_requests_equals_one_by_one(tiny_compressor: CPRSCompressor) ->
         assert [(s.start, s.end) for s in single.spans] == [(s.start, s.end) for s in result.spans]
 
 
+@pytest.mark.slow
 def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compressor: CPRSCompressor) -> None:
     context = "Plain words and a code 12345 here. " * 400
     calls: list[tuple[int, int]] = []
@@ -117,6 +120,7 @@ def test_progress_reports_every_window_and_leaves_results_unchanged(digit_compre
     assert with_progress.to_dict() == digit_compressor.compress(context, "codes?").to_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("granularity", "ratio"), [("token", None), ("sentence", 0.3)])
 def test_windows_are_scored_while_the_rest_is_tokenized_with_the_batch_path_result(
     digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch, granularity: str, ratio: float | None
@@ -155,6 +159,7 @@ def test_a_context_found_too_large_in_a_later_part_is_refused(
         small.compress("word " * 2000, "q")
 
 
+@pytest.mark.slow
 def test_compression_is_deterministic(tiny_compressor: CPRSCompressor) -> None:
     first = tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2)
     assert first.to_dict() == tiny_compressor.compress(UNICODE_TEXT, "q", granularity="sentence", target_ratio=0.2).to_dict()
@@ -164,7 +169,9 @@ def test_digit_tagger_keeps_exactly_the_numbers_across_window_edges(digit_compre
     filler = "The weather was calm and the sea was quiet. "
     numbers = ["31415926535897932384626433832795", "271828", "1618033988"]
     context = filler * 30 + f"Code {numbers[0]} here. " + filler * 30 + f"Keys {numbers[1]} and {numbers[2]}. " + filler * 5
-    result = digit_compressor.compress(context, "What are the codes?", "tag the numbers with 'needle'")
+    result = digit_compressor.compress(
+        context, "What are the codes?", "tag the numbers with 'needle'", granularity="token"
+    )
     assert [span.text for span in result.spans] == numbers
     assert all(span.tag == "needle" for span in result.spans)  # the LM-head label row names the tag
     assert result.compressed_tokens == sum(len(n) for n in numbers)  # Qwen2 splits digits one per token
@@ -185,7 +192,7 @@ def test_digit_tagger_by_sentence_and_paragraph(digit_compressor: CPRSCompressor
 
 def test_second_tag_from_instruction_is_reported(digit_compressor: CPRSCompressor) -> None:
     instruction = "## tagging rule:\n- tag the names with 'chain'\n- tag the numbers with 'needle'"
-    result = digit_compressor.compress("Room 101 is open.", "which room?", instruction)
+    result = digit_compressor.compress("Room 101 is open.", "which room?", instruction, granularity="token")
     assert [(s.text, s.tag) for s in result.spans] == [("101", "needle")]
 
 
@@ -276,7 +283,7 @@ def test_checkpoint_without_lm_head_still_compresses(digit_tagger_dir: Path, tmp
     weights = {k: v for k, v in load_file(headless / "model.safetensors").items() if k != "lm_head.weight"}
     save_file(weights, headless / "model.safetensors", metadata={"format": "pt"})
     compressor = CPRSCompressor.from_pretrained(headless, device="cpu", window_size=128)
-    result = compressor.compress("Code 777 only.", "code?", "tag the codes with 'chain'")
+    result = compressor.compress("Code 777 only.", "code?", "tag the codes with 'chain'", granularity="token")
     assert [(s.text, s.tag) for s in result.spans] == [("777", "chain")]
 
 

@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a local Ray instance per module: minutes on 2 cores
+
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
 
 from cprs_core import CPRSCompressor  # noqa: E402
@@ -129,7 +131,7 @@ def test_an_interrupted_run_resumes_without_redoing_committed_blocks(
     assert committed and not output.exists()
 
     with pytest.raises(BatchInputError, match="options"):
-        ray_batch.compress_jsonl(source, output, **{**options, "granularity": "sentence"})
+        ray_batch.compress_jsonl(source, output, **{**options, "granularity": "paragraph"})
     summary = ray_batch.compress_jsonl(source, output, **options)
 
     assert summary.resumed_blocks == len(committed) and summary.blocks == 6

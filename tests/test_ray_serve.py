@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a local Ray instance per module: minutes on 2 cores
+
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
 pytest.importorskip("fastapi", reason="the server extra is not installed: pip install 'cprs[server]'")
 httpx = pytest.importorskip("httpx")

@@ -55,8 +55,8 @@ def test_remote_equals_local(remote: RemoteCompressor, digit_compressor: CPRSCom
 
 def test_bytes_context_and_offsets_match_local(remote: RemoteCompressor, digit_compressor: CPRSCompressor) -> None:
     context = "Café № 5 opened in 1921 — ünïcode before the 42nd street.".encode()
-    result = remote.compress(context, QUERY, "needle")
-    assert result == digit_compressor.compress(context, QUERY, "needle")
+    result = remote.compress(context, QUERY, "needle", granularity="token")
+    assert result == digit_compressor.compress(context, QUERY, "needle", granularity="token")
     assert [context.decode()[span.start : span.end] for span in result.spans] == [span.text for span in result.spans]
     assert result.text == "5\n1921\n42"
 
@@ -66,7 +66,7 @@ def test_batch_equals_local_slot_by_slot(remote: RemoteCompressor, digit_compres
         CompressionRequest(CONTEXT, QUERY, "needle"),
         CompressionRequest("\n\t ", QUERY),
         CompressionRequest(CONTEXT, QUERY, granularity="chapter"),  # type: ignore[arg-type]
-        CompressionRequest("Room 101 and 102.", "Which rooms?", "needle", target_ratio=0.5, separator="; "),
+        CompressionRequest("Room 101 and 102.", "Which rooms?", "needle", "token", target_ratio=0.5, separator="; "),
     ]
     remote_outcomes = remote.compress_batch(requests)
     local_outcomes = digit_compressor.compress_batch(requests)

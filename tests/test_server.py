@@ -78,7 +78,7 @@ def test_upstream_endpoint_answers_upstreams_json(url: str, digit_compressor: CP
     body = upstream_body(min_keyword_len=1, complete_sentence=False, batch_size=1, chunk_size=8192)
     response = httpx.post(url + "/qwen_long_compress_server", content=json.dumps(body), timeout=60)  # no content type
     assert response.status_code == 200
-    local = digit_compressor.compress(CONTEXT, QUERY, "needle", min_span_tokens=2)
+    local = digit_compressor.compress(CONTEXT, QUERY, "needle", granularity="token", min_span_tokens=2)
     expected = json.loads(json.dumps(body))
     expected["payload"]["output"] = {"text": ["1984", "42"]}  # "7" is one token: not more than min_keyword_len
     expected["payload"]["usage"] = {"input_tokens": local.original_tokens}
@@ -121,7 +121,7 @@ def test_batch_endpoint_answers_each_slot(url: str, digit_compressor: CPRSCompre
         {"context": CONTEXT, "query": QUERY, "instruction": "needle"},
         {"context": "   ", "query": QUERY},
         {"context": CONTEXT, "query": QUERY, "granularity": "chapter"},
-        {"context": "Room 101.", "query": QUERY, "instruction": "needle", "target_tokens": 2},
+        {"context": "Room 101.", "query": QUERY, "instruction": "needle", "granularity": "token", "target_tokens": 2},
     ]
     response = post(url, "/v1/compress_batch", {"requests": requests})
     assert response.status_code == 200
@@ -199,7 +199,7 @@ def test_missing_and_wrong_fields_are_named(url: str, digit_compressor: CPRSComp
 
 
 def test_compression_errors_are_400_with_their_type(url: str) -> None:
-    response = post(url, "/v1/compress", {"context": CONTEXT, "target_ratio": 2.0})
+    response = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "target_ratio": 2.0})
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "BudgetError"
     upstream = post(url, "/qwen_long_compress_server", upstream_body(context=" \n "))

@@ -1,6 +1,6 @@
 """``cprs-mini``: the embedded CPU critic (MiniLM + a trained BIOE head and low-rank adapter).
 
-``CPRSCompressor.from_pretrained()`` with no argument loads it; see ``README`` for how it was trained.
+``CPRSCompressor.from_pretrained()`` with no argument loads it; see ``docs/cprs-mini.md`` for how it was trained.
 """
 
 from .checkpoint import is_mini_checkpoint

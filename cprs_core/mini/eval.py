@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             task = make_task(rng, family, variant, haystack, paraphrase=False)
             document = build_document(rng, task, haystack, args.tokens)
             started = time.perf_counter()
-            result = compressor.compress(document.text, query=task.query, instruction=family)
+            result = compressor.compress(document.text, query=task.query, instruction=family, granularity="token")
             row.critic_seconds += time.perf_counter() - started
             row.samples += 1
             row.gold += len(task.gold)

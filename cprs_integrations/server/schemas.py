@@ -8,22 +8,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cprs_core import CompressionRequest
 from cprs_core.keep import join_patterns
+from cprs_core.validation import DEFAULT_GRANULARITY
 
 
 class CompressBody(BaseModel):
     """One compression: the fields of :class:`cprs_core.CompressionRequest` (see ``CPRSCompressor.compress``).
 
-    Types are strict (``"0.5"`` or ``true`` is not a number). Values are checked by the compressor itself, so
-    a bad granularity or budget comes back as the same error a local call raises (``GranularityError``,
-    ``BudgetError``, ...). ``timeout_s`` is this request's own deadline (at most the server's).
+    Types are strict (``"0.5"`` or ``true`` is not a number). Values are checked by the compressor itself, so an
+    empty query, a bad granularity or budget comes back as the same error a local call raises (``QueryError``,
+    ``GranularityError``, ``BudgetError``, ...). ``timeout_s`` is this request's own deadline (at most the server's).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     context: str
-    query: str = ""
+    query: str = Field(default="", description="the question; empty only with allow_empty_query")
     instruction: str | None = Field(default=None, description="'needle', 'fact', 'chain' or free text; null = 'fact'")
-    granularity: str = Field(default="token", description="'token', 'sentence' or 'paragraph'")
+    granularity: str = Field(default=DEFAULT_GRANULARITY, description="'sentence' (default), 'paragraph' or 'token'")
     target_ratio: float | None = None
     target_tokens: int | None = None
     min_span_tokens: int = 1
@@ -39,7 +40,7 @@ class CompressBody(BaseModel):
     budget_tokenizer: str | None = Field(
         default=None, description="tiktoken encoding name in which target_tokens/target_ratio count; null = the critic's"
     )
-
+    allow_empty_query: bool = Field(default=False, description="opt in to query-free compression")
     timeout_s: float | None = Field(default=None, gt=0, description="answer 504 and stop after this many seconds")
 
     def to_request(self) -> CompressionRequest:

@@ -30,19 +30,21 @@ PUNCTUATION_ONLY = "（），。！"
 
 
 def to_request(body: UpstreamRequest) -> CompressionRequest:
-    """The compression upstream would run: ``min_keyword_len`` k keeps spans of k+1 tokens or more,
+    """The compression upstream would run: token spans, ``min_keyword_len`` k keeps spans of k+1 tokens or more,
     ``complete_sentence`` widens each span to its sentence delimiters, and ``split_with_sent`` (on by default)
-    cuts the windows of a context holding CJK at sentence ends."""
+    cuts the windows of a context holding CJK at sentence ends; as upstream, an empty query or system prompt is
+    accepted (an empty system prompt means the default ``fact`` instruction)."""
     instruction, query, context = (message.content for message in body.payload.input.messages)
     parameters = body.payload.parameters
     return CompressionRequest(
         context=context,
         query=query,
-        instruction=instruction,
+        instruction=instruction if instruction.strip() else None,
         granularity="sentence" if parameters.complete_sentence else "token",
         min_span_tokens=parameters.min_keyword_len + 1,
         sentence_windows=None if parameters.split_with_sent else False,
         upstream_spans=True,
+        allow_empty_query=True,
     )
 
 

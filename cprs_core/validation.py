@@ -1,0 +1,155 @@
+"""A compression's arguments: their defaults, and the checks that make every wrong input a clear ``CPRSError``.
+
+The core API, the adapters, the tools, the CLI, the server and Ray batch call these before any model loads (or,
+for a loaded model, before any tokenizing), and each error names the argument. This module imports neither torch
+nor numpy, so the CLI can check its options in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError
+from .prompt import INSTRUCTIONS
+
+if TYPE_CHECKING:
+    from .engine import CompressionRequest
+
+DEFAULT_MODEL = "cprs-mini"
+"""Name of the embedded CPU critic shipped inside the package (the model when none is given)."""
+
+Granularity = Literal["token", "sentence", "paragraph", "line"]
+GRANULARITIES: tuple[str, ...] = ("token", "sentence", "paragraph", "line")
+DEFAULT_GRANULARITY: Granularity = "sentence"
+"""The one default everywhere: core API, ``CompressionRequest``, CLI, ``/v1`` server endpoints, adapters, tools and
+Ray batch. Whole sentences holding tagged tokens read as text, survive a sentence cut by a window edge, and are
+what the real-question evaluation of cprs-mini measures best (docs/cprs-mini-evaluation.md); ``"token"`` keeps
+only the tagged spans (fragments such as "The" on a real question). Upstream's endpoint keeps upstream's token
+spans."""
+
+
+def check_query(query: Any, allow_empty_query: Any = False, name: str = "query") -> None:
+    """``query`` must be a non-blank string, unless ``allow_empty_query`` opts in to query-free compression.
+
+    ``name`` is the argument's name in the caller's API (e.g. ``question`` for tool pruning).
+
+    Raises:
+        QueryError: ``query`` is not a string, or is empty/whitespace without the opt-in.
+        OptionError: ``allow_empty_query`` is not a bool.
+    """
+    if not isinstance(allow_empty_query, bool):
+        raise OptionError(f"allow_empty_query must be True or False, got {_describe(allow_empty_query)}")
+    if not isinstance(query, str):
+        raise QueryError(f"{name} must be a string (the question the kept text must answer), got {_describe(query)}")
+    if not query.strip() and not allow_empty_query:
+        raise QueryError(
+            f"{name} is empty: give the question the kept text must answer (without one the critic keeps stray "
+            "fragments), or pass allow_empty_query=True (CLI: --no-query) to compress without a question on purpose"
+        )
+
+
+def check_instruction(instruction: Any) -> None:
+    """``instruction`` must be ``None`` (the ``fact`` preset), a preset name, or free text with its tagging rule.
+
+    Raises:
+        InstructionError: not a string, empty/whitespace, or a single word close to a preset name but not one
+            (``"needles"``, ``"Fact"``): the message suggests the preset.
+    """
+    if instruction is None:
+        return
+    if not isinstance(instruction, str):
+        raise InstructionError(f"instruction must be a string or None, got {_describe(instruction)}")
+    text = instruction.strip()
+    if not text:
+        raise InstructionError(
+            f"instruction is empty: leave it out (None) for the default 'fact' preset, name a preset "
+            f"({', '.join(INSTRUCTIONS)}), or write your own with a tagging rule (\"... tag the X with 'x'\")"
+        )
+    if text in INSTRUCTIONS or len(text.split()) > 1:
+        return
+    close = difflib.get_close_matches(text.lower(), list(INSTRUCTIONS), n=1, cutoff=0.6)
+    if close:
+        raise InstructionError(
+            f"unknown instruction preset {text!r}: did you mean {close[0]!r}? The presets are "
+            f"{', '.join(repr(name) for name in INSTRUCTIONS)}; free text needs a tagging rule (\"... tag the X with 'x'\")"
+        )
+
+
+def check_granularity(granularity: Any) -> None:
+    """``granularity`` must be one of :data:`GRANULARITIES`."""
+    if granularity not in GRANULARITIES:
+        raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+
+
+def check_budget(target_ratio: Any, target_tokens: Any) -> None:
+    """At most one budget; ``target_ratio`` in (0, 1], ``target_tokens`` a positive integer.
+
+    Raises:
+        BudgetError: both given, a wrong type, or out of range.
+    """
+    if target_ratio is not None and target_tokens is not None:
+        raise BudgetError("give target_ratio or target_tokens, not both")
+    if target_ratio is not None:
+        if not _is_number(target_ratio):
+            raise BudgetError(f"target_ratio must be a number in (0, 1], got {_describe(target_ratio)}")
+        if not 0.0 < target_ratio <= 1.0:
+            raise BudgetError(f"target_ratio is the fraction of tokens to keep, in (0, 1]; got {target_ratio}")
+    if target_tokens is not None and (not _is_int(target_tokens) or target_tokens < 1):
+        raise BudgetError(f"target_tokens must be a positive integer, got {_describe(target_tokens)}")
+
+
+def check_settings(
+    instruction: Any,
+    granularity: Any,
+    target_ratio: Any,
+    target_tokens: Any,
+    min_span_tokens: Any,
+    separator: Any,
+) -> None:
+    """Every compression option except the query (what an adapter can check when it is built).
+
+    Raises:
+        InstructionError, GranularityError, BudgetError, OptionError: the first wrong option, named.
+    """
+    check_instruction(instruction)
+    check_granularity(granularity)
+    check_budget(target_ratio, target_tokens)
+    check_int("min_span_tokens", min_span_tokens, minimum=1)
+    if not isinstance(separator, str):
+        raise OptionError(f"separator must be a string (placed between kept spans), got {_describe(separator)}")
+
+
+def check_request(request: "CompressionRequest") -> None:
+    """Every argument of ``request`` except the context (checked when it is decoded): query and options."""
+    check_query(request.query, request.allow_empty_query)
+    check_settings(
+        request.instruction, request.granularity, request.target_ratio, request.target_tokens,
+        request.min_span_tokens, request.separator,
+    )
+
+
+def check_int(name: str, value: Any, minimum: int, error: type[CPRSError] = OptionError) -> None:
+    """``value`` must be an integer (not a bool) of at least ``minimum``; raises ``error`` naming ``name``."""
+    if not _is_int(value) or value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}, got {_describe(value)}")
+
+
+def check_optional_int(name: str, value: Any, minimum: int, error: type[CPRSError] = OptionError) -> None:
+    """As :func:`check_int`, with ``None`` allowed (the default)."""
+    if value is not None:
+        check_int(name, value, minimum, error)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60] + '...' if len(text) > 60 else text} ({type(value).__name__})"

@@ -1,0 +1,217 @@
+"""Every wrong input at a public boundary is a clear ``CPRSError`` naming the argument, before any model loads;
+one default granularity everywhere."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cprs_core import (
+    DEFAULT_GRANULARITY,
+    BudgetError,
+    CompressionRequest,
+    CPRSCompressor,
+    CPRSError,
+    GranularityError,
+    InstructionError,
+    OptionError,
+    QueryError,
+    WindowSizeError,
+)
+from cprs_core.remote import RemoteCompressor
+from cprs_core.validation import check_request
+from cprs_integrations.server import BackgroundServer, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+CONTEXT = "The year was 1984. Nothing else matters here.\n\nWe counted 42 cats and 7 dogs. Then we left."
+QUERY = "Which numbers appear?"
+
+WRONG_ARGUMENTS = [
+    ({"query": ""}, QueryError, "query is empty"),
+    ({"query": " \n\t"}, QueryError, "allow_empty_query=True"),
+    ({"query": None}, QueryError, "query must be a string"),
+    ({"allow_empty_query": "yes"}, OptionError, "allow_empty_query must be True or False"),
+    ({"instruction": "needles"}, InstructionError, "did you mean 'needle'?"),
+    ({"instruction": "Fact"}, InstructionError, "did you mean 'fact'?"),
+    ({"instruction": "chians"}, InstructionError, "did you mean 'chain'?"),
+    ({"instruction": "   "}, InstructionError, "instruction is empty"),
+    ({"instruction": 3}, InstructionError, "instruction must be a string or None"),
+    ({"granularity": "word"}, GranularityError, "granularity must be one of"),
+    ({"target_ratio": 1.5}, BudgetError, "in (0, 1]"),
+    ({"target_ratio": float("nan")}, BudgetError, "target_ratio must be a number"),
+    ({"target_ratio": "0.5"}, BudgetError, "target_ratio must be a number"),
+    ({"target_tokens": 0}, BudgetError, "target_tokens must be a positive integer"),
+    ({"target_ratio": 0.5, "target_tokens": 10}, BudgetError, "not both"),
+    ({"min_span_tokens": -1}, OptionError, "min_span_tokens must be an integer >= 1"),
+    ({"min_span_tokens": True}, OptionError, "min_span_tokens must be an integer >= 1"),
+    ({"separator": None}, OptionError, "separator must be a string"),
+]
+
+
+def request(**changes: Any) -> CompressionRequest:
+    return CompressionRequest(**{"context": CONTEXT, "query": QUERY, "instruction": "needle", **changes})
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), WRONG_ARGUMENTS)
+def test_each_wrong_argument_is_its_named_error(changes: dict[str, Any], error: type[CPRSError], message: str) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        check_request(request(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"query": "", "allow_empty_query": True},
+        {"instruction": None},
+        {"instruction": " fact "},
+        {"instruction": "Extract the dates.\n## tagging rule:\n- tag the dates with 'date'"},
+        {"instruction": "summary"},  # one word, but not close to a preset: free text
+        {"target_ratio": 1},
+        {"target_tokens": 5, "granularity": "token"},
+    ],
+)
+def test_right_arguments_pass(changes: dict[str, Any]) -> None:
+    check_request(request(**changes))
+
+
+def test_the_compressor_refuses_an_empty_query_unless_asked_and_defaults_to_sentences(
+    digit_compressor: CPRSCompressor,
+) -> None:
+    with pytest.raises(QueryError):
+        digit_compressor.compress(CONTEXT)
+    query_free = digit_compressor.compress(CONTEXT, "", "needle", allow_empty_query=True)
+    assert query_free.spans and query_free.granularity == "sentence"
+    result = digit_compressor.compress(CONTEXT, QUERY, "needle")
+    assert DEFAULT_GRANULARITY == "sentence" and result.granularity == "sentence"
+    assert result.text == "The year was 1984.\nWe counted 42 cats and 7 dogs."
+    outcomes = digit_compressor.compress_batch([request(), request(query=""), request(instruction="needles")])
+    assert outcomes[0].text == result.text
+    assert isinstance(outcomes[1], QueryError) and isinstance(outcomes[2], InstructionError)
+
+
+def test_one_default_granularity_in_every_signature() -> None:
+    from cprs_integrations._shared import CompressorSettings
+    from cprs_integrations.cli import build_parser
+    from cprs_integrations.server.schemas import CompressBody
+
+    assert CompressionRequest("x").granularity == DEFAULT_GRANULARITY
+    for function in (CPRSCompressor.compress, RemoteCompressor.compress):
+        assert inspect.signature(function).parameters["granularity"].default == DEFAULT_GRANULARITY
+    assert CompressorSettings().granularity == DEFAULT_GRANULARITY
+    assert CompressBody(context="x").granularity == DEFAULT_GRANULARITY
+    assert build_parser().parse_args(["compress", "-q", "x", "f"]).granularity == DEFAULT_GRANULARITY
+
+
+def test_model_options_are_checked_before_anything_loads(tmp_path: Path) -> None:
+    missing = tmp_path / "no-model"  # loading it would raise ModelLoadError: the option check comes first
+    with pytest.raises(WindowSizeError, match="window_size must be an integer >= 2, got 1"):
+        CPRSCompressor.from_pretrained(missing, window_size=1)
+    with pytest.raises(OptionError, match="max_batch_tokens"):
+        CPRSCompressor.from_pretrained(missing, max_batch_tokens=0)
+
+
+def test_adapters_raise_the_core_errors_when_built() -> None:
+    from cprs_integrations.langchain import CPRSDocumentCompressor
+    from cprs_integrations.llamaindex import CPRSNodePostprocessor
+
+    for adapter in (CPRSDocumentCompressor, CPRSNodePostprocessor):
+        with pytest.raises(GranularityError):
+            adapter(granularity="words")
+        with pytest.raises(InstructionError, match="did you mean 'needle'"):
+            adapter(instruction="needles")
+        with pytest.raises(BudgetError):
+            adapter(target_ratio=2.0)
+        with pytest.raises(WindowSizeError):
+            adapter(window_size=0)
+        with pytest.raises(OptionError, match="timeout"):
+            adapter(timeout=-1)
+    with pytest.raises(QueryError):  # refused before the (unreachable) server is ever called
+        CPRSDocumentCompressor(server_url="http://127.0.0.1:9").compress_documents([], "  ")
+
+
+def test_tool_pruning_names_a_wrong_output_or_question(digit_compressor: CPRSCompressor) -> None:
+    from cprs_integrations.tools import prune_tool_output
+
+    with pytest.raises(OptionError, match="output must be the tool's text output .* got dict"):
+        prune_tool_output({"rows": [1, 2]}, QUERY, digit_compressor)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="question is empty"):
+        prune_tool_output(CONTEXT, " ", digit_compressor)
+    with pytest.raises(QueryError, match="question must be a string"):
+        prune_tool_output(CONTEXT, None, digit_compressor)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="min_tokens"):
+        prune_tool_output(CONTEXT, QUERY, digit_compressor, min_tokens=-5)
+
+
+def test_server_refuses_an_empty_query_on_v1_but_not_on_upstreams_endpoint(digit_compressor: CPRSCompressor) -> None:
+    with BackgroundServer(create_app(digit_compressor)) as server:
+        empty = httpx.post(server.url + "/v1/compress", json={"context": CONTEXT, "query": ""}, timeout=60)
+        assert empty.status_code == 400 and empty.json()["error"]["type"] == "QueryError"
+        near_miss = httpx.post(server.url + "/v1/compress", json={"context": CONTEXT, "query": QUERY,
+                                                                 "instruction": "needles"}, timeout=60)
+        assert near_miss.status_code == 400 and "did you mean 'needle'" in near_miss.json()["error"]["message"]
+        default = httpx.post(server.url + "/v1/compress", json={"context": CONTEXT, "query": QUERY,
+                                                               "instruction": "needle"}, timeout=60)
+        assert default.json()["granularity"] == "sentence"
+        messages = [{"role": "system", "content": "needle"}, {"role": "user", "content": ""},
+                    {"role": "context", "content": CONTEXT}]
+        upstream = httpx.post(server.url + "/qwen_long_compress_server", content=json.dumps(
+            {"payload": {"input": {"messages": messages}, "parameters": {"min_keyword_len": 0}}}), timeout=60)
+        assert upstream.status_code == 200
+        assert upstream.json()["payload"]["output"]["text"] == ["1984", "42", "7"]  # upstream's token spans
+        batch = RemoteCompressor(server.url).compress_batch([request(), request(query=None)])  # type: ignore[arg-type]
+        assert batch[0].text == "The year was 1984.\nWe counted 42 cats and 7 dogs."
+        assert isinstance(batch[1], QueryError)
+
+
+def run_cli(*argv: str, stdin: bytes | None = b"") -> subprocess.CompletedProcess[str]:
+    """``cprs ARGV`` in a fresh interpreter that reports whether torch was imported."""
+    code = (
+        "import sys\nfrom cprs_integrations.cli import main\n"
+        "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as exit:\n    status = exit.code\n"
+        "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\nsys.exit(status)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-c", code, *argv], input=stdin.decode() if stdin is not None else None,
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["--help"], 0, "COMMAND"),
+        (["compress", "--help"], 0, "default sentence"),
+        (["--version"], 0, "cprs "),
+        (["compress", "-q", "x", "--target-ratio", "1.5", "f.txt"], 1, "target_ratio is the fraction"),
+        (["compress", "-q", "x", "--window-size", "1", "f.txt"], 1, "--window-size must be an integer >= 2"),
+        (["compress", "-q", "x", "--min-span-tokens", "-2", "f.txt"], 1, "min_span_tokens must be an integer >= 1"),
+        (["compress", "-q", " ", "f.txt"], 1, "query is empty"),
+        (["compress", "-q", "x", "-i", "needles", "f.txt"], 1, "did you mean 'needle'"),
+        (["compress", "f.txt"], 2, "the following arguments are required: -q/--query"),
+    ],
+)
+def test_cli_answers_help_version_and_argument_errors_without_torch(argv: list[str], status: int, message: str) -> None:
+    done = run_cli(*argv)
+    assert done.returncode == status, done.stderr
+    assert message in done.stdout + done.stderr
+    assert "torch imported: False" in done.stderr
+
+
+def test_cli_refuses_to_wait_on_a_terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cprs_integrations.cli import main
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "-q", QUERY])
+    assert exit_info.value.code == 2 and "no input: give a FILE, or pipe text into stdin" in capsys.readouterr().err
