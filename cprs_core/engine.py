@@ -11,11 +11,13 @@ import numpy as np
 
 from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
+    BudgetError,
     ContextTooLargeError,
     ContextTruncatedWarning,
     ContextTypeError,
     CPRSError,
     EmptyContextError,
+    GranularityError,
     TextDecodingError,
     WindowSizeError,
 )

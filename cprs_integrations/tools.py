@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from cprs_core import CompressionResult, Compressor, OptionError
+from cprs_core import CompressionResult, Compressor
 from cprs_core.structured import DEFAULT_UNIT_CHARS, parse_json_container, prune_json_with
 from cprs_core.validation import check_int, check_query
 
@@ -42,16 +42,12 @@ def prune(
     ``total_units``, ``note``). Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
     long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
 
+    Any other value (a number, ``None``, an object) is passed through unpruned: there is no text to select from.
+
     Raises:
-        OptionError: ``output`` is neither text nor JSON (a dict or list), or ``min_tokens`` is not a
-            non-negative integer.
+        OptionError: ``min_tokens`` is not a non-negative integer.
         QueryError: ``question`` is not a string or is empty (unless the settings allow an empty query).
     """
-    if not isinstance(output, (str, dict, list)):
-        raise OptionError(
-            f"output must be the tool's text or JSON (str, dict or list), got {type(output).__name__}; serialize "
-            "it first or pass it to the agent unpruned"
-        )
     check_query(question, settings.allow_empty_query, name="question")
     check_int("min_tokens", min_tokens, 0)
     value = output if isinstance(output, (dict, list)) else None
@@ -59,7 +55,7 @@ def prune(
         if not output.strip():
             return output, None
         value = parse_json_container(output)
-    elif not output:
+    elif value is None or not value:
         return output, None
     text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
     compressor = settings.resolve_compressor()
@@ -113,8 +109,8 @@ def prune_tool_output(
         The kept text or JSON, the output itself when short, or the :data:`NOTHING_KEPT` note.
 
     Raises:
-        cprs_core.CPRSError: a wrong argument, named (an output that is neither text nor JSON, an empty
-            ``question``, a bad option), before any model loads.
+        cprs_core.CPRSError: a wrong argument, named (an empty ``question``, a bad option), before any model
+            loads.
     """
     return prune(output, question, CompressorSettings(compressor=compressor, **options), min_tokens)[0]
 

@@ -137,11 +137,11 @@ def test_adapters_raise_the_core_errors_when_built() -> None:
         CPRSDocumentCompressor(server_url="http://127.0.0.1:9").compress_documents([], "  ")
 
 
-def test_tool_pruning_names_a_wrong_output_or_question(digit_compressor: CPRSCompressor) -> None:
+def test_tool_pruning_names_a_wrong_question_or_option(digit_compressor: CPRSCompressor) -> None:
     from cprs_integrations.tools import prune_tool_output
 
-    with pytest.raises(OptionError, match="output must be the tool's text output .* got dict"):
-        prune_tool_output({"rows": [1, 2]}, QUERY, digit_compressor)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="question is empty"):  # checked before a structured output is looked at
+        prune_tool_output({"rows": [1, 2]}, " ", digit_compressor)
     with pytest.raises(QueryError, match="question is empty"):
         prune_tool_output(CONTEXT, " ", digit_compressor)
     with pytest.raises(QueryError, match="question must be a string"):
