@@ -16,11 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress_document import ANSWERING_SENTENCE, DEFAULT_ANSWER, DEFAULT_BUDGET, DEFAULT_QUERY, gospel_text
+from compress_document import ANSWERING_SENTENCE, DEFAULT_ANSWER, DEFAULT_QUERY, gospel_text
 from models import chat, llm_description
 
 from cprs_core import CPRSCompressor, CPRSError
 
+LLM_CONTEXT_TOKENS = 1000
+"""Tokens of the document the answering LLM reads: cprs-mini's best-ranked sentences up to this size (49x smaller)."""
 SYSTEM = "Answer the question from the excerpts of a long document. Answer in one sentence."
 
 
@@ -29,7 +31,7 @@ def main() -> int:
     parser.add_argument("--file", type=Path, help="a UTF-8 text file (default: Matthew and Mark, KJV)")
     parser.add_argument("--query", default=DEFAULT_QUERY)
     parser.add_argument("--instruction", default="fact", help="needle, fact, chain, or your own tagging rule")
-    parser.add_argument("--target-tokens", type=int, default=DEFAULT_BUDGET, help="tokens of context the LLM gets")
+    parser.add_argument("--target-tokens", type=int, default=LLM_CONTEXT_TOKENS, help="tokens of context the LLM gets")
     args = parser.parse_args()
 
     document = args.file.read_bytes() if args.file else gospel_text()

@@ -27,12 +27,6 @@ DEFAULT_ANSWER = "Peter"
 """Who the default question asks for."""
 ANSWERING_SENTENCE = re.compile(r"\bPeter\b.*\bden(?:y|ied)\b|\bden(?:y|ied)\b.*\bPeter\b")
 """A kept sentence answers the default question when it names Peter and his denial."""
-DEFAULT_BUDGET = 1000
-"""``--target-tokens`` for the default document: keep the critic's best-scored sentences up to 1,000 tokens (49x).
-Without a budget the shipped cprs-mini keeps 6 sentences (122 tokens) for the default question and none names
-Peter's denial; with this budget both denial passages (Matthew 26 and Mark 14) are kept."""
-
-
 def gospel_text(books: tuple[str, ...] = DEFAULT_BOOKS) -> str:
     """The chosen books of the KJV, one paragraph per chapter, each opened by its citation."""
     return "\n\n".join(f"{chapter.citation}. {chapter.text}" for book in books for chapter in chapters(book))
@@ -44,13 +38,13 @@ def main() -> int:
     parser.add_argument("--query", default=DEFAULT_QUERY)
     parser.add_argument("--instruction", default="fact", help="needle, fact, chain, or your own tagging rule")
     parser.add_argument("--granularity", default=DEFAULT_GRANULARITY, choices=GRANULARITIES)
-    parser.add_argument("--target-tokens", type=int, help=f"keep the best sentences up to this many tokens (default: "
-                        f"{DEFAULT_BUDGET} for the default document, every tagged sentence for --file)")
+    parser.add_argument("--target-tokens", type=int,
+                        help="keep the best sentences up to this many tokens (default: cprs-mini's keep rule, no budget)")
     parser.add_argument("--model", default=None, help="a QwenLong-CPRS checkpoint directory (default: cprs-mini)")
     args = parser.parse_args()
 
     document = args.file.read_bytes() if args.file else gospel_text()
-    budget = args.target_tokens if args.file or args.target_tokens else DEFAULT_BUDGET
+    budget = args.target_tokens
     compressor = CPRSCompressor.from_pretrained(args.model, device="cpu")
     started = time.perf_counter()
     try:
