@@ -24,11 +24,11 @@ import statistics
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Callable
 
 import numpy as np
 import torch
 
+from benchmarks.timing import median_seconds
 from cprs_core import CPRSCompressor
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.baselines import BM25Chunks
@@ -37,16 +37,6 @@ from cprs_core.mini.haystack import Haystack
 QUERY = "What is the special magic number for dull-harmony?"
 NEEDLE = "One of the special magic numbers for dull-harmony is: 7340912."
 INSTRUCTION = "needle"
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def haystack_text(haystack: Haystack, tokens: int, seed: int = 0) -> str:
@@ -147,7 +137,7 @@ def main() -> None:
         text = haystack_text(haystack, length)
         runs = compare_paths(args.dtypes, args.threads, text, args.repeats)
         budget = max(1, runs[0].compressed_tokens)
-        bm25_s = median_seconds(lambda: bm25.rank(text, QUERY).keep(budget), args.repeats)
+        bm25_s = median_seconds(lambda: bm25.rank(text, QUERY).keep(budget), args.repeats, warm_up=True)
         base_s = statistics.median(runs[0].seconds)
         for dtype, run in zip(args.dtypes, runs):
             seconds = statistics.median(run.seconds)

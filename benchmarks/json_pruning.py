@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from benchmarks.timing import median_seconds
 from cprs_core import CPRSCompressor
 from cprs_core.structured import json_units, prune_json
 
@@ -37,16 +36,6 @@ def tool_output(records: int) -> dict[str, Any]:
     orders[records * 2 // 3] = {"order": "A-LIS", "item": "bookshelf", "status": "delivered", "ship_to": "Lisbon",
                                 "tracking": "TRK55120"}
     return {"customer": "Ines", "count": records, "orders": orders}
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls (warm the model up before)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
