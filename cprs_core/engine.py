@@ -382,8 +382,8 @@ class WindowParallelEngine:
         Forced tokens (see :mod:`cprs_core.keep`) are kept on top of the critic's tags, and first under a budget.
         Sentences and paragraphs are scored by their best token's keep probability, or, when the critic gives
         relevance logits, by their (best) sentence's :class:`~cprs_core.spans.SentenceScores`; without a budget,
-        a unit is kept when it holds a tagged token or its sentence's mean logit reaches the critic's
-        ``relevance_threshold``.
+        a sentence or paragraph is kept when it holds a tagged token or its sentence's mean logit reaches the
+        critic's ``relevance_threshold`` (a line only when it holds a tagged token).
         """
         keep_scores, labels = force(1.0 - bioe[:, OUTSIDE_ID], labels, forced.mask, I)
         decoded = [(start, end) for start, end in decode_spans(labels)
@@ -410,7 +410,8 @@ class WindowParallelEngine:
             sentences = [(unit.start, unit.end) for unit in sentence_units]
             scores = self._sentence_scores(text, query, relevance, sentences, token_ends, rank=budget is not None)
             candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
-            threshold = _logit(getattr(self.critic, "relevance_threshold", None))
+            # the threshold was tuned on prose sentences; lines (records, code, logs) keep what the tags keep
+            threshold = _logit(getattr(self.critic, "relevance_threshold", None)) if granularity != "line" else np.inf
             ranges = [(unit.start, unit.end) for unit in text_units]
             relevant = [unit.score >= threshold for unit in units_from_char_ranges(ranges, token_ends, scores.keep)]
         if budget is not None:

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -347,6 +348,8 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
     if not ray.is_initialized():
         sigterm = signal.getsignal(signal.SIGTERM)
+        if not verbose:  # the workers' C++ warnings (e.g. tasks retried while SIGTERM stops the actors) too
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         ray.init(
             address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
             include_dashboard=False,

@@ -51,7 +51,9 @@ def main() -> None:
         AIMessage("", tool_calls=[{"name": "search_orders", "args": {"customer": "Ines"}, "id": "call_1"}]),
         AIMessage("Order A-1187 (a bookshelf) was delivered to Lisbon; tracking number TRK55120."),
     ]))
-    middleware = CPRSToolOutputMiddleware(instruction="needle", min_tokens=512)
+    # A budget ranks the records (cprs-mini's critic and its MiniLM similarity together); without one, cprs-mini
+    # keeps every line its tags mark, which on JSON records is loose (129 of these 300).
+    middleware = CPRSToolOutputMiddleware(instruction="needle", min_tokens=512, target_ratio=0.05)
     agent = create_agent(model, [search_orders], middleware=[middleware])
     state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
     print(f"question: {QUESTION}")

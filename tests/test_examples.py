@@ -45,7 +45,8 @@ def _ratio(output: str) -> float:
 
 def test_langchain_rag_keeps_the_needle_not_the_distractor(outputs: dict[str, str]) -> None:
     output = outputs["langchain_rag"]
-    assert "MiniLM retrieved the top 4 chunks of 8 chapters; CPRS kept text from 1:" in output
+    # cprs-mini v2's recall-tuned sentence rule may keep one more short fragment beside the needle's chunk
+    assert re.search(r"MiniLM retrieved the top 4 chunks of 8 chapters; CPRS kept text from [12]:", output)
     assert "[Ruth 3] chars" in output and "One of the special magic numbers for silver-harbor is: 7318245." in output
     assert "quiet-meadow" not in output
     assert "mode joint" in output and _ratio(output) > 20
