@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
 from .critic import WindowScores
@@ -78,13 +79,19 @@ class WindowScheduler:
     Args:
         engine: the engine whose critic scores and which assembles the results.
         step_windows: most windows per critic call; ``None`` scores all windows of a prefix group in one call.
+        assembler: where a finished request's result is assembled (span decoding and, for cprs-mini under a
+            budget, its similarity pass, which costs about as much as the scoring); ``None`` = inline, in
+            :meth:`step`. A server passes an executor so one request's assembly never holds up the others' windows.
     """
 
-    def __init__(self, engine: WindowParallelEngine, step_windows: int | None = None) -> None:
+    def __init__(
+        self, engine: WindowParallelEngine, step_windows: int | None = None, assembler: Executor | None = None
+    ) -> None:
         if step_windows is not None and step_windows < 1:
             raise ValueError(f"step_windows must be at least 1, got {step_windows}")
         self.engine = engine
         self.step_windows = step_windows
+        self.assembler = assembler
         self._fresh: deque[Ticket] = deque()  # no window scored yet, in arrival order
         self._active: deque[Ticket] = deque()  # the others, in turn order
         self._newcomer_went_first = False
@@ -204,6 +211,12 @@ class WindowScheduler:
         return outcomes
 
     def _finish(self, ticket: Ticket) -> None:
+        if self.assembler is None:
+            self._assemble(ticket)
+        else:
+            self.assembler.submit(self._assemble, ticket)
+
+    def _assemble(self, ticket: Ticket) -> None:
         try:
             outcome: Outcome = self.engine._assemble(ticket.prepared, ticket.scores)
         except Exception as error:

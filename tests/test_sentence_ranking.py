@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import pytest
 
-from cprs_core import CPRSCompressor
+from cprs_core import CompressionRequest, CPRSCompressor, WindowScheduler
 from cprs_core.critic import TokenizedText, WindowScores
 from cprs_core.spans import SentenceScores
 
@@ -107,3 +109,35 @@ def test_a_paragraph_ranks_by_its_best_sentence_not_its_average() -> None:
 def test_critic_relevance_must_match_the_window_length() -> None:
     with pytest.raises(ValueError, match="relevance"):
         WindowScores(np.tile(OUTSIDE, (3, 1)), relevance=np.zeros(2, dtype=np.float32))
+
+
+class BlockingSimilarityCritic(KeywordCritic):
+    """Its similarity pass (run only under a budget) waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(similarity_weight=3.0)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def sentence_similarity(self, query: str, sentences: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(timeout=30), "the similarity pass was never released"
+        return super().sentence_similarity(query, sentences)
+
+
+def test_a_slow_assembly_does_not_hold_up_other_requests_windows() -> None:
+    critic = BlockingSimilarityCritic()
+    compressor = CPRSCompressor(critic)
+    with ThreadPoolExecutor(max_workers=1) as assembler:
+        scheduler = WindowScheduler(compressor.engine, step_windows=1, assembler=assembler)
+        done: dict[str, object] = {}
+        slow = CompressionRequest(CONTEXT, "which?", granularity="sentence", target_tokens=7)
+        quick = CompressionRequest(CONTEXT * 3, "which?", granularity="sentence")
+        for name, item in (("slow", slow), ("quick", quick)):
+            scheduler.add(scheduler.ticket(item, lambda outcome, name=name: done.__setitem__(name, outcome)))
+        while scheduler.active:  # inline assembly would block here until the 30 s timeout fails the test
+            scheduler.step()
+        assert critic.entered.wait(timeout=30) and "slow" not in done
+        critic.release.set()
+    assert [span.text for span in done["quick"].spans] == []  # no threshold: nothing tagged, nothing kept
+    assert done["slow"].text == "beta is the other key today."

@@ -113,6 +113,7 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._stop.clear()
         self._prepare = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="cprs-prepare")
+        self.scheduler.assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cprs-assemble")
         self._worker = threading.Thread(target=self._run, name="cprs-windows", daemon=True)
         self._worker.start()
 
@@ -123,6 +124,8 @@ class DynamicBatcher:
             await asyncio.to_thread(self._worker.join)
         if self._prepare is not None:
             await asyncio.to_thread(self._prepare.shutdown, wait=True)
+        if self.scheduler.assembler is not None:
+            await asyncio.to_thread(self.scheduler.assembler.shutdown, wait=True)
         for job in list(self._open):
             self._settle(job, ApiError(503, "ServerBusy", "the server is shutting down"))
 
@@ -207,7 +210,7 @@ class DynamicBatcher:
         self._incoming.put(job)
 
     def _done(self, job: Job, outcome: CompressionResult | CPRSError) -> None:
-        """Called on the worker thread when the scheduler finished ``job``."""
+        """Called on the assembling thread when the scheduler finished ``job``."""
         job.finished = time.monotonic()
         self.computed += 1
         assert self._loop is not None
