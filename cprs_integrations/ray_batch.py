@@ -339,6 +339,10 @@ class _Terminated(Exception):
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    # stdout carries only the summary of a finished job; what Ray prints while its actors are stopped (task
+    # retry warnings from the raylet) goes to stderr with the interruption message
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     raise _Terminated()
 
 
@@ -348,8 +352,6 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.ERROR)
     if not ray.is_initialized():
         sigterm = signal.getsignal(signal.SIGTERM)
-        if not verbose:  # the workers' C++ warnings (e.g. tasks retried while SIGTERM stops the actors) too
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         ray.init(
             address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
             include_dashboard=False,
