@@ -36,7 +36,6 @@ from .spans import (
     fill_short_gaps,
     merge_adjacent,
     select_by_budget,
-    units_from_char_ranges,
 )
 from .text_checks import refuse_bad_characters
 from .text_units import segment
@@ -402,18 +401,16 @@ class WindowParallelEngine:
             ]
         token_ends = [end for _, end in tokens.offsets]
         text_units = segment(text, granularity)
+        above_threshold = None  # tokens whose sentence's mean logit reaches the critic's keep threshold
         if relevance is None:
             candidates, anchors = anchored_units(text_units, token_ends, keep_scores)
-            relevant = [False] * len(candidates)
         else:
             sentence_units = text_units if granularity == "sentence" else segment(text, "sentence")
             sentences = [(unit.start, unit.end) for unit in sentence_units]
             scores = self._sentence_scores(text, query, relevance, sentences, token_ends, rank=budget is not None)
             candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
-            # the threshold was tuned on prose sentences; lines (records, code, logs) keep what the tags keep
-            threshold = _logit(getattr(self.critic, "relevance_threshold", None)) if granularity != "line" else np.inf
-            ranges = [(unit.start, unit.end) for unit in text_units]
-            relevant = [unit.score >= threshold for unit in units_from_char_ranges(ranges, token_ends, scores.keep)]
+            if granularity != "line":  # tuned on prose sentences; lines (records, code, logs) keep what is tagged
+                above_threshold = scores.keep >= _logit(getattr(self.critic, "relevance_threshold", None))
         if budget is not None:
             chosen = select_by_budget(candidates, budget, granularity, anchors)
             check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
@@ -421,13 +418,11 @@ class WindowParallelEngine:
         tagged = np.zeros(len(labels) + 1, dtype=np.int64)
         for start, end in decoded:
             tagged[start:end] = 1
+        if above_threshold is not None:
+            tagged[:-1][above_threshold] = 1
         tagged_before = np.concatenate(([0], np.cumsum(tagged)))
         return merge_adjacent(with_anchors(
-            [
-                unit
-                for unit, above in zip(candidates, relevant)
-                if above or tagged_before[unit.token_end] > tagged_before[unit.token_start]
-            ],
+            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]],
             candidates, anchors,
         ))
 

@@ -41,11 +41,11 @@ from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
 from .realqa import SPLITS, PassagePool, RealDocument, load_passages, passages_of
+from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
 BOOTSTRAP_SAMPLES = 2000
 _WORD = re.compile(r"\w+")
-_QUESTION_END = re.compile(r"(?<=\?)\s+")
 
 
 @dataclass
@@ -90,11 +90,6 @@ def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[fl
 def covered(spans: Sequence[tuple[int, int]], answer: tuple[int, int]) -> bool:
     """Whether ``answer`` (character range, whitespace trimmed by the caller) lies whole inside one span."""
     return any(start <= answer[0] and answer[1] <= end for start, end in spans)
-
-
-def questions_of(query: str) -> list[str]:
-    """The questions a query is made of (split after each ``?``)."""
-    return [part for part in _QUESTION_END.split(query.strip()) if part]
 
 
 class SentenceBaselines:
