@@ -38,7 +38,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -62,10 +61,10 @@ from transformers import AutoTokenizer  # noqa: E402
 from cprs_core import CPRSConfig  # noqa: E402
 from cprs_core.remote import RemoteCompressor  # noqa: E402
 from cprs_core.errors import CPRSError  # noqa: E402
-from cprs_integrations.ray_batch import BatchProgress, compress_jsonl  # noqa: E402
+from cprs_integrations.ray_batch import compress_jsonl  # noqa: E402
 from cprs_integrations.ray_serve import run_serve  # noqa: E402
 from cprs_integrations.server import ServerSettings  # noqa: E402
-from tests.ray_actors import map_worker_pids  # noqa: E402
+from tests.ray_actors import MapWorkerKiller  # noqa: E402
 from tests.tiny_checkpoint import RELEASED_FORMAT_CONFIG, write_tiny_checkpoint  # noqa: E402
 
 from .gpu_engine import QWEN25_7B_SHAPE, WORDS, build_model  # noqa: E402
@@ -179,16 +178,12 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def batch_run(
-    setup: Setup, source: Path, output: Path, units: int, progress: BatchProgress | None = None
-) -> dict[str, Any]:
+def batch_run(setup: Setup, source: Path, output: Path, units: int) -> dict[str, Any]:
     """One ``compress_jsonl`` job on ``units`` GPUs (or CPU actors): rates, GPU utilisation, output checks."""
     commits: list[tuple[float, int]] = []
 
     def on_commit(done: int, total: int) -> None:
         commits.append((time.perf_counter(), done))
-        if progress is not None:
-            progress(done, total)
 
     with GpuSampler() as gpus:
         summary = compress_jsonl(
@@ -242,21 +237,14 @@ def kill_phase(setup: Setup, source: Path, ids: list[str], records: int, units: 
     with source.open(encoding="utf-8") as full, subset.open("w", encoding="utf-8") as part:
         for _ in range(records):
             part.write(full.readline())
-    killed: list[int] = []
-
-    def kill_one_worker(done: int, total: int) -> None:
-        if not killed and 0 < done < total:
-            pid = map_worker_pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
     output = setup.workdir / "kill.jsonl"
-    run = batch_run(setup, subset, output, units, progress=kill_one_worker)
+    with MapWorkerKiller() as killer:
+        run = batch_run(setup, subset, output, units)
     out_ids = [line["id"] for line in read_lines(output)]
     reference = setup.workdir / f"batch-{units}.jsonl"
     return {
         "run": run,
-        "killed_pid": killed[0] if killed else None,
+        "killed_pid": killer.pid,
         "exactly_once_in_order": out_ids == ids[:records],
         "missing": len(set(ids[:records]) - set(out_ids)),
         "duplicated": len(out_ids) - len(set(out_ids)),

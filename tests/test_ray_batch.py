@@ -23,7 +23,7 @@ from cprs_core import CPRSCompressor  # noqa: E402
 from cprs_integrations import ray_batch  # noqa: E402
 from cprs_integrations.batch_store import BatchInputError  # noqa: E402
 
-from .ray_actors import map_worker_pids  # noqa: E402
+from .ray_actors import MapWorkerKiller  # noqa: E402
 
 WINDOW = 128
 QUERY = "Which numbers appear?"
@@ -91,20 +91,13 @@ def test_a_killed_worker_loses_and_duplicates_no_record(
 ) -> None:
     rows = digit_records(24)
     source = write_jsonl(tmp_path / "docs.jsonl", rows)
-    killed: list[int] = []
+    with MapWorkerKiller() as killer:
+        summary = ray_batch.compress_jsonl(
+            source, tmp_path / "out.jsonl", query_field="q", model=str(digit_tagger_dir), window_size=WINDOW,
+            num_actors=2, batch_size=2,
+        )
 
-    def kill_one_worker_mid_run(done: int, total: int) -> None:
-        if not killed and 0 < done < total:
-            pid = map_worker_pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    summary = ray_batch.compress_jsonl(
-        source, tmp_path / "out.jsonl", query_field="q", model=str(digit_tagger_dir), window_size=WINDOW,
-        num_actors=2, batch_size=2, progress=kill_one_worker_mid_run,
-    )
-
-    assert killed, "no worker was killed while blocks were still pending"
+    assert killer.pid is not None, "no worker was killed while the job ran"
     assert summary.records == 24
     assert_complete(tmp_path / "out.jsonl", digit_compressor, rows)
 
