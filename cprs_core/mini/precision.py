@@ -1,10 +1,10 @@
-"""The precision ``cprs-mini`` runs in: float32 on CPU by default, int8 linear layers on request, or bfloat16.
+"""The precision ``cprs-mini`` runs in: int8 linear layers on CPU by default, float32 or bfloat16 on request.
 
-With ``dtype="int8"`` (or ``$CPRS_MINI_DTYPE=int8``) the encoders' ``nn.Linear`` layers run as PyTorch dynamic
-int8 quantization (weights quantized per output channel at load, activations per batch on the fly); embeddings,
-LayerNorms, attention and the small heads stay float32. It is about 1.5x faster on 2 cores (docs/cpu-speed.md),
-but not the default: its activation ranges are per forward batch, so a window's scores can shift slightly with
-the other windows in its batch, i.e. with whatever else a server batches beside a request. CUDA never uses int8.
+On CPU the encoders' ``nn.Linear`` layers run as PyTorch dynamic int8 quantization (weights quantized per output
+channel at load, activations on the fly); embeddings, LayerNorms, attention and the small heads stay float32.
+The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
+never depend on the windows batched beside it, e.g. other requests on a server. ``dtype="float32"`` (or
+``$CPRS_MINI_DTYPE=float32``) opts out. CUDA never uses int8: bfloat16 by default. Figures: docs/cpu-speed.md.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ from ..errors import DeviceError
 INT8 = "int8"
 """The dtype name that selects int8 linear layers (CPU only)."""
 DTYPE_ENV = "CPRS_MINI_DTYPE"
-"""Environment variable: the dtype cprs-mini uses on CPU when the caller gives none (``int8`` opts in)."""
+"""Environment variable: the dtype cprs-mini uses on CPU when the caller gives none (``float32`` opts out of int8)."""
 
 Precision = torch.dtype | str
 """A float ``torch.dtype`` or :data:`INT8`."""
 
 
 def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> Precision:
-    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE`` or float32; else bfloat16 on CUDA.
+    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE`` or int8 (float32 on a PyTorch build
+    without a quantized CPU engine); else bfloat16 on CUDA.
 
     Raises:
         DeviceError: an unknown dtype, or int8 on CUDA.
     """
     chosen = dtype if dtype is not None or device.type != "cpu" else (os.environ.get(DTYPE_ENV) or None)
     if chosen is None and device.type == "cpu":
-        return torch.float32
+        return INT8 if int8_available() else torch.float32
     if chosen == INT8:
         if device.type != "cpu":
             raise DeviceError("int8 runs on CPU only; on CUDA use bfloat16 (the default) or float32")
@@ -50,16 +51,44 @@ def int8_available() -> bool:
     return any(engine != "none" for engine in torch.backends.quantized.supported_engines)
 
 
-def quantize_linears(module: nn.Module) -> nn.Module:
+class PerWindowLinear(nn.Module):
+    """A dynamic int8 linear layer that quantizes each batch row (one window) with its own activation range.
+
+    PyTorch's dynamic quantization takes one range for its whole input, which would make a window's output depend
+    on the windows batched with it. Calling the layer once per row keeps every window's result its own, at a
+    small cost (docs/cpu-speed.md).
+    """
+
+    def __init__(self, quantized: nn.Module) -> None:
+        super().__init__()
+        self.quantized = quantized
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or x.shape[0] == 1:
+            return self.quantized(x)
+        return torch.cat([self.quantized(row) for row in x.split(1)])
+
+
+def quantize_linears(module: nn.Module, per_window: bool = True) -> nn.Module:
     """Swap every ``nn.Linear`` inside ``module`` for a dynamic int8 one, in place (give it the encoder, so the
     tiny heads outside it stay float32).
 
-    Weights are quantized per output channel. Activations are quantized per forward batch (one range for the
-    whole input tensor), so a window's scores can shift slightly with the windows batched beside it; they are
-    the same for the same batch.
+    Weights are quantized per output channel. Activations are quantized per batch row with ``per_window`` (each
+    window's scores are independent of its batch), else with one range for the whole input tensor (faster on
+    many short rows: the sentence embedder, whose batches hold one request's sentences only).
     """
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao; the API still works
         torch.ao.quantization.quantize_dynamic(module, {nn.Linear: qconfig}, inplace=True)
+    if per_window:
+        _wrap_quantized(module)
     return module
+
+
+def _wrap_quantized(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.ao.nn.quantized.dynamic.Linear):
+            setattr(module, name, PerWindowLinear(child))
+        else:
+            _wrap_quantized(child)

@@ -12,7 +12,8 @@ Every method keeps whole sentences (the engine's sentence units) under the same 
 * ``cprs-mini``: ``CPRSCompressor.compress(granularity="sentence", target_ratio=r)``, i.e. what a user gets;
   with no budget, the default keep rule.
 * ``embed``: cosine of mean-pooled un-adapted MiniLM embeddings (LangChain's ``EmbeddingsFilter`` idea);
-  ``embed-max``: for two-question queries, each question embedded on its own and a sentence's best cosine taken.
+  ``embed-max``: for two-question queries, each question embedded on its own and a sentence's best cosine taken;
+  ``embed-zmax``: the same after z-scoring each question's cosines over the context's sentences.
 * ``bm25``: BM25 (rank-bm25) of each sentence against the query.
 
 Without a budget the baselines keep as many tokens as cprs-mini kept on that context. The metric is the share
@@ -106,7 +107,8 @@ class SentenceBaselines:
         return units, len(tokens.ids)
 
     def scores(self, text: str, units: list[Unit], query: str) -> dict[str, np.ndarray]:
-        """``embed``, ``embed-max`` (best over the query's questions) and ``bm25`` score of each unit."""
+        """``embed``, ``embed-max`` (best cosine over the query's questions), ``embed-zmax`` (best over the questions
+        of each question's z-scored cosines) and ``bm25`` score of each unit."""
         from rank_bm25 import BM25Okapi
 
         pieces = [text[unit.char_start : unit.char_end] for unit in units]
@@ -115,9 +117,12 @@ class SentenceBaselines:
         query_vectors = self.embedder.embed([query, *questions])
         cosines = sentence_vectors @ query_vectors.T
         bm25 = BM25Okapi([_WORD.findall(piece.lower()) or [""] for piece in pieces])
+        per_question = cosines[:, 1:] if len(questions) > 1 else cosines[:, :1]
+        spread = per_question.std(axis=0)
         return {
             "embed": cosines[:, 0],
-            "embed-max": cosines[:, 1:].max(axis=1) if len(questions) > 1 else cosines[:, 0],
+            "embed-max": per_question.max(axis=1),
+            "embed-zmax": ((per_question - per_question.mean(axis=0)) / np.where(spread > 0, spread, 1.0)).max(axis=1),
             "bm25": np.asarray(bm25.get_scores(_WORD.findall(query.lower()))),
         }
 
@@ -129,6 +134,10 @@ def keep_spans(units: list[Unit], scores: np.ndarray, budget: int) -> tuple[list
     chosen = select_by_budget(scored, max(budget, smallest), "sentence")
     groups = merge_adjacent(chosen)
     return [(group[0].char_start, group[-1].char_end) for group in groups], sum(unit.tokens for unit in chosen)
+
+
+EMBEDDINGS = ("embed", "embed-max", "embed-zmax")
+"""The embedding baselines: the whole query; each question's best cosine; each question's best z-scored cosine."""
 
 
 def budget_name(budget: float | None) -> str:
@@ -145,12 +154,14 @@ def evaluate(
     seed: int,
     thresholds: Sequence[float] = (),
     weights: Sequence[float] = (),
+    per_question_z: bool = False,
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
     Keys are ``"<method>@<budget>"``. Variants of cprs-mini's settings, for choosing them on the tune split: each
     of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
-    similarity weight under the budgets (``cprs-mini@10%/w=<w>``).
+    similarity weight under the budgets (``cprs-mini@10%/w=<w>``); with ``per_question_z``, the other setting of
+    the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``).
     """
     cells: dict[str, Cell] = {}
     coqa_sources = [
@@ -182,8 +193,12 @@ def evaluate(
                 run(f"cprs-mini@{budget_name(budget)}", document, total, budget)
                 for weight in weights:
                     run(f"cprs-mini@{budget_name(budget)}/w={weight:g}", document, total, budget, similarity_weight=weight)
+                if per_question_z and questions > 1 and critic.embedder is not None:
+                    critic.embedder.per_question_z = not critic.embedder.per_question_z
+                    run(f"cprs-mini@{budget_name(budget)}/pqz", document, total, budget)
+                    critic.embedder.per_question_z = not critic.embedder.per_question_z
             for method, scores in method_scores.items():
-                if method == "embed-max" and questions == 1:
+                if method in ("embed-max", "embed-zmax") and questions == 1:
                     continue
                 spans, kept = keep_spans(units, scores, limit)
                 _record(cells, f"{method}@{budget_name(budget)}", document, spans, kept, total)
@@ -218,7 +233,8 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict[str, float]]:
 
 def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """One table row per (context, questions, budget): each method's kept share [95% CI] and the gaps."""
-    header = "| context | questions | budget | n answers | cprs-mini | embed | embed-max | bm25 | cprs-mini minus embed (best) |"
+    header = ("| context | questions | budget | n answers | cprs-mini | embed | embed-max | embed-zmax | bm25 "
+              "| cprs-mini minus embed (best) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for setting, summary in results.items():
         size, questions = setting.split("/")
@@ -227,10 +243,10 @@ def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
             if cprs is None:
                 continue
             cells = []
-            for method in ("cprs-mini", "embed", "embed-max", "bm25"):
+            for method in ("cprs-mini", *EMBEDDINGS, "bm25"):
                 row = summary.get(f"{method}@{budget}")
                 cells.append("–" if row is None else f"{row['kept']:.1%} [{row['low']:.1%}, {row['high']:.1%}]")
-            best = max((summary[f"{m}@{budget}"] for m in ("embed", "embed-max") if f"{m}@{budget}" in summary),
+            best = max((summary[f"{m}@{budget}"] for m in EMBEDDINGS if f"{m}@{budget}" in summary),
                        key=lambda row: row["kept"])
             gap = f"{best['gap'] * 100:+.1f} [{best['gap_low'] * 100:+.1f}, {best['gap_high'] * 100:+.1f}] pts"
             label = f"{budget} ({cprs['ratio']:.0f}x)" if budget == "none" else budget
@@ -249,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=500, help="queries per setting (two-question: half)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="also try these keep thresholds")
     parser.add_argument("--weights", type=float, nargs="*", default=[], help="also try these similarity weights")
+    parser.add_argument("--per-question-z", action="store_true",
+                        help="also try the other question pooling of the similarity (two-question queries)")
+    parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -277,7 +296,7 @@ def _load(args: argparse.Namespace, device: str) -> None:
     embedder = EmbeddingSentences(load_encoder(backbone).to(device), tokenizer, count_tokens)
     if critic.embedder is None:
         critic.embedder = embedder.embedder  # lets --weights try the similarity on a checkpoint without it
-    compressor = CPRSCompressor(critic)
+    compressor = CPRSCompressor(critic, window_size=args.window_size)
     _WORKER.update(args=args, compressor=compressor, baselines=SentenceBaselines(compressor, embedder),
                    pool=PassagePool(passages_of(load_passages(args.real_data), args.split), tokenizer))
 
@@ -293,7 +312,7 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     size, questions, samples = task
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
-                    args.seed, args.thresholds, args.weights)  # type: ignore[attr-defined]
+                    args.seed, args.thresholds, args.weights, args.per_question_z)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:

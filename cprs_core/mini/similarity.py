@@ -31,13 +31,20 @@ class SentenceEmbedder:
         tokenizer: its tokenizer (no truncation or padding set).
         max_tokens: texts are cut to this many tokens.
         batch_size: texts per forward pass (sorted by length to limit padding).
+        per_question_z: for a query of several questions, z-score each question's cosines over the texts before
+            taking a text's best, so a question whose wording happens to sit closer to every text does not take
+            the whole budget (otherwise the best raw cosine is taken).
     """
 
-    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, max_tokens: int = 256, batch_size: int = 64) -> None:
+    def __init__(
+        self, encoder: BertModel, tokenizer: Tokenizer, max_tokens: int = 256, batch_size: int = 64,
+        per_question_z: bool = False,
+    ) -> None:
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.batch_size = batch_size
+        self.per_question_z = per_question_z
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -61,9 +68,14 @@ class SentenceEmbedder:
         return result
 
     def similarity(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        """Each text's best cosine against the query and against each question in it."""
+        """Each text's best cosine against the query and against each question in it (z-scored per probe first
+        with ``per_question_z``)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
         questions = questions_of(query)
         probes = [query, *questions] if len(questions) > 1 else [query]
-        return (self.embed(texts) @ self.embed(probes).T).max(axis=1)
+        cosines = self.embed(texts) @ self.embed(probes).T
+        if self.per_question_z and len(probes) > 1:
+            spread = cosines.std(axis=0)
+            cosines = (cosines - cosines.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+        return cosines.max(axis=1)
