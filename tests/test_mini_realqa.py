@@ -134,3 +134,41 @@ def test_evaluation_helpers() -> None:
     low, high = bootstrap_interval(np.array([1.0] * 90 + [0.0] * 10), np.random.default_rng(0))
     assert 0.8 < low < 0.9 < high < 0.97
     assert questions_of("Who won? When was it?") == ["Who won?", "When was it?"]
+
+
+def _coqa_stories(count: int) -> dict:
+    stories = []
+    for index in range(count):
+        story = f"Mia{index} walked to the harbour at dawn. She counted {index + 3} red boats there. Then she slept."
+        rationale = story.index("She counted")
+        stories.append({
+            "source": "cnn", "id": f"story{index}", "story": story,
+            "questions": [{"input_text": f"How many red boats did Mia{index} count at the harbour?", "turn_id": 1}],
+            "answers": [{"span_start": rationale, "span_end": story.index(" Then"), "span_text": "", "input_text": "",
+                         "turn_id": 1}],
+        })
+    return {"data": stories}
+
+
+def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_path: Path) -> None:
+    from cprs_core.mini import realeval
+
+    (tmp_path / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
+    (tmp_path / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
+    output = tmp_path / "results.json"
+    realeval.main([
+        "--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1", "2", "--samples", "4",
+        "--per-question-z", "--thresholds", "0.5", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
+    ])
+
+    results = json.loads(output.read_text())["results"]
+    one, two = results["0K/1"], results["0K/2"]
+    assert {"cprs-mini@none/t=0.5", "embed@5%", "bm25@10%"} <= set(one)
+    assert not any(name.startswith(("embed-max", "embed-zmax")) or name.endswith("/pqz") for name in one)
+    assert {"embed-max@5%", "embed-zmax@10%", "cprs-mini@5%/pqz", "cprs-mini@10%/pqz"} <= set(two)
+    assert one["cprs-mini@5%"]["answers"] == 4 and two["cprs-mini@5%"]["answers"] == 4  # 2 queries x 2 answers
+    for row in (*one.values(), *two.values()):
+        assert 0.0 <= row["low"] <= row["kept"] <= row["high"] <= 1.0
+    assert one["cprs-mini@10%"]["ratio"] >= 5  # a 10% budget keeps about a tenth of the tokens
+    table = (tmp_path / "table.md").read_text()
+    assert "| embed-zmax |" in table and table.count("\n| 0K | 2 |") == 3

@@ -271,7 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default=None,
+                        help="cprs-mini's precision (default: the device's default, int8 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
