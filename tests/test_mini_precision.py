@@ -58,6 +58,16 @@ def test_default_on_cpu_is_int8_and_float32_opts_out(monkeypatch: pytest.MonkeyP
     assert resolve_precision("int8", CPU) == INT8
 
 
+def test_without_a_quantized_engine_the_default_is_float32_and_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprs_core.mini import precision
+
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    monkeypatch.setattr(precision, "int8_available", lambda: False)  # e.g. a PyTorch build without fbgemm/qnnpack
+    assert resolve_precision(None, CPU) == torch.float32
+    with pytest.raises(DeviceError, match="no quantized CPU engine"):
+        resolve_precision("int8", CPU)
+
+
 @pytest.mark.parametrize(
     ("dtype", "device", "message"),
     [("int8", "cuda", "CPU only"), ("int4", "cpu", "unknown dtype 'int4'"), ("float16", "cpu", "not supported on CPU")],
