@@ -144,6 +144,20 @@ def budget_name(budget: float | None) -> str:
     return "none" if budget is None else f"{budget:.0%}"
 
 
+def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sample: int) -> RealDocument:
+    """Query number ``sample`` of a setting: even numbers ask about SQuAD, odd ones about a CoQA source; the same
+    arguments always give the same query and context."""
+    rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
+    if sample % 2 == 0:
+        source = "wikipedia-squad"
+    else:
+        source = rng.choice([
+            name for name in pool.sources
+            if name != "wikipedia-squad" and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
+        ])
+    return pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
+
+
 def evaluate(
     compressor: CPRSCompressor,
     baselines: SentenceBaselines,
@@ -164,10 +178,6 @@ def evaluate(
     the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``).
     """
     cells: dict[str, Cell] = {}
-    coqa_sources = [
-        source for source in pool.sources
-        if source != "wikipedia-squad" and len({pool.passages[i].group for i in pool.by_source[source]}) >= questions
-    ]
     critic = compressor.critic
     defaults = {name: getattr(critic, name, None) for name in ("relevance_threshold", "similarity_weight")}
 
@@ -179,9 +189,7 @@ def evaluate(
         return result.compressed_tokens
 
     for sample in samples:
-        rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
-        source = "wikipedia-squad" if sample % 2 == 0 else rng.choice(coqa_sources)
-        document = pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
+        document = query_document(pool, seed, tokens, questions, sample)
         units, total = baselines.units(document.text)
         method_scores = baselines.scores(document.text, units, document.query)
         same_size = run("cprs-mini@none", document, total, None)
