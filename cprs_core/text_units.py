@@ -39,7 +39,8 @@ class TextUnit:
     anchors: tuple[int, ...] = ()
 
 
-def _strip_range(text: str, start: int, end: int) -> tuple[int, int] | None:
+def strip_range(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """``text[start:end]`` without its leading and trailing whitespace, or ``None`` if nothing is left."""
     while start < end and text[start].isspace():
         start += 1
     while end > start and text[end - 1].isspace():
@@ -51,7 +52,7 @@ def _ranges_between(text: str, cut_points: list[int], start: int = 0, end: int |
     ranges = []
     bounds = [start, *cut_points, len(text) if end is None else end]
     for first, last in zip(bounds, bounds[1:]):
-        stripped = _strip_range(text, first, last)
+        stripped = strip_range(text, first, last)
         if stripped:
             ranges.append(stripped)
     return ranges
@@ -78,7 +79,7 @@ def line_ranges(text: str, start: int = 0, end: int | None = None) -> list[tuple
     end = len(text) if end is None else end
     ranges = []
     for match in _LINE.finditer(text, start, end):
-        stripped = _strip_range(text, match.start(), match.end())
+        stripped = strip_range(text, match.start(), match.end())
         if stripped:
             ranges.append(stripped)
     return ranges
@@ -155,7 +156,7 @@ class _Units:
         self.units: list[TextUnit] = []
 
     def add(self, start: int, end: int, anchors: tuple[int, ...] = ()) -> int | None:
-        stripped = _strip_range(self.text, start, end)
+        stripped = strip_range(self.text, start, end)
         if stripped is None:
             return None
         self.units.append(TextUnit(*stripped, tuple(dict.fromkeys(anchors))))

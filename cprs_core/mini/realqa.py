@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer
 
-from ..text_units import sentence_ranges
+from ..text_units import sentence_ranges, strip_range
 
 SPLITS = ("train", "tune", "test")
 RESERVED_NAMES = ("new_wiki", "nyt", "reddit", "amazon_reviews")
@@ -83,14 +83,6 @@ def _evidence(text: str, answer: tuple[int, int]) -> tuple[tuple[int, int], ...]
     return chosen or ((low, high),)
 
 
-def _strip(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
 def load_squad(path: Path) -> list[Passage]:
     """SQuAD v1.1 paragraphs (source ``wikipedia-squad``), one passage each, grouped by article."""
     passages = []
@@ -119,9 +111,10 @@ def load_coqa(path: Path) -> list[Passage]:
             words = question["input_text"].split()
             if question["turn_id"] > 1 and not _stands_alone(words):
                 continue
-            start, end = _strip(text, answer["span_start"], answer["span_end"])
-            if start >= end or answer["span_start"] < 0:
+            span = strip_range(text, answer["span_start"], answer["span_end"])
+            if span is None or answer["span_start"] < 0:
                 continue
+            start, end = span
             query = " ".join(words)
             questions.append(Question(query if query.endswith("?") else query + "?", (start, end), _evidence(text, (start, end))))
         if questions:
