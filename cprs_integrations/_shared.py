@@ -161,7 +161,7 @@ class CompressorSettings(BaseModel):
     model: str | None = Field(default=None, description="Local checkpoint directory or cached hub id.")
     device: str | None = Field(default=None, description="Device of a local model; None = CUDA when present.")
     dtype: str | None = Field(
-        default=None, description="Dtype of a local model; None = bf16 on CUDA, on CPU int8 linear layers for cprs-mini and fp32 otherwise; \"float32\" opts cprs-mini out of int8."
+        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU; \"int8\" = cprs-mini with int8 linear layers (CPU)."
     )
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
 

@@ -108,7 +108,7 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(critic: Mi
     finally:
         critic.max_batch_tokens = default_batch
     for batched, single in zip(first, one_by_one):
-        np.testing.assert_array_equal(batched.bioe, single.bioe)  # int8 (the CPU default) quantizes per window
+        np.testing.assert_allclose(batched.bioe, single.bioe, atol=1e-5)  # int8: bit-equal, see test_mini_precision
 
 
 def test_keeps_the_needle_and_drops_the_haystack(critic: MiniCritic, prose: str) -> None:

