@@ -155,17 +155,19 @@ class SentenceScores:
             keep[first:last] = mean
         if similarity is None or not ranges:
             return cls(keep, keep)
-        combined = _zscore(means) + similarity_weight * _zscore(similarity([index for index, _, _ in ranges]))
+        combined = zscore(means) + similarity_weight * zscore(similarity([index for index, _, _ in ranges]))
         rank = np.full(len(relevance), combined.min(), dtype=np.float64)
         for (_, first, last), score in zip(ranges, combined):
             rank[first:last] = score
         return cls(keep, rank)
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
+def zscore(values: np.ndarray) -> np.ndarray:
+    """``values`` (in float64) minus their mean over the first axis, divided by their standard deviation there
+    (left at 0 where it is 0): a 1-D array as a whole, a 2-D one column by column."""
     values = np.asarray(values, dtype=np.float64)
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+    spread = values.std(axis=0)
+    return (values - values.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
 
 
 def units_from_char_ranges(

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..compressor import CPRSCompressor
-from ..spans import Unit, merge_adjacent, select_by_budget, units_from_char_ranges
+from ..spans import Unit, merge_adjacent, select_by_budget, units_from_char_ranges, zscore
 from ..text_units import sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
@@ -118,11 +118,10 @@ class SentenceBaselines:
         cosines = sentence_vectors @ query_vectors.T
         bm25 = BM25Okapi([_WORD.findall(piece.lower()) or [""] for piece in pieces])
         per_question = cosines[:, 1:] if len(questions) > 1 else cosines[:, :1]
-        spread = per_question.std(axis=0)
         return {
             "embed": cosines[:, 0],
             "embed-max": per_question.max(axis=1),
-            "embed-zmax": ((per_question - per_question.mean(axis=0)) / np.where(spread > 0, spread, 1.0)).max(axis=1),
+            "embed-zmax": zscore(per_question).max(axis=1),
             "bm25": np.asarray(bm25.get_scores(_WORD.findall(query.lower()))),
         }
 

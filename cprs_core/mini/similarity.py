@@ -2,7 +2,7 @@
 
 ``all-MiniLM-L6-v2`` was trained as a sentence embedder on about a billion pairs; its cosine similarity ranks
 real questions' evidence well, and differently from the critic trained on a few thousand questions. cprs-mini
-ranks sentences by the sum of both z-scores (see :func:`cprs_core.spans.combined_sentence_scores`).
+ranks sentences by the sum of both z-scores (see :meth:`cprs_core.spans.SentenceScores.from_relevance`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from transformers import BertModel
+
+from ..spans import zscore
 
 _QUESTION_END = re.compile(r"(?<=[?？])\s+")
 
@@ -76,6 +78,5 @@ class SentenceEmbedder:
         probes = [query, *questions] if len(questions) > 1 else [query]
         cosines = self.embed(texts) @ self.embed(probes).T
         if self.per_question_z and len(probes) > 1:
-            spread = cosines.std(axis=0)
-            cosines = (cosines - cosines.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+            cosines = zscore(cosines)
         return cosines.max(axis=1)
