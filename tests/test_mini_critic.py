@@ -22,6 +22,8 @@ from cprs_core.mini.checkpoint import SHIPPED_DIR
 from cprs_core.mini.inputs import MAX_PREFIX_TOKENS
 from cprs_core.mini.similarity import questions_of
 
+from .window_batches import score_one_window_per_batch
+
 NEEDLE = "One of the special magic numbers for bright-lantern is: 4821937."
 DISTRACTOR = "One of the special magic numbers for quiet-harbor is: 1234567."
 NEEDLE_QUERY = "What is the special magic number for bright-lantern mentioned in the provided text?"
@@ -101,12 +103,7 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(critic: Mi
         assert scores.relevance is not None and scores.relevance.shape == (len(window),)
         np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
         np.testing.assert_array_equal(scores.bioe, repeat.bioe)
-    default_batch = critic.max_batch_tokens
-    try:
-        critic.max_batch_tokens = 1
-        one_by_one = critic.score_windows(prefix, windows, ["needle"])
-    finally:
-        critic.max_batch_tokens = default_batch
+    one_by_one = score_one_window_per_batch(critic, prefix, windows, ["needle"])
     for batched, single in zip(first, one_by_one):
         np.testing.assert_allclose(batched.bioe, single.bioe, atol=1e-5)  # int8: bit-equal, see test_mini_precision
 

@@ -19,6 +19,8 @@ from cprs_core.errors import DeviceError
 from cprs_core.mini import MiniCritic, load_mini_critic
 from cprs_core.mini.precision import DTYPE_ENV, INT8, PerWindowLinear, int8_available, resolve_precision
 
+from .window_batches import score_one_window_per_batch
+
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch build has no quantized CPU engine")
 
 NEEDLE = "One of the special magic numbers for bright-lantern is: 4821937."
@@ -107,12 +109,7 @@ def test_int8_scores_do_not_depend_on_the_batch_and_are_close_to_float32(
     fast = int8_critic.score_windows(prefix, windows, ["needle"])
     again = int8_critic.score_windows(prefix, windows, ["needle"])
     exact = float_critic.score_windows(prefix, windows, ["needle"])
-    default_batch = int8_critic.max_batch_tokens
-    try:
-        int8_critic.max_batch_tokens = 1
-        one_by_one = int8_critic.score_windows(prefix, windows, ["needle"])
-    finally:
-        int8_critic.max_batch_tokens = default_batch
+    one_by_one = score_one_window_per_batch(int8_critic, prefix, windows, ["needle"])
     for scores, repeat, reference, single in zip(fast, again, exact, one_by_one):
         assert scores.bioe.dtype == np.float32
         np.testing.assert_allclose(scores.bioe.sum(axis=1), 1.0, rtol=1e-5)
