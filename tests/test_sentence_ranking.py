@@ -27,9 +27,13 @@ class KeywordCritic:
     default_window_size = 16
     suffix_tokens = 0
 
-    def __init__(self, relevance_threshold: float | None = None, similarity_weight: float | None = None) -> None:
+    def __init__(
+        self, relevance_threshold: float | None = None, similarity_weight: float | None = None,
+        similarity_shortlist: float | None = None,
+    ) -> None:
         self.relevance_threshold = relevance_threshold
         self.similarity_weight = similarity_weight
+        self.similarity_shortlist = similarity_shortlist
         self.similarity_calls: list[list[str]] = []
 
     def tokenize_context(self, text: str) -> TokenizedText:
@@ -94,6 +98,44 @@ def test_budgets_rank_by_relevance_alone_or_with_the_weighted_similarity() -> No
     ensemble = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
     assert ensemble.text == "beta is the other key today."
     assert len(critic.similarity_calls[-1]) == 5  # one similarity per sentence, computed once
+
+
+def test_a_shortlist_compares_only_the_critics_best_sentences_and_ranks_the_rest_below() -> None:
+    relevance = np.array([2.0, 4.0, -1.0, -3.0, 0.0, 1.0], dtype=np.float32)
+    token_ends = [3, 6, 10, 14, 18, 22]
+    sentences = [(0, 6), (7, 14), (15, 18), (19, 22)]  # means 3, -2, 0, 1 over 2, 2, 1, 1 tokens
+    asked: list[list[int]] = []
+
+    def similarity(indices: list[int]) -> np.ndarray:
+        asked.append(indices)
+        return np.array([{0: 0.0, 1: 5.0, 2: 0.0, 3: 1.0}[i] for i in indices])
+
+    full = SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, 2.0)
+    assert asked.pop() == [0, 1, 2, 3]
+    everything = SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, 2.0, shortlist_tokens=6)
+    assert asked.pop() == [0, 1, 2, 3]
+    np.testing.assert_allclose(everything.rank, full.rank)
+
+    short = SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, 2.0, shortlist_tokens=3)
+    assert asked.pop() == [0, 3]  # the two best mean logits (3 and 1) hold 3 tokens
+    compared = (np.array([3.0, 1.0]) - 2.0) / 1.0 + 2.0 * (np.array([0.0, 1.0]) - 0.5) / 0.5
+    assert short.rank[0] == compared[0] and short.rank[5] == compared[1]
+    assert max(short.rank[2], short.rank[4]) < compared.min()  # sentence 1's similarity of 5 was never asked for
+    assert short.rank[4] > short.rank[2]  # the others keep the critic's order (mean 0 above mean -2)
+    np.testing.assert_array_equal(short.keep, full.keep)
+
+
+def test_the_engine_shortlists_a_multiple_of_the_budget() -> None:
+    critic = KeywordCritic(similarity_weight=3.0, similarity_shortlist=1.0)
+    result = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=4)
+    assert critic.similarity_calls == [["alpha alpha alpha one."]]  # 4 tokens: the critic's best sentence fills them
+    assert result.text == "alpha alpha alpha one."
+    critic.similarity_shortlist = 2.0  # 14 tokens: the alpha sentences and the first of the three tied at -4
+    result = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
+    assert len(critic.similarity_calls[-1]) == 3 and "beta" not in result.text
+    critic.similarity_shortlist = 3.0  # 21 tokens: every sentence, so the similarity finds the beta sentence
+    result = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
+    assert len(critic.similarity_calls[-1]) == 5 and result.text == "beta is the other key today."
 
 
 def test_a_paragraph_ranks_by_its_best_sentence_not_its_average() -> None:

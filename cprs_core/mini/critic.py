@@ -40,6 +40,8 @@ class MiniCritic:
             (``None``: only the BIOE tags decide).
         embedder: the un-adapted backbone as a sentence embedder, for :meth:`sentence_similarity`.
         similarity_weight: weight of that similarity in the engine's sentence ranking (``None``: unused).
+        similarity_shortlist: under a budget, compute the similarity only for the critic's best sentences,
+            covering this many times the budget's tokens (``None``: for every sentence).
     """
 
     suffix_tokens = 1
@@ -55,8 +57,10 @@ class MiniCritic:
         relevance_threshold: float | None = None,
         embedder: SentenceEmbedder | None = None,
         similarity_weight: float | None = None,
+        similarity_shortlist: float | None = None,
     ) -> None:
         self.model = model
+        self.similarity_shortlist = similarity_shortlist
         self.embedder = embedder
         self.similarity_weight = similarity_weight if embedder is not None else None
         self.tokenizer = tokenizer
@@ -167,5 +171,5 @@ def load_mini_critic(
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
-        embedder, config.similarity_weight,
+        embedder, config.similarity_weight, config.similarity_shortlist,
     )

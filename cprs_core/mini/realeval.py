@@ -168,17 +168,20 @@ def evaluate(
     thresholds: Sequence[float] = (),
     weights: Sequence[float] = (),
     per_question_z: bool = False,
+    shortlists: Sequence[float] = (),
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
     Keys are ``"<method>@<budget>"``. Variants of cprs-mini's settings, for choosing them on the tune split: each
     of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
-    similarity weight under the budgets (``cprs-mini@10%/w=<w>``); with ``per_question_z``, the other setting of
-    the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``).
+    similarity weight under the budgets (``cprs-mini@10%/w=<w>``); each of ``shortlists`` as the similarity
+    shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no shortlist); with ``per_question_z``, the
+    other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
-    defaults = {name: getattr(critic, name, None) for name in ("relevance_threshold", "similarity_weight")}
+    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist")
+    defaults = {name: getattr(critic, name, None) for name in settings_names}
 
     def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | None) -> int:
         for setting, value in {**defaults, **settings}.items():
@@ -200,6 +203,9 @@ def evaluate(
                 run(f"cprs-mini@{budget_name(budget)}", document, total, budget)
                 for weight in weights:
                     run(f"cprs-mini@{budget_name(budget)}/w={weight:g}", document, total, budget, similarity_weight=weight)
+                for factor in shortlists:
+                    run(f"cprs-mini@{budget_name(budget)}/s={factor:g}", document, total, budget,
+                        similarity_shortlist=factor or None)
                 if per_question_z and questions > 1 and critic.embedder is not None:
                     critic.embedder.per_question_z = not critic.embedder.per_question_z
                     run(f"cprs-mini@{budget_name(budget)}/pqz", document, total, budget)
@@ -274,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", type=float, nargs="*", default=[], help="also try these similarity weights")
     parser.add_argument("--per-question-z", action="store_true",
                         help="also try the other question pooling of the similarity (two-question queries)")
+    parser.add_argument("--shortlists", type=float, nargs="*", default=[],
+                        help="also try these similarity shortlists (multiples of the budget; 0: none)")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -320,7 +328,8 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     size, questions, samples = task
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
-                    args.seed, args.thresholds, args.weights, args.per_question_z)  # type: ignore[attr-defined]
+                    args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
+                    args.shortlists)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
