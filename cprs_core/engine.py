@@ -382,7 +382,9 @@ class WindowParallelEngine:
         Sentences and paragraphs are scored by their best token's keep probability, or, when the critic gives
         relevance logits, by their (best) sentence's :class:`~cprs_core.spans.SentenceScores`; without a budget,
         a sentence or paragraph is kept when it holds a tagged token or its sentence's mean logit reaches the
-        critic's ``relevance_threshold`` (a line only when it holds a tagged token).
+        critic's ``relevance_threshold`` (a line only when it holds a tagged token). A critic that sets
+        ``rank_without_budget`` keeps as many tokens as that rule would, chosen by the budget ranking instead
+        (units holding a tagged span first).
         """
         keep_scores, labels = force(1.0 - bioe[:, OUTSIDE_ID], labels, forced.mask, I)
         decoded = [(start, end) for start, end in decode_spans(labels)
@@ -415,16 +417,19 @@ class WindowParallelEngine:
             chosen = select_by_budget(candidates, budget, granularity, anchors)
             check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
             return merge_adjacent(chosen)
-        tagged = np.zeros(len(labels) + 1, dtype=np.int64)
+        spanned = np.zeros(len(labels), dtype=bool)  # tokens inside a span the critic tagged
         for start, end in decoded:
-            tagged[start:end] = 1
-        if above_threshold is not None:
-            tagged[:-1][above_threshold] = 1
-        tagged_before = np.concatenate(([0], np.cumsum(tagged)))
-        return merge_adjacent(with_anchors(
-            [unit for unit in candidates if tagged_before[unit.token_end] > tagged_before[unit.token_start]],
-            candidates, anchors,
-        ))
+            spanned[start:end] = True
+        marked = spanned if above_threshold is None else spanned | above_threshold
+        kept = with_anchors(_holding(candidates, marked), candidates, anchors)
+        if above_threshold is None or not kept or not getattr(self.critic, "rank_without_budget", False):
+            return merge_adjacent(kept)
+        # the threshold sets how many tokens to keep; the budget ranking chooses which (tagged spans first)
+        size = sum(unit.tokens for unit in kept)
+        ranked = self._sentence_scores(text, query, relevance, sentences, token_ends, size)
+        first = spanned | forced.mask
+        candidates, anchors = anchored_units(text_units, token_ends, np.where(first, np.inf, ranked.rank))
+        return merge_adjacent(select_by_budget(candidates, size, granularity, anchors))
 
     def _sentence_scores(
         self,
@@ -449,6 +454,12 @@ class WindowParallelEngine:
         factor = getattr(self.critic, "similarity_shortlist", None)
         shortlist = None if factor is None else int(np.ceil(factor * budget))
         return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight, shortlist)
+
+
+def _holding(units: list[Unit], marked: np.ndarray) -> list[Unit]:
+    """The units that hold at least one ``marked`` token."""
+    marked_before = np.concatenate(([0], np.cumsum(marked)))
+    return [unit for unit in units if marked_before[unit.token_end] > marked_before[unit.token_start]]
 
 
 def _token_budget(total_tokens: int, target_ratio: float | None, target_tokens: int | None) -> int | None:

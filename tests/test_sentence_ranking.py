@@ -16,11 +16,13 @@ from cprs_core.spans import SentenceScores
 
 _WORD = re.compile(r"\S+")
 OUTSIDE = np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)
+BEGIN = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
 
 
 class KeywordCritic:
-    """A critic with known scores: every token is O; a token's relevance logit is +4 when it contains
-    ``alpha`` and -4 otherwise; a sentence's similarity to any query is 1 when it contains ``beta``, else 0."""
+    """A critic with known scores: every token is O but those containing ``gamma``, which are tagged B; a token's
+    relevance logit is +4 when it contains ``alpha`` and -4 otherwise; a sentence's similarity to any query is 1
+    when it contains ``beta``, else 0."""
 
     name = "keyword"
     max_positions = 64
@@ -29,16 +31,18 @@ class KeywordCritic:
 
     def __init__(
         self, relevance_threshold: float | None = None, similarity_weight: float | None = None,
-        similarity_shortlist: float | None = None,
+        similarity_shortlist: float | None = None, rank_without_budget: bool = False,
     ) -> None:
         self.relevance_threshold = relevance_threshold
         self.similarity_weight = similarity_weight
         self.similarity_shortlist = similarity_shortlist
+        self.rank_without_budget = rank_without_budget
         self.similarity_calls: list[list[str]] = []
 
     def tokenize_context(self, text: str) -> TokenizedText:
         matches = list(_WORD.finditer(text))
-        return TokenizedText([1 if "alpha" in m.group() else 0 for m in matches], [m.span() for m in matches])
+        ids = [1 if "alpha" in m.group() else 2 if "gamma" in m.group() else 0 for m in matches]
+        return TokenizedText(ids, [m.span() for m in matches])
 
     def encode_prefix(self, instruction: str, query: str) -> list[int]:
         return [7, 7]
@@ -48,7 +52,8 @@ class KeywordCritic:
 
     def score_windows(self, prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]) -> list[WindowScores]:
         return [
-            WindowScores(np.tile(OUTSIDE, (len(window), 1)), relevance=np.where(np.array(window) == 1, 4.0, -4.0).astype(np.float32))
+            WindowScores(np.where(np.array(window)[:, None] == 2, BEGIN, OUTSIDE).astype(np.float32),
+                         relevance=np.where(np.array(window) == 1, 4.0, -4.0).astype(np.float32))
             for window in windows
         ]
 
@@ -136,6 +141,28 @@ def test_the_engine_shortlists_a_multiple_of_the_budget() -> None:
     critic.similarity_shortlist = 3.0  # 21 tokens: every sentence, so the similarity finds the beta sentence
     result = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
     assert len(critic.similarity_calls[-1]) == 5 and result.text == "beta is the other key today."
+
+
+def test_ranking_without_a_budget_keeps_the_thresholds_size_but_the_rankings_choice() -> None:
+    # threshold 0.05 (logit -2.9) keeps "alpha alpha alpha one." (mean 2) and the 6-token "alpha two ..." (-2.7)
+    by_threshold = CPRSCompressor(KeywordCritic(relevance_threshold=0.05, similarity_weight=3.0))
+    before = by_threshold.compress(CONTEXT, query="which?", granularity="sentence")
+    assert [span.text for span in before.spans] == ["alpha alpha alpha one.", "alpha two plain plain plain plain."]
+    critic = KeywordCritic(relevance_threshold=0.05, similarity_weight=3.0, rank_without_budget=True)
+    ranked = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence")
+    assert ranked.compressed_tokens == before.compressed_tokens == 10
+    assert [span.text for span in ranked.spans] == ["alpha alpha alpha one.", "beta is the other key today."]
+    critic.relevance_threshold = 0.95  # nothing reaches it: nothing is kept, and nothing is ranked
+    assert CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence").spans == []
+    assert len(critic.similarity_calls) == 1
+
+
+def test_ranking_without_a_budget_keeps_tagged_spans_first() -> None:
+    context = CONTEXT + " gamma marks this plain sentence."
+    critic = KeywordCritic(relevance_threshold=0.05, similarity_weight=3.0, rank_without_budget=True)
+    kept = [span.text for span in CPRSCompressor(critic).compress(context, query="which?", granularity="sentence").spans]
+    assert "gamma marks this plain sentence." in kept and "beta is the other key today." in kept
+    assert sum(len(text.split()) for text in kept) == 15  # 10 tokens over the threshold + the 5-token tagged one
 
 
 def test_a_paragraph_ranks_by_its_best_sentence_not_its_average() -> None:

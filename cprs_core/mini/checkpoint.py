@@ -40,6 +40,8 @@ class MiniConfig:
     """Weight of the un-adapted backbone's query–sentence cosine (z-scored) in the sentence ranking; ``None``: unused."""
     similarity_per_question_z: bool = False
     """For a query of several questions, z-score each question's cosines before taking a sentence's best."""
+    rank_without_budget: bool = False
+    """Without a budget, keep as many tokens as the threshold rule would, chosen by the budget ranking."""
     similarity_shortlist: float | None = None
     """Under a budget, the similarity is computed for the critic's best sentences covering this many times the
     budget's tokens only; ``None``: for every sentence."""

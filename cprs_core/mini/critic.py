@@ -42,6 +42,8 @@ class MiniCritic:
         similarity_weight: weight of that similarity in the engine's sentence ranking (``None``: unused).
         similarity_shortlist: under a budget, compute the similarity only for the critic's best sentences,
             covering this many times the budget's tokens (``None``: for every sentence).
+        rank_without_budget: without a budget, keep as many tokens as the threshold rule keeps, chosen by the
+            budget ranking (critic and similarity) instead of by the threshold.
     """
 
     suffix_tokens = 1
@@ -58,9 +60,11 @@ class MiniCritic:
         embedder: SentenceEmbedder | None = None,
         similarity_weight: float | None = None,
         similarity_shortlist: float | None = None,
+        rank_without_budget: bool = False,
     ) -> None:
         self.model = model
         self.similarity_shortlist = similarity_shortlist
+        self.rank_without_budget = rank_without_budget and embedder is not None
         self.embedder = embedder
         self.similarity_weight = similarity_weight if embedder is not None else None
         self.tokenizer = tokenizer
@@ -171,5 +175,5 @@ def load_mini_critic(
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
-        embedder, config.similarity_weight, config.similarity_shortlist,
+        embedder, config.similarity_weight, config.similarity_shortlist, config.rank_without_budget,
     )

@@ -169,6 +169,7 @@ def evaluate(
     weights: Sequence[float] = (),
     per_question_z: bool = False,
     shortlists: Sequence[float] = (),
+    other_keep_rule: bool = False,
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -176,11 +177,12 @@ def evaluate(
     of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
     similarity weight under the budgets (``cprs-mini@10%/w=<w>``); each of ``shortlists`` as the similarity
     shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no shortlist); with ``per_question_z``, the
-    other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``).
+    other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``); with
+    ``other_keep_rule``, the other setting of ``rank_without_budget`` (``cprs-mini@none/rwb``).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
-    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist")
+    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget")
     defaults = {name: getattr(critic, name, None) for name in settings_names}
 
     def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | None) -> int:
@@ -197,6 +199,8 @@ def evaluate(
         same_size = run("cprs-mini@none", document, total, None)
         for threshold in thresholds:
             run(f"cprs-mini@none/t={threshold:g}", document, total, None, relevance_threshold=threshold)
+        if other_keep_rule:
+            run("cprs-mini@none/rwb", document, total, None, rank_without_budget=not defaults["rank_without_budget"])
         for budget in BUDGETS:
             limit = same_size if budget is None else max(1, int(total * budget))
             if budget is not None:
@@ -282,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try the other question pooling of the similarity (two-question queries)")
     parser.add_argument("--shortlists", type=float, nargs="*", default=[],
                         help="also try these similarity shortlists (multiples of the budget; 0: none)")
+    parser.add_argument("--other-keep-rule", action="store_true",
+                        help="also try the other no-budget rule (rank_without_budget on or off)")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -329,7 +335,7 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
-                    args.shortlists)  # type: ignore[attr-defined]
+                    args.shortlists, args.other_keep_rule)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
