@@ -8,6 +8,8 @@ repeat after repeat, and the table gives medians, so load from other processes h
 * ``int8 per window``: the same with each window quantized on its own (cprs-mini's CPU default);
 * ``int8 per window, 384 / 256-token windows``: the same tokens in shorter windows (less attention work; the
   query prefix, not counted here, would then repeat more often);
+* ``bfloat16`` (and in 256-token windows): the whole encoder in bfloat16, fast only on CPUs with bfloat16 dot
+  products (AVX512-BF16 or AMX; elsewhere it can be slower than float32);
 * ``onnxruntime ...``: only when ``onnxruntime`` and ``onnx`` are installed (they are not cprs dependencies): the
   encoder exported to ONNX, optimized with ONNX Runtime's BERT fusions (fused attention, GELU, skip-LayerNorm),
   float32 and dynamic int8 (per-channel weights), one window per run.
@@ -89,6 +91,7 @@ def main() -> None:
     model = BertModel.from_pretrained(backbone_dir()).eval()
     batched = quantize_linears(copy.deepcopy(model), per_window=False)
     per_window = quantize_linears(copy.deepcopy(model))
+    bfloat16 = copy.deepcopy(model).to(torch.bfloat16)
     tokens = args.windows * 512
     ids = np.random.default_rng(0).integers(1000, 20000, size=(args.windows, 512))
 
@@ -101,6 +104,8 @@ def main() -> None:
         "int8 per window": lambda: per_window(input_ids=shaped(512)),
         "int8 per window, 384-token windows": lambda: per_window(input_ids=shaped(384)),
         "int8 per window, 256-token windows": lambda: per_window(input_ids=shaped(256)),
+        "bfloat16": lambda: bfloat16(input_ids=shaped(512)),
+        "bfloat16, 256-token windows": lambda: bfloat16(input_ids=shaped(256)),
     }
     with tempfile.TemporaryDirectory() as workdir:
         try:
