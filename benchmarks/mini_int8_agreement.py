@@ -22,7 +22,7 @@ import torch
 from cprs_core import CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
-from cprs_core.mini.realeval import bootstrap_interval, covered, query_document
+from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 
 DTYPES = ("float32", "int8")
@@ -30,11 +30,6 @@ DTYPES = ("float32", "int8")
 
 def parse_budget(text: str) -> float | None:
     return None if text == "none" else float(text)
-
-
-def ratio(sizes: list[tuple[int, int]]) -> float:
-    """Compression over all queries: original tokens over kept tokens."""
-    return sum(original for original, _ in sizes) / max(1, sum(compressed for _, compressed in sizes))
 
 
 def main() -> None:
@@ -51,8 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pool = PassagePool(passages_of(load_passages(args.real_data), args.split), load_tokenizer(backbone_dir()))
     compressors = {dtype: CPRSCompressor(load_mini_critic(dtype=dtype)) for dtype in DTYPES}
-    kept: dict[tuple[str, float | None], list[float]] = {(dtype, budget): [] for dtype in DTYPES for budget in args.budgets}
-    sizes: dict[tuple[str, float | None], list[tuple[int, int]]] = {key: [] for key in kept}
+    cells = {(dtype, budget): Cell() for dtype in DTYPES for budget in args.budgets}
     seconds = dict.fromkeys(DTYPES, 0.0)
     for sample in range(args.samples):
         document = query_document(pool, args.seed, args.tokens, args.questions, sample)
@@ -62,19 +56,18 @@ def main() -> None:
                 result = compressor.compress(document.text, query=document.query, target_ratio=budget)
                 seconds[dtype] += time.perf_counter() - started
                 spans = [(span.start, span.end) for span in result.spans]
-                kept[dtype, budget].append(np.mean([covered(spans, answer) for answer in document.answers]))
-                sizes[dtype, budget].append((result.original_tokens, result.compressed_tokens))
+                cells[dtype, budget].add([covered(spans, answer) for answer in document.answers],
+                                         result.compressed_tokens, result.original_tokens, document.source)
     rng = np.random.default_rng(args.seed)
     print(f"{args.samples} {args.split} queries, {args.questions} question(s), ~{args.tokens} tokens, "
           f"{args.threads} threads; compression time {seconds['float32']:.0f} s float32, {seconds['int8']:.0f} s int8")
     print("| budget | float32 kept | int8 kept | float32 ratio | int8 ratio | int8 minus float32 [95% CI] | queries that differ |")
     print("|---|---|---|---|---|---|---|")
     for budget in args.budgets:
-        exact, fast = np.array(kept["float32", budget]), np.array(kept["int8", budget])
+        exact, fast = cells["float32", budget].per_query(), cells["int8", budget].per_query()
         low, high = bootstrap_interval(fast - exact, rng)
-        name = "none" if budget is None else f"{budget:.0%}"
-        print(f"| {name} | {exact.mean():.1%} | {fast.mean():.1%} | {ratio(sizes['float32', budget]):.1f}x | "
-              f"{ratio(sizes['int8', budget]):.1f}x | {(fast - exact).mean() * 100:+.1f} [{low * 100:+.1f}, "
+        print(f"| {budget_name(budget)} | {exact.mean():.1%} | {fast.mean():.1%} | {cells['float32', budget].ratio():.1f}x | "
+              f"{cells['int8', budget].ratio():.1f}x | {(fast - exact).mean() * 100:+.1f} [{low * 100:+.1f}, "
               f"{high * 100:+.1f}] pts | {int((fast != exact).sum())} |")
 
 

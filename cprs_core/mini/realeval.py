@@ -185,7 +185,7 @@ def evaluate(
     settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget")
     defaults = {name: getattr(critic, name, None) for name in settings_names}
 
-    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | None) -> int:
+    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
         for setting, value in {**defaults, **settings}.items():
             setattr(critic, setting, value)
         result = compressor.compress(document.text, query=document.query, granularity="sentence", target_ratio=budget)
