@@ -97,9 +97,6 @@ def test_documents_place_answers_at_their_offsets_among_other_groups(data_dir: P
         passage = pool.passages[index]
         assert document.text[start:end] == passage.text[question.answer[0] : question.answer[1]]
     assert all(document.text[s:e].startswith("The key fact is") for s, e in document.relevant)
-    for number, (start, end) in enumerate(document.answers):  # each evidence range is numbered by its question
-        assert any(s <= start and end <= e for (s, e), q in zip(document.relevant, document.question_of) if q == number)
-    assert sorted(document.question_of) == [0, 1] and list(document.relevant) == sorted(document.relevant)
     assert len(tokenizer.encode(document.text).ids) >= 600
     with pytest.raises(ValueError, match="fewer than 2 groups"):
         PassagePool([pool.passages[0]], tokenizer).sample_gold(rng, "wikipedia-squad", 2)
@@ -110,15 +107,13 @@ def test_sentence_units_follow_the_engines_token_ownership() -> None:
     offsets = [(0, 5), (6, 9), (10, 15), (16, 22), (23, 25), (26, 29), (30, 35), (36, 42)]
     unit_of, labels = sentence_units(text, offsets, [(16, 35)])
     assert unit_of.tolist() == [0, 0, 0, 1, 1, 1, 1, 2]
-    assert labels.tolist() == [0, 1, 0]
-    _, labels = sentence_units(text, offsets, [(0, 15), (36, 42)], question_of=(1, 0))
-    assert labels.tolist() == [2, 0, 1]  # 1 + the number of the question each sentence answers
+    assert labels.tolist() == [0.0, 1.0, 0.0]
 
 
 def test_relevance_loss_ranks_and_never_yields_nan_gradients() -> None:
     examples = [
-        WindowExample([1, 2, 3, 4], [0, 1, 1, 1], [-100, 2, 2, 2], [-1, 0, 0, 1], [1, 0]),
-        WindowExample([1, 2, 3], [0, 1, 1], [-100, 2, 2], [-1, 0, 1], [0, 0]),
+        WindowExample([1, 2, 3, 4], [0, 1, 1, 1], [-100, 2, 2, 2], [-1, 0, 0, 1], [1.0, 0.0]),
+        WindowExample([1, 2, 3], [0, 1, 1], [-100, 2, 2], [-1, 0, 1], [0.0, 0.0]),
         WindowExample([1, 2], [0, 1], [-100, 2], [-1, -1], []),
     ]
     batch = collate(examples)
@@ -132,19 +127,6 @@ def test_relevance_loss_ranks_and_never_yields_nan_gradients() -> None:
     assert relevance.grad[0, 1] < 0 and relevance.grad[0, 3] > 0  # raise the relevant sentence, lower the other
     better = relevance_loss(torch.tensor([3.0, -3.0, -3.0, -3.0]), batch["unit_labels"], batch["unit_rows"], 3)
     assert better < loss
-
-
-def test_relevance_loss_gives_each_question_its_own_softmax() -> None:
-    labels, rows = torch.tensor([1, 2, 0, 0]), torch.zeros(4, dtype=torch.long)
-    logits = torch.tensor([4.0, 0.0, 0.0, 0.0], requires_grad=True)  # question 1's evidence wins, question 2's ties
-    loss = relevance_loss(logits, labels, rows, 1)
-    loss.backward()
-    assert logits.grad[1] < 0  # question 2's evidence is pushed up although question 1's already leads the window
-    binary = torch.nn.functional.binary_cross_entropy_with_logits(logits, (labels > 0).float())
-    per_question = [torch.logsumexp(logits[[0, 2, 3]], 0) - logits[0], torch.logsumexp(logits[[1, 2, 3]], 0) - logits[1]]
-    assert torch.isclose(loss, binary + torch.stack(per_question).mean())
-    one_question = relevance_loss(logits, (labels > 0).long(), rows, 1)  # one softmax over both: q2 hides behind q1
-    assert one_question < loss
 
 
 def test_evaluation_helpers() -> None:

@@ -84,16 +84,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Document:
-    """A haystack with a task planted; ``relevant`` holds the ``(start, end)`` character ranges to keep.
-
-    ``question_of`` numbers the question each relevant range answers (0, 1, ...), for queries asking several
-    questions; empty when all ranges serve the one query.
-    """
+    """A haystack with a task planted; ``relevant`` holds the ``(start, end)`` character ranges to keep."""
 
     text: str
     task: Task
     relevant: list[tuple[int, int]]
-    question_of: tuple[int, ...] = ()
 
 
 def pick_instruction(rng: random.Random, family: str, paraphrase: bool) -> str:

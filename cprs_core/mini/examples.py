@@ -39,14 +39,9 @@ def token_labels(offsets: Sequence[tuple[int, int]], relevant: Sequence[tuple[in
 
 
 def sentence_units(
-    text: str,
-    offsets: Sequence[tuple[int, int]],
-    relevant: Sequence[tuple[int, int]],
-    question_of: Sequence[int] = (),
+    text: str, offsets: Sequence[tuple[int, int]], relevant: Sequence[tuple[int, int]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each token's sentence index (-1: none) and each sentence's label: 0 when it overlaps no relevant range,
-    else 1 + the number of the question whose range it overlaps (``question_of``, parallel to ``relevant``;
-    empty: every range answers question 0).
+    """Each token's sentence index (-1: none) and each sentence's relevance (1.0 when it overlaps a relevant range).
 
     Sentences are the engine's (:func:`~cprs_core.text_units.sentence_ranges`), and a token belongs to the
     sentence holding its last character, as the engine assigns tokens to units.
@@ -58,26 +53,22 @@ def sentence_units(
         unit = bisect.bisect_right(starts, token_end - 1) - 1
         if unit >= 0 and token_end <= sentences[unit][1]:
             unit_of[index] = unit
-    numbers = list(question_of) or [0] * len(relevant)
-    labels = np.zeros(len(sentences), dtype=np.int64)
-    for (low, high), number in zip(relevant, numbers):
-        for unit, (start, end) in enumerate(sentences):
-            if start < high and end > low and not labels[unit]:
-                labels[unit] = number + 1
+    labels = np.array(
+        [float(any(start < high and end > low for low, high in relevant)) for start, end in sentences], dtype=np.float32
+    )
     return unit_of, labels
 
 
 @dataclass(frozen=True)
 class WindowExample:
     """One training sequence: ``input_ids``/``token_type_ids``, per-position BIOE labels (``IGNORE`` off-window),
-    each position's sentence number within the window (-1 off-window) and each of those sentences' label (0: not
-    relevant; k: relevant to the query's question k, counted from 1; see :func:`sentence_units`)."""
+    each position's sentence number within the window (-1 off-window) and each of those sentences' relevance."""
 
     input_ids: list[int]
     token_type_ids: list[int]
     labels: list[int]
     unit_ids: list[int]
-    unit_labels: list[int]
+    unit_labels: list[float]
 
 
 def window_example(
@@ -111,9 +102,9 @@ def window_example(
     window = encoding.ids[start : start + capacity]
     ids, types = assemble(prefix, window, special_id(tokenizer, "[SEP]"))
     targets = [IGNORE] * len(prefix) + labels[start : start + capacity].tolist() + [IGNORE]
-    unit_of, unit_labels = sentence_units(document.text, encoding.offsets, document.relevant, document.question_of)
+    unit_of, unit_relevance = sentence_units(document.text, encoding.offsets, document.relevant)
     in_window = unit_of[start : start + capacity]
     present = np.unique(in_window[in_window >= 0])
     local = np.where(in_window >= 0, np.searchsorted(present, in_window), -1)
     unit_ids = [-1] * len(prefix) + local.tolist() + [-1]
-    return WindowExample(ids, types, targets, unit_ids, unit_labels[present].tolist())
+    return WindowExample(ids, types, targets, unit_ids, unit_relevance[present].tolist())

@@ -157,8 +157,6 @@ class RealDocument:
     source: str
     answers: tuple[tuple[int, int], ...]
     relevant: tuple[tuple[int, int], ...]
-    question_of: tuple[int, ...]
-    """The question (0, 1, ...) whose evidence each range of ``relevant`` is."""
 
 
 class PassagePool:
@@ -227,11 +225,9 @@ class PassagePool:
             parts.append(self.passages[index].text)
             length += len(self.passages[index].text)
         answers, relevant = [], []
-        for number, (index, question) in enumerate(gold):
+        for index, question in gold:
             base = offsets[index]
             answers.append((base + question.answer[0], base + question.answer[1]))
-            relevant.extend((base + start, base + end, number) for start, end in question.evidence)
-        relevant.sort()
+            relevant.extend((base + start, base + end) for start, end in question.evidence)
         query = " ".join(question.text for _, question in gold)
-        return RealDocument("".join(parts), query, source, tuple(answers),
-                            tuple((start, end) for start, end, _ in relevant), tuple(number for *_, number in relevant))
+        return RealDocument("".join(parts), query, source, tuple(answers), tuple(sorted(relevant)))

@@ -7,10 +7,8 @@ distractor passages); the rest are the synthetic tasks of :mod:`cprs_core.mini.d
 
 Two objectives share the encoder: per-token BIOE cross-entropy (the tags), and per-sentence relevance, where a
 sentence's logit is the mean of its tokens' relevance logits: binary cross-entropy on every sentence of the
-window (calibration: the no-budget keep threshold is a probability) plus a listwise softmax wherever the window
-holds a relevant sentence (ranking, for budgets). With two questions in the query, each question has its own
-softmax, over its evidence and the irrelevant sentences, so that neither question's evidence can win the
-softmax for both.
+window (calibration: the no-budget keep threshold is a probability) plus a listwise softmax over the window's
+sentences wherever it holds a relevant one (ranking, for budgets).
 
 The checkpoint (``config.json`` + ``adapter.safetensors``), ``train_log.jsonl`` and ``metrics.json`` go to ``--out``.
 """
@@ -62,7 +60,6 @@ class GeneratorSettings:
     paraphrase: bool = True
     real_fraction: float = 0.0
     two_questions: float = 0.25
-    """Share of real windows whose query asks two questions."""
     near_passages: int = 2
     max_real_tokens: int = 1500
 
@@ -83,7 +80,7 @@ def real_document(rng: random.Random, settings: GeneratorSettings, pool: Passage
     n_tokens = rng.randint(settings.min_document_tokens, settings.max_real_tokens)
     document = pool.document(rng, gold, n_tokens, near=rng.randint(0, settings.near_passages))
     task = Task("fact", "real", document.query, pick_instruction(rng, "fact", settings.paraphrase), [])
-    return Document(document.text, task, list(document.relevant), document.question_of)
+    return Document(document.text, task, list(document.relevant))
 
 
 def sample_example(
@@ -131,7 +128,7 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
     """Pad windows into ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels`` and the sentence units.
 
     ``unit_ids`` numbers the sentences of the whole batch (-1: no sentence); ``unit_labels`` and ``unit_rows``
-    give each sentence's label (0: not relevant, k: relevant to question k) and window.
+    give each sentence's relevance and window.
     """
     length = max(len(example.input_ids) for example in examples)
     batch = {
@@ -141,7 +138,7 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
         "labels": torch.full((len(examples), length), IGNORE, dtype=torch.long),
         "unit_ids": torch.full((len(examples), length), -1, dtype=torch.long),
     }
-    unit_labels: list[int] = []
+    unit_labels: list[float] = []
     unit_rows: list[int] = []
     for row, example in enumerate(examples):
         n = len(example.input_ids)
@@ -153,7 +150,7 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
         batch["unit_ids"][row, :n] = torch.where(local >= 0, local + len(unit_labels), local)
         unit_labels.extend(example.unit_labels)
         unit_rows.extend([row] * len(example.unit_labels))
-    batch["unit_labels"] = torch.tensor(unit_labels, dtype=torch.long)
+    batch["unit_labels"] = torch.tensor(unit_labels, dtype=torch.float32)
     batch["unit_rows"] = torch.tensor(unit_rows, dtype=torch.long)
     return batch
 
@@ -175,26 +172,17 @@ def _segment_logsumexp(values: torch.Tensor, segments: torch.Tensor, count: int)
 
 
 def relevance_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, windows: int) -> torch.Tensor:
-    """Binary cross-entropy over all sentences (relevant: ``labels > 0``) plus the listwise loss of every
-    (window, question) with a relevant sentence: ``-log(softmax mass on the question's sentences)``, the softmax
-    taken over those sentences and the window's irrelevant ones."""
+    """Binary cross-entropy over all sentences plus, for windows holding a relevant sentence, the listwise loss
+    ``-log(softmax mass on the relevant sentences)``."""
     if logits.numel() == 0:
         return logits.sum()
-    binary = torch.nn.functional.binary_cross_entropy_with_logits(logits, (labels > 0).float())
-    questions = int(labels.max())
-    if questions == 0:
+    binary = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    positive = labels > 0.5
+    everything = _segment_logsumexp(logits, rows, windows)
+    relevant = _segment_logsumexp(logits[positive], rows[positive], windows)
+    has_positive = torch.zeros(windows, device=logits.device).index_add_(0, rows, positive.float()) > 0
+    if not has_positive.any():
         return binary
-    segments, values, positive = [], [], []
-    for number in range(1, questions + 1):
-        member = (labels == 0) | (labels == number)
-        segments.append(rows[member] * questions + number - 1)
-        values.append(logits[member])
-        positive.append(labels[member] == number)
-    segment, value, relevant_mask = torch.cat(segments), torch.cat(values), torch.cat(positive)
-    count = windows * questions
-    everything = _segment_logsumexp(value, segment, count)
-    relevant = _segment_logsumexp(value[relevant_mask], segment[relevant_mask], count)
-    has_positive = torch.zeros(count, device=logits.device).index_add_(0, segment, relevant_mask.float()) > 0
     return binary + (everything - relevant)[has_positive].mean()
 
 
@@ -264,7 +252,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-data", type=Path, default=None,
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
     parser.add_argument("--real-fraction", type=float, default=0.5, help="share of windows with real questions")
-    parser.add_argument("--two-questions", type=float, default=0.25, help="share of real windows asking two questions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
@@ -290,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(LABEL_WEIGHTS, device=device), ignore_index=IGNORE)
     real_fraction = args.real_fraction if args.real_data is not None else 0.0
-    generator = GeneratorSettings("train", real_fraction=real_fraction, two_questions=args.two_questions)
-    train_batches = _loader(generator, args, backbone, args.seed, args.workers)
+    train_batches = _loader(GeneratorSettings("train", real_fraction=real_fraction), args, backbone, args.seed, args.workers)
 
     log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
     counts = TokenCounts()
@@ -338,8 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     training = {key: value for key, value in vars(args).items() if key in
                 ("steps", "seed", "batch_size", "lr", "warmup", "rank", "alpha", "workers")}
     training.update(steps_done=step, train_seconds=metrics["train_seconds"], label_weights=list(LABEL_WEIGHTS),
-                    real_fraction=real_fraction, two_questions=args.two_questions, relevance_weight=RELEVANCE_WEIGHT,
-                    listwise="per question")
+                    real_fraction=real_fraction, relevance_weight=RELEVANCE_WEIGHT)
     config = MiniConfig(lora_rank=args.rank, lora_alpha=args.alpha, relevance_head=True, training=training)
     save_checkpoint(args.out, config, adapter_state(model))
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
