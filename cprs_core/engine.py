@@ -426,7 +426,7 @@ class WindowParallelEngine:
             return merge_adjacent(kept)
         # the threshold sets how many tokens to keep; the budget ranking chooses which (tagged spans first)
         size = sum(unit.tokens for unit in kept)
-        ranked = self._sentence_scores(text, query, relevance, sentences, token_ends, size, unbudgeted=True)
+        ranked = self._sentence_scores(text, query, relevance, sentences, token_ends, size)
         first = spanned | forced.mask
         candidates, anchors = anchored_units(text_units, token_ends, np.where(first, np.inf, ranked.rank))
         return merge_adjacent(select_by_budget(candidates, size, granularity, anchors))
@@ -439,12 +439,10 @@ class WindowParallelEngine:
         sentences: list[tuple[int, int]],
         token_ends: list[int],
         budget: int | None,
-        unbudgeted: bool = False,
     ) -> SentenceScores:
         """Sentence scores from the critic's relevance logits; under a ``budget``, ranked together with its
         query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``), for the
-        critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one (its
-        ``unbudgeted_shortlist`` times, if set, for the ``unbudgeted`` ranking of ``rank_without_budget``)."""
+        critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one."""
         weight = getattr(self.critic, "similarity_weight", None)
         similarity_of = getattr(self.critic, "sentence_similarity", None)
         if budget is None or not weight or similarity_of is None:
@@ -454,8 +452,6 @@ class WindowParallelEngine:
             return similarity_of(query, [text[sentences[i][0] : sentences[i][1]] for i in indices])
 
         factor = getattr(self.critic, "similarity_shortlist", None)
-        if unbudgeted and getattr(self.critic, "unbudgeted_shortlist", None) is not None:
-            factor = self.critic.unbudgeted_shortlist
         shortlist = None if factor is None else int(np.ceil(factor * budget))
         return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight, shortlist)
 

@@ -158,8 +158,7 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     output = tmp_path / "results.json"
     realeval.main([
         "--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1", "2", "--samples", "4",
-        "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule",
-        "--unbudgeted-shortlists", "0", "1", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
+        "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
     ])
 
     results = json.loads(output.read_text())["results"]
@@ -167,8 +166,6 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     assert {"cprs-mini@none/t=0.5", "cprs-mini@none/rwb", "cprs-mini@10%/s=0", "embed@5%", "bm25@10%"} <= set(one)
     ranked, threshold = one["cprs-mini@none"]["ratio"], one["cprs-mini@none/rwb"]["ratio"]
     assert threshold <= ranked <= 1.05 * threshold  # the ranking fills the threshold's size (whole sentences: <=)
-    for factor in ("0", "1"):  # other shortlists of that ranking choose other sentences, but as many tokens
-        assert one[f"cprs-mini@none/s={factor}"]["ratio"] == pytest.approx(ranked, rel=0.05)
     assert not any(name.startswith(("embed-max", "embed-zmax")) or name.endswith("/pqz") for name in one)
     assert {"embed-max@5%", "embed-zmax@10%", "cprs-mini@5%/pqz", "cprs-mini@10%/pqz"} <= set(two)
     assert one["cprs-mini@5%"]["answers"] == 4 and two["cprs-mini@5%"]["answers"] == 4  # 2 queries x 2 answers

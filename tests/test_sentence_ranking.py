@@ -157,18 +157,6 @@ def test_ranking_without_a_budget_keeps_the_thresholds_size_but_the_rankings_cho
     assert len(critic.similarity_calls) == 1
 
 
-def test_ranking_without_a_budget_shortlists_its_own_multiple_of_the_kept_size() -> None:
-    critic = KeywordCritic(relevance_threshold=0.05, similarity_weight=3.0, similarity_shortlist=1.0,
-                           rank_without_budget=True)
-    critic.unbudgeted_shortlist = 3.0  # 30 tokens: every sentence, so the ranking finds the beta sentence
-    kept = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence")
-    assert len(critic.similarity_calls[-1]) == 5 and "beta is the other key today." in kept.text
-    critic.unbudgeted_shortlist = None  # falls back on similarity_shortlist: the 10 tokens the threshold kept
-    kept = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence")
-    assert critic.similarity_calls[-1] == ["alpha alpha alpha one.", "alpha two plain plain plain plain."]
-    assert [span.text for span in kept.spans] == ["alpha alpha alpha one.", "alpha two plain plain plain plain."]
-
-
 def test_ranking_without_a_budget_keeps_tagged_spans_first() -> None:
     context = CONTEXT + " gamma marks this plain sentence."
     critic = KeywordCritic(relevance_threshold=0.05, similarity_weight=3.0, rank_without_budget=True)

@@ -45,8 +45,6 @@ class MiniConfig:
     similarity_shortlist: float | None = None
     """Under a budget, the similarity is computed for the critic's best sentences covering this many times the
     budget's tokens only; ``None``: for every sentence."""
-    unbudgeted_shortlist: float | None = None
-    """The same multiple for ``rank_without_budget``, of the tokens the threshold keeps; ``None``: ``similarity_shortlist``."""
     training: dict[str, Any] = field(default_factory=dict)
 
 

@@ -44,8 +44,6 @@ class MiniCritic:
             covering this many times the budget's tokens (``None``: for every sentence).
         rank_without_budget: without a budget, keep as many tokens as the threshold rule keeps, chosen by the
             budget ranking (critic and similarity) instead of by the threshold.
-        unbudgeted_shortlist: the shortlist's multiple for that ranking, of the tokens the threshold keeps
-            (``None``: ``similarity_shortlist``).
     """
 
     suffix_tokens = 1
@@ -63,11 +61,9 @@ class MiniCritic:
         similarity_weight: float | None = None,
         similarity_shortlist: float | None = None,
         rank_without_budget: bool = False,
-        unbudgeted_shortlist: float | None = None,
     ) -> None:
         self.model = model
         self.similarity_shortlist = similarity_shortlist
-        self.unbudgeted_shortlist = unbudgeted_shortlist
         self.rank_without_budget = rank_without_budget and embedder is not None
         self.embedder = embedder
         self.similarity_weight = similarity_weight if embedder is not None else None
@@ -180,5 +176,4 @@ def load_mini_critic(
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
         embedder, config.similarity_weight, config.similarity_shortlist, config.rank_without_budget,
-        config.unbudgeted_shortlist,
     )

@@ -170,7 +170,6 @@ def evaluate(
     per_question_z: bool = False,
     shortlists: Sequence[float] = (),
     other_keep_rule: bool = False,
-    unbudgeted_shortlists: Sequence[float] = (),
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -179,13 +178,11 @@ def evaluate(
     similarity weight under the budgets (``cprs-mini@10%/w=<w>``); each of ``shortlists`` as the similarity
     shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no shortlist); with ``per_question_z``, the
     other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``); with
-    ``other_keep_rule``, the other setting of ``rank_without_budget`` (``cprs-mini@none/rwb``); each of
-    ``unbudgeted_shortlists`` as the shortlist of that rule's ranking (``cprs-mini@none/s=<f>``; ``s=0``: none).
+    ``other_keep_rule``, the other setting of ``rank_without_budget`` (``cprs-mini@none/rwb``).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
-    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget",
-                      "unbudgeted_shortlist")
+    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget")
     defaults = {name: getattr(critic, name, None) for name in settings_names}
 
     def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
@@ -204,8 +201,6 @@ def evaluate(
             run(f"cprs-mini@none/t={threshold:g}", document, total, None, relevance_threshold=threshold)
         if other_keep_rule:
             run("cprs-mini@none/rwb", document, total, None, rank_without_budget=not defaults["rank_without_budget"])
-        for factor in unbudgeted_shortlists:  # 0: every sentence (a shortlist of all the sentences' tokens)
-            run(f"cprs-mini@none/s={factor:g}", document, total, None, unbudgeted_shortlist=factor or float(total))
         for budget in BUDGETS:
             limit = same_size if budget is None else max(1, int(total * budget))
             if budget is not None:
@@ -293,8 +288,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try these similarity shortlists (multiples of the budget; 0: none)")
     parser.add_argument("--other-keep-rule", action="store_true",
                         help="also try the other no-budget rule (rank_without_budget on or off)")
-    parser.add_argument("--unbudgeted-shortlists", type=float, nargs="*", default=[],
-                        help="also try these shortlists for the no-budget ranking (multiples of its size; 0: none)")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -342,7 +335,7 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
-                    args.shortlists, args.other_keep_rule, args.unbudgeted_shortlists)  # type: ignore[attr-defined]
+                    args.shortlists, args.other_keep_rule)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
