@@ -1,20 +1,26 @@
-"""Paired check of cprs-mini's int8 CPU default against float32 on held-out real questions.
+"""Paired checks of cprs-mini's int8 paths against float32 on held-out real questions.
 
-Both precisions compress the same queries of the real-question evaluation (``cprs_core.mini.realeval``: the
-gold passage among other articles' passages, ``--split test`` by default) with the same settings; the table gives
-each precision's share of gold answers kept whole, its compression, and the paired difference int8 minus
-float32 with a 95% bootstrap interval over queries. Only cprs-mini runs (no baselines), so it is cheap enough for
-a few hundred queries on 2 cores.
+Both paths compress the same queries of the real-question evaluation (``cprs_core.mini.realeval``: the gold
+passage among other articles' passages, ``--split test`` by default) with the same settings; the table gives each
+path's share of gold answers kept whole, its compression, and the paired difference (second minus first) with a
+95% bootstrap interval over queries. Only cprs-mini runs (no baselines), so it is cheap enough for a few hundred
+queries on 2 cores.
+
+* ``--compare precision``: ``dtype="float32"`` against ``dtype="int8"`` (critic and sentence embedder in int8).
+* ``--compare embedder``: the CPU default's int8 sentence embedder against a float32 one, under the same float32
+  critic, whose window scores are computed once per query and shared by both.
 
 Usage (data as in docs/cprs-mini-evaluation.md)::
 
     python -m benchmarks.mini_int8_agreement --real-data DIR --tokens 8000 --samples 300 --budgets none 0.05
+    python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare embedder --budgets 0.1 0.05 none
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,20 +28,60 @@ import torch
 from cprs_core import CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
+from cprs_core.mini.precision import quantize_linears
 from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 
-DTYPES = ("float32", "int8")
+Compress = Callable[[str, str, float | None], object]
 
 
 def parse_budget(text: str) -> float | None:
     return None if text == "none" else float(text)
 
 
+def precision_paths() -> dict[str, Compress]:
+    """float32 and int8, each its own critic."""
+    compressors = {dtype: CPRSCompressor(load_mini_critic(dtype=dtype)) for dtype in ("float32", "int8")}
+    return {dtype: _compress(compressor) for dtype, compressor in compressors.items()}
+
+
+def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
+    """One float32 critic with a float32 or an int8 sentence embedder; the window scores of a query are
+    computed once (call the returned function between queries to forget them)."""
+    critic = load_mini_critic(dtype="float32")
+    exact = critic.embedder
+    fast = load_mini_critic(dtype="float32").embedder
+    quantize_linears(fast.encoder, per_window=False)  # as the CPU default loads it
+    cache: dict[tuple, list] = {}
+    score_windows = critic.score_windows
+
+    def cached(prefix_ids: list[int], windows: list[list[int]], tags: list[str]) -> list:
+        key = (tuple(prefix_ids), tuple(map(tuple, windows)), tuple(tags))
+        if key not in cache:
+            cache[key] = score_windows(prefix_ids, windows, tags)
+        return cache[key]
+
+    critic.score_windows = cached  # type: ignore[method-assign]
+    compressor = CPRSCompressor(critic)
+
+    def with_embedder(embedder: object) -> Compress:
+        def compress(text: str, query: str, budget: float | None) -> object:
+            critic.embedder = embedder  # type: ignore[assignment]
+            return compressor.compress(text, query=query, target_ratio=budget)
+        return compress
+
+    return {"float32 embedder": with_embedder(exact), "int8 embedder": with_embedder(fast)}, cache.clear
+
+
+def _compress(compressor: CPRSCompressor) -> Compress:
+    return lambda text, query, budget: compressor.compress(text, query=query, target_ratio=budget)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-data", required=True, help="directory with squaddev_v1.1.json and coqa.test.json")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
+    parser.add_argument("--compare", choices=("precision", "embedder"), default="precision")
     parser.add_argument("--tokens", type=int, default=8000)
     parser.add_argument("--questions", type=int, default=1)
     parser.add_argument("--samples", type=int, default=300)
@@ -45,29 +91,36 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pool = PassagePool(passages_of(load_passages(args.real_data), args.split), load_tokenizer(backbone_dir()))
-    compressors = {dtype: CPRSCompressor(load_mini_critic(dtype=dtype)) for dtype in DTYPES}
-    cells = {(dtype, budget): Cell() for dtype in DTYPES for budget in args.budgets}
-    seconds = dict.fromkeys(DTYPES, 0.0)
+    forget: Callable[[], None] = lambda: None
+    if args.compare == "precision":
+        paths = precision_paths()
+    else:
+        paths, forget = embedder_paths()
+    first, second = paths
+    cells = {(name, budget): Cell() for name in paths for budget in args.budgets}
+    seconds = dict.fromkeys(paths, 0.0)
     for sample in range(args.samples):
         document = query_document(pool, args.seed, args.tokens, args.questions, sample)
-        for dtype, compressor in compressors.items():
+        forget()
+        for name, compress in paths.items():
             for budget in args.budgets:
                 started = time.perf_counter()
-                result = compressor.compress(document.text, query=document.query, target_ratio=budget)
-                seconds[dtype] += time.perf_counter() - started
+                result = compress(document.text, document.query, budget)
+                seconds[name] += time.perf_counter() - started
                 spans = [(span.start, span.end) for span in result.spans]
-                cells[dtype, budget].add([covered(spans, answer) for answer in document.answers],
-                                         result.compressed_tokens, result.original_tokens, document.source)
+                cells[name, budget].add([covered(spans, answer) for answer in document.answers],
+                                        result.compressed_tokens, result.original_tokens, document.source)
     rng = np.random.default_rng(args.seed)
     print(f"{args.samples} {args.split} queries, {args.questions} question(s), ~{args.tokens} tokens, "
-          f"{args.threads} threads; compression time {seconds['float32']:.0f} s float32, {seconds['int8']:.0f} s int8")
-    print("| budget | float32 kept | int8 kept | float32 ratio | int8 ratio | int8 minus float32 [95% CI] | queries that differ |")
+          f"{args.threads} threads; compression time " + ", ".join(f"{seconds[n]:.0f} s {n}" for n in paths))
+    print(f"| budget | {first} kept | {second} kept | {first} ratio | {second} ratio | {second} minus {first} "
+          "[95% CI] | queries that differ |")
     print("|---|---|---|---|---|---|---|")
     for budget in args.budgets:
-        exact, fast = cells["float32", budget].per_query(), cells["int8", budget].per_query()
+        exact, fast = cells[first, budget].per_query(), cells[second, budget].per_query()
         low, high = bootstrap_interval(fast - exact, rng)
-        print(f"| {budget_name(budget)} | {exact.mean():.1%} | {fast.mean():.1%} | {cells['float32', budget].ratio():.1f}x | "
-              f"{cells['int8', budget].ratio():.1f}x | {(fast - exact).mean() * 100:+.1f} [{low * 100:+.1f}, "
+        print(f"| {budget_name(budget)} | {exact.mean():.1%} | {fast.mean():.1%} | {cells[first, budget].ratio():.1f}x | "
+              f"{cells[second, budget].ratio():.1f}x | {(fast - exact).mean() * 100:+.1f} [{low * 100:+.1f}, "
               f"{high * 100:+.1f}] pts | {int((fast != exact).sum())} |")
 
 

@@ -110,7 +110,8 @@ class CPRSCompressor:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
             dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
                 can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU,
-                ~1.5x faster); ``None`` = bf16 on CUDA, fp32 on CPU (for cprs-mini ``$CPRS_MINI_DTYPE`` overrides).
+                ~1.5x faster); ``None`` = bf16 on CUDA, fp32 on CPU (cprs-mini: ``$CPRS_MINI_DTYPE`` if set, else a
+                float32 critic whose sentence embedder, which only ranks, runs in int8; ``"float32"`` for all of it).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
             max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).

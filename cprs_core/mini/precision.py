@@ -1,11 +1,14 @@
-"""The precision ``cprs-mini`` runs in: float32 on CPU by default, int8 linear layers or bfloat16 on request.
+"""The precision ``cprs-mini`` runs in: on CPU by default a float32 critic with an int8 sentence embedder; all of
+it in float32, int8 or bfloat16 on request.
 
-With ``dtype="int8"`` (or ``$CPRS_MINI_DTYPE=int8``) the encoders' ``nn.Linear`` layers run as PyTorch dynamic
-int8 quantization (weights quantized per output channel at load, activations on the fly); embeddings,
-LayerNorms, attention and the small heads stay float32. The critic quantizes each window's activations on their
-own (:class:`PerWindowLinear`), so a window's scores never depend on the windows batched beside it, e.g. other
-requests on a server. It is about 1.5x faster on 2 cores but not the default: on 400 held-out real questions it
-kept 1.5 points fewer answers without a budget (docs/cpu-speed.md). CUDA never uses int8: bfloat16 by default.
+int8 means PyTorch dynamic quantization of the encoders' ``nn.Linear`` layers (weights quantized per output
+channel at load, activations on the fly); embeddings, LayerNorms, attention and the small heads stay float32.
+The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
+never depend on the windows batched beside it, e.g. other requests on a server. A critic in int8 is about 1.5x
+faster on 2 cores but not the default: on 400 held-out real questions it kept 1.5 points fewer answers without a
+budget, its probabilities moving across the keep threshold (docs/cpu-speed.md). The sentence embedder only ranks,
+so the default runs it in int8. An explicit ``dtype`` (or ``$CPRS_MINI_DTYPE``) applies to both. CUDA never
+uses int8: bfloat16 by default.
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> 
             raise DeviceError("this PyTorch build has no quantized CPU engine for int8; use dtype='float32'")
         return INT8
     return resolve_dtype(chosen, device)
+
+
+def similarity_precision(dtype: str | torch.dtype | None, critic: Precision, device: torch.device) -> Precision:
+    """The sentence embedder's precision: int8 on CPU when the caller chose none (no ``dtype``, no
+    ``$CPRS_MINI_DTYPE``) and int8 is available, else the critic's ``critic`` precision.
+
+    The embedder only ranks sentences (its cosines never meet a threshold), where int8 moved no measured answer,
+    and it is about a quarter of the default path's CPU time in float32.
+    """
+    if dtype is None and device.type == "cpu" and not os.environ.get(DTYPE_ENV) and int8_available():
+        return INT8
+    return critic
 
 
 def int8_available() -> bool:
