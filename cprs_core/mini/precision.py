@@ -53,8 +53,8 @@ def similarity_precision(dtype: str | torch.dtype | None, critic: Precision, dev
     """The sentence embedder's precision: int8 on CPU when the caller chose none (no ``dtype``, no
     ``$CPRS_MINI_DTYPE``) and int8 is available, else the critic's ``critic`` precision.
 
-    The embedder only ranks sentences (its cosines never meet a threshold), where int8 moved no measured answer,
-    and it is about a quarter of the default path's CPU time in float32.
+    The embedder only ranks sentences (its cosines never meet a threshold): in int8 it moved one of 600 answers on
+    the tune split (docs/cpu-speed.md), and in float32 it takes a quarter to a third of the CPU time at 32K.
     """
     if dtype is None and device.type == "cpu" and not os.environ.get(DTYPE_ENV) and int8_available():
         return INT8
