@@ -25,14 +25,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cprs_core import CPRSCompressor
+from cprs_core import CompressionResult, CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.precision import quantize_linears
 from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
+from cprs_core.mini.similarity import SentenceEmbedder
 
-Compress = Callable[[str, str, float | None], object]
+Compress = Callable[[str, str, float | None], CompressionResult]
 
 
 def parse_budget(text: str) -> float | None:
@@ -64,9 +65,9 @@ def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
     critic.score_windows = cached  # type: ignore[method-assign]
     compressor = CPRSCompressor(critic)
 
-    def with_embedder(embedder: object) -> Compress:
-        def compress(text: str, query: str, budget: float | None) -> object:
-            critic.embedder = embedder  # type: ignore[assignment]
+    def with_embedder(embedder: SentenceEmbedder | None) -> Compress:
+        def compress(text: str, query: str, budget: float | None) -> CompressionResult:
+            critic.embedder = embedder
             return compressor.compress(text, query=query, target_ratio=budget)
         return compress
 
