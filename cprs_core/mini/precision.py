@@ -37,7 +37,7 @@ def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> 
     Raises:
         DeviceError: an unknown dtype, or int8 on CUDA.
     """
-    chosen = dtype if dtype is not None or device.type != "cpu" else (os.environ.get(DTYPE_ENV) or None)
+    chosen = _chosen(dtype, device)
     if chosen is None and device.type == "cpu":
         return torch.float32
     if chosen == INT8:
@@ -56,9 +56,16 @@ def similarity_precision(dtype: str | torch.dtype | None, critic: Precision, dev
     The embedder only ranks sentences (its cosines never meet a threshold): in int8 it moved one of 600 answers on
     the tune split (docs/cpu-speed.md), and in float32 it takes a quarter to a third of the CPU time at 32K.
     """
-    if dtype is None and device.type == "cpu" and not os.environ.get(DTYPE_ENV) and int8_available():
+    if _chosen(dtype, device) is None and device.type == "cpu" and int8_available():
         return INT8
     return critic
+
+
+def _chosen(dtype: str | torch.dtype | None, device: torch.device) -> str | torch.dtype | None:
+    """The precision the caller chose: ``dtype``, else on CPU ``$CPRS_MINI_DTYPE``; ``None``: none chosen."""
+    if dtype is not None or device.type != "cpu":
+        return dtype
+    return os.environ.get(DTYPE_ENV) or None
 
 
 def int8_available() -> bool:
