@@ -19,6 +19,7 @@ Usage (data as in docs/cprs-mini-evaluation.md)::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Callable
 
@@ -28,7 +29,7 @@ import torch
 from cprs_core import CompressionResult, CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
-from cprs_core.mini.precision import quantize_linears
+from cprs_core.mini.precision import DTYPE_ENV
 from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 from cprs_core.mini.similarity import SentenceEmbedder
@@ -47,12 +48,14 @@ def precision_paths() -> dict[str, Compress]:
 
 
 def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
-    """One float32 critic with a float32 or an int8 sentence embedder; the window scores of a query are
-    computed once (call the returned function between queries to forget them)."""
-    critic = load_mini_critic(dtype="float32")
-    exact = critic.embedder
-    fast = load_mini_critic(dtype="float32").embedder
-    quantize_linears(fast.encoder, per_window=False)  # as the CPU default loads it
+    """The CPU default (a float32 critic with an int8 sentence embedder) and the same critic with the float32
+    embedder of ``dtype="float32"``; the window scores of a query are computed once (call the returned function
+    between queries to forget them)."""
+    if os.environ.get(DTYPE_ENV):
+        raise SystemExit(f"--compare embedder measures the CPU default: unset {DTYPE_ENV}")
+    critic = load_mini_critic()
+    fast = critic.embedder
+    exact = load_mini_critic(dtype="float32").embedder
     cache: dict[tuple, list] = {}
     score_windows = critic.score_windows
 
