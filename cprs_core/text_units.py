@@ -17,6 +17,15 @@ UnitKind = Literal["sentence", "paragraph", "line"]
 
 _CLOSERS = "\"'”’)\\]」』）】》〉"
 _SENTENCE_END = re.compile(rf"[.!?;]+[{_CLOSERS}]*(?=\s|$)|[。！？；]+[{_CLOSERS}]*|\n+")
+_ABBREVIATED = re.compile(r"(?:^|(?<=[\s(\[\"'“‘]))(?P<word>[A-Za-z]+(?:\.[A-Za-z]+)*)\.$")
+_TITLES = frozenset(
+    "Mr Mrs Ms Mx Dr Prof Rev Fr Sr Jr St Mt Ft Gen Gov Sen Rep Lt Col Capt Sgt Maj Adm Cmdr Pres Hon Messrs Mme Mlle"
+    .split()
+)
+_ABBREVIATIONS = _TITLES | frozenset(
+    "No Nos Vol Vols Fig Figs Art Sec Ch pp vs etc al cf ca approx Inc Corp Co Ltd Bros Dept Univ Ave Blvd "
+    "Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec".split()
+)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _LINE = re.compile(r"[^\n]*\n?")
 _FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
@@ -59,13 +68,43 @@ def _ranges_between(text: str, cut_points: list[int], start: int = 0, end: int |
 
 
 def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    cuts = [match.end() for match in _SENTENCE_END.finditer(text, start, end)]
-    return _ranges_between(text, cuts, start, end)
+    cuts = [match.end() for match in _SENTENCE_END.finditer(text, start, end) if not _abbreviation_at(text, match, end)]
+    return _attach_punctuation(text, _ranges_between(text, cuts, start, end))
+
+
+def _abbreviation_at(text: str, match: re.Match[str], end: int) -> bool:
+    """Whether a sentence end ``match`` is only the period of an abbreviation: an initial (``J.``), a dotted
+    acronym (``U.S.``, ``a.m.``, ``e.g.``), a title (``Mr.``, ``Dr.``, ``St.``), or another common abbreviation
+    (``No. 1``, ``Jan. 5``, ``Inc. said``) followed by a number or a lower-case word."""
+    if match.group() != ".":
+        return False
+    abbreviated = _ABBREVIATED.search(text, max(0, match.start() - 24), match.end())
+    if abbreviated is None:
+        return False
+    word = abbreviated.group("word")
+    if len(word) == 1 or "." in word or word in _TITLES:
+        return True
+    following = text[match.end() : min(end, match.end() + 8)].lstrip()[:1]
+    return word in _ABBREVIATIONS and (following.isdigit() or following.islower())
+
+
+def _attach_punctuation(text: str, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` with each one that holds no letter or digit (a closing quote set off by a space, a stray
+    bracket) joined to the sentence before it on the same line."""
+    joined: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if joined and "\n" not in text[joined[-1][1] : start] and not any(c.isalnum() for c in text[start:end]):
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
 
 
 def sentence_ranges(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every sentence, whitespace trimmed, in order; ends at ``.!?;`` (and CJK ``。！？；``,
-    closing quotes and brackets included) or newlines. Plain-prose rules; :func:`segment` adds structure."""
+    closing quotes and brackets included) or newlines, but not at the period of an abbreviation (``Mr.``,
+    ``U.S.``, ``J. K.``, ``No. 5``), and a piece with no letter or digit stays with the sentence before it.
+    Plain-prose rules; :func:`segment` adds structure."""
     return _sentences(text, 0, len(text))
 
 

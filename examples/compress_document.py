@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--target-tokens", type=int,
                         help="keep the best sentences up to this many tokens (default: cprs-mini's keep rule, no budget)")
     parser.add_argument("--model", default=None, help="a QwenLong-CPRS checkpoint directory (default: cprs-mini)")
+    parser.add_argument("--show", type=int, default=10,
+                        help="print this many kept spans, best-scored first (0: every span, in document order)")
     args = parser.parse_args()
 
     document = args.file.read_bytes() if args.file else gospel_text()
@@ -60,7 +62,10 @@ def main() -> int:
           f"compressed in {seconds:.1f} s ({result.original_tokens / seconds:,.0f} tokens/s)")
     print(f"kept {result.compressed_tokens:,} tokens in {len(result.spans)} spans"
           f"{f' (budget {budget:,} tokens)' if budget else ''}: {result.ratio:.0f}x smaller\n")
-    for span in result.spans:
+    shown = sorted(result.spans, key=lambda span: -span.score)[: args.show] if args.show > 0 else result.spans
+    if len(shown) < len(result.spans):
+        print(f"the {len(shown)} best-scored of the {len(result.spans)} kept spans (--show 0 prints them all):")
+    for span in shown:
         text = span.text if len(span.text) <= 110 else span.text[:107] + "..."
         print(f"[{span.start}:{span.end}] score {span.score:.2f}  {text}")
     if not args.file and args.query == DEFAULT_QUERY:

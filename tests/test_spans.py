@@ -7,7 +7,7 @@ import pytest
 
 from cprs_core import BudgetError
 from cprs_core.spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget
-from cprs_core.text_units import paragraph_ranges, sentence_ranges
+from cprs_core.text_units import paragraph_ranges, segment, sentence_ranges
 
 LABEL_IDS = {"B": 0, "I": 1, "O": 2, "E": 3}
 
@@ -99,6 +99,24 @@ def test_sentence_and_paragraph_ranges_index_the_text() -> None:
     assert sentences == ["First one.", "Second?", "Third!", "Para two, sentence “quoted.”", "你好。", "再见！", "Last line"]
     paragraphs = [text[s:e] for s, e in paragraph_ranges(text)]
     assert paragraphs == ["First one. Second? Third!", "Para two, sentence “quoted.” 你好。再见！\nLast line"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mr. Smith met Dr. Jones at 6 p.m. in the U.S. capital. They spoke.",
+         ["Mr. Smith met Dr. Jones at 6 p.m. in the U.S. capital.", "They spoke."]),
+        ("C. J. Anderson ran for No. 1 on Jan. 5 this year. Apple Inc. said so.",
+         ["C. J. Anderson ran for No. 1 on Jan. 5 this year.", "Apple Inc. said so."]),
+        ("He ranked No. 1. Shares of Apple Inc. fell. He said no. Then he left.",
+         ["He ranked No. 1.", "Shares of Apple Inc. fell.", "He said no.", "Then he left."]),
+        ("If it isn't Jane Jones. '' \n\nIt was a day. ”\n''\nDone.",
+         ["If it isn't Jane Jones. ''", "It was a day. ”", "''", "Done."]),
+    ],
+)
+def test_sentences_do_not_end_at_abbreviations_or_bare_punctuation(text: str, expected: list[str]) -> None:
+    assert [text[start:end] for start, end in sentence_ranges(text)] == expected
+    assert [text[unit.start : unit.end] for unit in segment(text, "sentence")] == expected
 
 
 def _units(scores_and_sizes: list[tuple[float, int]]) -> list[Unit]:
