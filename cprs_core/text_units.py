@@ -17,7 +17,7 @@ UnitKind = Literal["sentence", "paragraph", "line"]
 
 _CLOSERS = "\"'”’)\\]」』）】》〉"
 _SENTENCE_END = re.compile(rf"[.!?;]+[{_CLOSERS}]*(?=\s|$)|[。！？；]+[{_CLOSERS}]*|\n+")
-_ABBREVIATED = re.compile(r"(?:^|(?<=[\s(\[\"'“‘]))(?P<word>[A-Za-z]+(?:\.[A-Za-z]+)*)\.$")
+_ABBREVIATED = re.compile(r"(?:^|(?<=[\s(\[\"“‘]))(?P<word>[A-Za-z]+(?:\.[A-Za-z]+)*)\.$")
 _TITLES = frozenset(
     "Mr Mrs Ms Mx Dr Prof Rev Fr Sr Jr St Mt Ft Gen Gov Sen Rep Lt Col Capt Sgt Maj Adm Cmdr Pres Hon Messrs Mme Mlle"
     .split()
@@ -73,16 +73,17 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _abbreviation_at(text: str, match: re.Match[str], end: int) -> bool:
-    """Whether a sentence end ``match`` is only the period of an abbreviation: an initial (``J.``), a dotted
-    acronym (``U.S.``, ``a.m.``, ``e.g.``), a title (``Mr.``, ``Dr.``, ``St.``), or another common abbreviation
-    (``No. 1``, ``Jan. 5``, ``Inc. said``) followed by a number or a lower-case word."""
+    """Whether a sentence end ``match`` is only the period of an abbreviation: an initial (``J.``; not the
+    pronoun ``I.``), a dotted acronym (``U.S.``, ``a.m.``, ``e.g.``), a title (``Mr.``, ``Dr.``, ``St.``), or
+    another common abbreviation (``No. 1``, ``Jan. 5``, ``Inc. said``) followed by a number or a lower-case word.
+    The word must start the text or follow a space, a bracket or an opening quote (``Caesar's.`` is no initial)."""
     if match.group() != ".":
         return False
     abbreviated = _ABBREVIATED.search(text, max(0, match.start() - 24), match.end())
     if abbreviated is None:
         return False
     word = abbreviated.group("word")
-    if len(word) == 1 or "." in word or word in _TITLES:
+    if (len(word) == 1 and word != "I") or "." in word or word in _TITLES:
         return True
     following = text[match.end() : min(end, match.end() + 8)].lstrip()[:1]
     return word in _ABBREVIATIONS and (following.isdigit() or following.islower())

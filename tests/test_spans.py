@@ -110,6 +110,8 @@ def test_sentence_and_paragraph_ranges_index_the_text() -> None:
          ["C. J. Anderson ran for No. 1 on Jan. 5 this year.", "Apple Inc. said so."]),
         ("He ranked No. 1. Shares of Apple Inc. fell. He said no. Then he left.",
          ["He ranked No. 1.", "Shares of Apple Inc. fell.", "He said no.", "Then he left."]),
+        ("They say unto him, Caesar's. Yet will not I. Then he went (with A. Smith).",
+         ["They say unto him, Caesar's.", "Yet will not I.", "Then he went (with A. Smith)."]),
         ("If it isn't Jane Jones. '' \n\nIt was a day. ”\n''\nDone.",
          ["If it isn't Jane Jones. ''", "It was a day. ”", "''", "Done."]),
     ],
