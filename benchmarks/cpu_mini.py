@@ -2,8 +2,8 @@
 
 For each context length (MiniLM tokens of King James Bible text, New Testament, one planted needle) it measures
 ``CPRSCompressor.compress`` end to end (tokenize, windows, critic, spans, default settings) once per precision
-in ``--dtypes`` (the first is the baseline; ``default`` loads with no dtype given: on CPU a float32 critic with
-an int8 sentence embedder). Each precision runs in its own worker process, so its peak resident
+in ``--dtypes`` (the first is the baseline; ``default`` loads with no dtype given: int8 on CPU). Each
+precision runs in its own worker process, so its peak resident
 memory is its own; the workers take turns, repeat after repeat, so load from other processes on a shared machine
 hits both paths alike. The table shows medians of wall time and of the worker's CPU time (user + system, all
 its threads: less sensitive to other processes' load). Agreement with the baseline: the largest and mean
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[32000, 128000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "default", "int8"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "default"],
                         help="precisions ('default': none given), the first is the baseline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -7,8 +7,8 @@ path's share of gold answers kept whole, its compression, and the paired differe
 queries on 2 cores.
 
 * ``--compare precision``: ``dtype="float32"`` against ``dtype="int8"`` (critic and sentence embedder in int8).
-* ``--compare embedder``: the CPU default's int8 sentence embedder against a float32 one, under the same float32
-  critic, whose window scores are computed once per query and shared by both.
+* ``--compare embedder``: the int8 sentence embedder against the float32 one, under the same float32 critic,
+  whose window scores are computed once per query and shared by both.
 
 Usage (data as in docs/cprs-mini-evaluation.md)::
 
@@ -19,7 +19,6 @@ Usage (data as in docs/cprs-mini-evaluation.md)::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Callable
 
@@ -29,7 +28,6 @@ import torch
 from cprs_core import CompressionResult, CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
-from cprs_core.mini.precision import DTYPE_ENV
 from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 from cprs_core.mini.similarity import SentenceEmbedder
@@ -48,14 +46,11 @@ def precision_paths() -> dict[str, Compress]:
 
 
 def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
-    """The CPU default (a float32 critic with an int8 sentence embedder) and the same critic with the float32
-    embedder of ``dtype="float32"``; the window scores of a query are computed once (call the returned function
-    between queries to forget them)."""
-    if os.environ.get(DTYPE_ENV):
-        raise SystemExit(f"--compare embedder measures the CPU default: unset {DTYPE_ENV}")
-    critic = load_mini_critic()
-    fast = critic.embedder
-    exact = load_mini_critic(dtype="float32").embedder
+    """The float32 critic with the float32 sentence embedder and with the int8 one of ``dtype="int8"``; the
+    window scores of a query are computed once (call the returned function between queries to forget them)."""
+    critic = load_mini_critic(dtype="float32")
+    exact = critic.embedder
+    fast = load_mini_critic(dtype="int8").embedder
     cache: dict[tuple, list] = {}
     score_windows = critic.score_windows
 

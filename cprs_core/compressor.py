@@ -109,9 +109,9 @@ class CPRSCompressor:
                 already in the local Hugging Face cache, or ``None``/``"cprs-mini"`` for the embedded CPU critic.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
             dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
-                can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU,
-                ~1.5x faster); ``None`` = bf16 on CUDA, fp32 on CPU (cprs-mini: ``$CPRS_MINI_DTYPE`` if set, else a
-                float32 critic whose sentence embedder, which only ranks, runs in int8; ``"float32"`` for all of it).
+                can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU);
+                ``None`` = bf16 on CUDA, fp32 on CPU, except cprs-mini on CPU: ``$CPRS_MINI_DTYPE`` if set, else
+                int8 (about 1.6x faster than ``"float32"``, its opt-out).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
             max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).

@@ -161,7 +161,7 @@ class CompressorSettings(BaseModel):
     model: str | None = Field(default=None, description="Local checkpoint directory or cached hub id.")
     device: str | None = Field(default=None, description="Device of a local model; None = CUDA when present.")
     dtype: str | None = Field(
-        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU (cprs-mini: its sentence embedder in int8); \"float32\" = all of it; \"int8\" = cprs-mini with int8 linear layers (CPU)."
+        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU (cprs-mini: int8 linear layers); \"float32\" = cprs-mini's opt-out of int8."
     )
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
 

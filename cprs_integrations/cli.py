@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_local_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32 with cprs-mini's sentence embedder in int8; float32: all of it; int8: cprs-mini's linears)"
+        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
     )
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
 

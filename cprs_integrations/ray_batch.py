@@ -277,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"checkpoint directory (on every node) or cached hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", help="cpu, cuda (default: cuda with --num-gpus, else cpu)")
     parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32 with cprs-mini's sentence embedder in int8; float32: all of it; int8: cprs-mini's linears)"
+        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
     )
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
     parser.add_argument("--num-gpus", type=float, default=0, help="GPUs to use, one actor (model) per GPU (default 0)")

@@ -1,5 +1,4 @@
-"""cprs-mini's precisions on CPU: by default a float32 critic with an int8 sentence embedder, full float32 or int8
-on request, and what differs between them."""
+"""cprs-mini's precisions on CPU: int8 by default, float32 as the opt-out, and what differs between them."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from cprs_core import CPRSCompressor
 from cprs_core.errors import DeviceError
 from cprs_core.mini import MiniCritic, load_mini_critic
 from cprs_core.mini.precision import (
-    DTYPE_ENV, INT8, PerWindowLinear, int8_available, resolve_precision, similarity_precision,
+    DTYPE_ENV, INT8, PerWindowLinear, int8_available, resolve_precision,
 )
 
 from .window_batches import score_one_window_per_batch
@@ -52,24 +51,15 @@ def linears(module: nn.Module) -> list[nn.Module]:
     return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
 
 
-def test_default_on_cpu_is_float32_and_int8_is_opted_into(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_on_cpu_is_int8_and_float32_is_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DTYPE_ENV, raising=False)
-    assert resolve_precision(None, CPU) == torch.float32
-    assert resolve_precision("int8", CPU) == INT8
-    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setenv(DTYPE_ENV, "int8")
     assert resolve_precision(None, CPU) == INT8
-    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
     assert resolve_precision("float32", CPU) == torch.float32
-
-
-def test_by_default_only_the_sentence_embedder_is_int8_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DTYPE_ENV, raising=False)
-    assert similarity_precision(None, torch.float32, CPU) == INT8
-    assert similarity_precision("float32", torch.float32, CPU) == torch.float32  # an explicit dtype: all of it
-    assert similarity_precision(None, torch.bfloat16, torch.device("cuda")) == torch.bfloat16
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
     monkeypatch.setenv(DTYPE_ENV, "float32")
-    assert similarity_precision(None, torch.float32, CPU) == torch.float32
+    assert resolve_precision(None, CPU) == torch.float32
+    assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
+    assert resolve_precision("int8", CPU) == INT8
 
 
 def test_without_a_quantized_engine_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +69,7 @@ def test_without_a_quantized_engine_int8_is_refused(monkeypatch: pytest.MonkeyPa
     with pytest.raises(DeviceError, match="no quantized CPU engine"):
         resolve_precision("int8", CPU)
     monkeypatch.delenv(DTYPE_ENV, raising=False)
-    assert similarity_precision(None, torch.float32, CPU) == torch.float32  # the default falls back, no error
+    assert resolve_precision(None, CPU) == torch.float32  # the default falls back, no error
 
 
 @pytest.mark.parametrize(
@@ -108,21 +98,21 @@ def test_int8_quantizes_every_encoder_linear_and_keeps_the_head_float(
 
 def test_from_pretrained_passes_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DTYPE_ENV, raising=False)
-    default = CPRSCompressor.from_pretrained(device="cpu").critic  # float32 critic, int8 embedder (ranking only)
-    assert len(linears(default.model.encoder)) == 36 and not linears(default.embedder.encoder)
+    default = CPRSCompressor.from_pretrained(device="cpu").critic  # int8 critic and sentence embedder
+    assert not linears(default.model.encoder) and not linears(default.embedder.encoder)
     full = CPRSCompressor.from_pretrained(device="cpu", dtype="float32").critic
-    assert linears(full.model.encoder) and linears(full.embedder.encoder)
-    int8 = CPRSCompressor.from_pretrained(device="cpu", dtype="int8").critic
-    assert not linears(int8.model.encoder) and not linears(int8.embedder.encoder)
+    assert len(linears(full.model.encoder)) == len(linears(full.embedder.encoder)) == 36
     monkeypatch.setenv(DTYPE_ENV, "float32")  # the opt-out without code
-    assert linears(CPRSCompressor.from_pretrained(device="cpu").critic.embedder.encoder)
+    opted_out = CPRSCompressor.from_pretrained(device="cpu").critic
+    assert linears(opted_out.model.encoder) and linears(opted_out.embedder.encoder)
 
 
-def test_the_int8_embedder_ranks_sentences_as_the_float32_one_does(float_critic: MiniCritic, context: str) -> None:
-    default = load_mini_critic()
+def test_the_int8_embedder_ranks_sentences_as_the_float32_one_does(
+    int8_critic: MiniCritic, float_critic: MiniCritic, context: str
+) -> None:
     sentences = [context[start:end] for start, end in sentence_ranges(context)]
     exact = float_critic.sentence_similarity(QUERY, sentences)
-    fast = default.sentence_similarity(QUERY, sentences)
+    fast = int8_critic.sentence_similarity(QUERY, sentences)
     assert not np.array_equal(fast, exact) and np.abs(fast - exact).mean() < 0.02
     assert np.argmax(fast) == np.argmax(exact) == sentences.index(NEEDLE)
     top = set(np.argsort(-exact)[:10])

