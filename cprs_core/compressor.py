@@ -111,7 +111,7 @@ class CPRSCompressor:
             dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
                 can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU);
                 ``None`` = bf16 on CUDA, fp32 on CPU, except cprs-mini on CPU: ``$CPRS_MINI_DTYPE`` if set, else
-                int8 (about 1.6x faster than ``"float32"``, its opt-out).
+                int8 (about 1.8x faster than ``"float32"``, its opt-out, at 32K tokens on 2 cores).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
             max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).

@@ -17,9 +17,7 @@ from cprs_core.text_units import sentence_ranges
 from cprs_core import CPRSCompressor
 from cprs_core.errors import DeviceError
 from cprs_core.mini import MiniCritic, load_mini_critic
-from cprs_core.mini.precision import (
-    DTYPE_ENV, INT8, PerWindowLinear, int8_available, resolve_precision,
-)
+from cprs_core.mini.precision import DTYPE_ENV, INT8, PerWindowLinear, int8_available, resolve_precision
 
 from .window_batches import score_one_window_per_batch
 
