@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from cprs_core.errors import CPRSError, WindowSizeError
 from cprs_core.prompt import INSTRUCTIONS
 from cprs_core.validation import DEFAULT_MODEL, check_optional_int, check_query, check_settings
-from cprs_integrations.cli_options import add_keep_options, add_output_options, keep_options
+from cprs_integrations.cli_options import add_keep_options, add_output_options, add_precision_options, keep_options
 
 if TYPE_CHECKING:
     from cprs_core import CompressionResult, Compressor
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_local_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
-    )
-    parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
+    add_precision_options(parser)
 
 
 def _version() -> str:

@@ -1,4 +1,5 @@
-"""Command-line options shared by ``cprs compress`` and ``cprs batch``: what to keep and how to join it."""
+"""Command-line options shared by the ``cprs`` commands (compress, serve, batch, serve-ray): what to keep, how to
+join it, and the precision and windows of a local model."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--target-tokens", type=int, help="keep at most this many tokens")
     parser.add_argument("--min-span-tokens", type=int, default=1, help="drop shorter spans (no budget only; default 1)")
     parser.add_argument("--separator", default="\n", help="placed between kept spans in the text output")
+
+
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--window-size`` of a local model."""
+    parser.add_argument(
+        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
+    )
+    parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
 
 
 def add_keep_options(parser: argparse.ArgumentParser) -> None:

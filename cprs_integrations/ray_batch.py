@@ -41,7 +41,7 @@ from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionRequest, Compressi
 from cprs_core.validation import DEFAULT_GRANULARITY, Granularity, check_query, check_settings
 
 from .batch_store import BatchInputError, Block, InputPlan, PartStore, plan_blocks, read_block
-from .cli_options import add_output_options
+from .cli_options import add_output_options, add_precision_options
 from .ray_model import ModelSpec
 
 DEFAULT_BATCH_SIZE = 16
@@ -276,10 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_options(parser)
     parser.add_argument("--model", help=f"checkpoint directory (on every node) or cached hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", help="cpu, cuda (default: cuda with --num-gpus, else cpu)")
-    parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
-    )
-    parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
+    add_precision_options(parser)
     parser.add_argument("--num-gpus", type=float, default=0, help="GPUs to use, one actor (model) per GPU (default 0)")
     parser.add_argument("--num-actors", type=int, help="actors (models); default: one per GPU, or 1 on CPU")
     parser.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs (and CPU threads) per actor (default 1)")

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from cprs_core import DEFAULT_MODEL
 from cprs_core.remote import API_KEY_ENV
 
+from .cli_options import add_precision_options
 from .ray_model import ModelSpec
 from .server import ServerSettings, create_app
 
@@ -113,10 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpus-per-replica", type=float, default=0, help="GPUs per replica (default 0: CPU)")
     parser.add_argument("--num-cpus-per-replica", type=float, default=1, help="CPUs per replica (default 1)")
     parser.add_argument("--device", help="cpu, cuda (default: cuda with GPUs per replica, else cpu)")
-    parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
-    )
-    parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
+    add_precision_options(parser)
     defaults = ServerSettings()
     parser.add_argument("--max-batch-requests", type=int, default=defaults.max_batch_requests,
                         help=f"requests computed at once per replica (default {defaults.max_batch_requests})")
