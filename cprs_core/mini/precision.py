@@ -6,8 +6,8 @@ channel at load, activations on the fly); embeddings, LayerNorms, attention and 
 The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
 never depend on the windows batched beside it, e.g. other requests on a server; the sentence embedder, whose
 batches hold one request's sentences, quantizes whole batches. int8 is about 1.8x faster than float32 on 2 cores
-(32K tokens: 4.0 s against 7.4 s) and kept answers within a point of it on the tune split (docs/cpu-speed.md); ``dtype="float32"`` (or
-``$CPRS_MINI_DTYPE=float32``) is the opt-out. CUDA never uses int8.
+(32K tokens: 4.0 s against 7.4 s) and kept answers within a point of it on the tune split (docs/cpu-speed.md);
+``dtype="float32"`` (or ``$CPRS_MINI_DTYPE=float32``) is the opt-out. CUDA never uses int8.
 """
 
 from __future__ import annotations
