@@ -14,7 +14,9 @@ import torch
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.examples import sentence_units
 from cprs_core.mini.realeval import bootstrap_interval, covered
-from cprs_core.mini.realqa import PassagePool, load_passages, load_squad, passages_of, split_of
+from cprs_core.mini.realqa import (
+    MULTIRC_FILE, NQ_FILE, SOURCES, PassagePool, detokenize, load_passages, load_squad, passages_of, split_of,
+)
 from cprs_core.mini.similarity import questions_of
 from cprs_core.mini.train import collate, relevance_loss, sentence_logits
 from cprs_core.mini.examples import WindowExample
@@ -67,11 +69,60 @@ def test_passages_keep_answers_and_evidence_sentences(data_dir: Path) -> None:
     assert len(squad) == 120 and {p.group for p in squad} == {f"squad:Title_{a}" for a in range(40)}
     for passage in squad:
         question = passage.questions[0]
-        assert passage.text[question.answer[0] : question.answer[1]].startswith("Answer")
+        [(start, end)] = question.answers
+        assert passage.text[start:end].startswith("Answer")
         assert [passage.text[s:e] for s, e in question.evidence] == [passage.text.split(". ")[1] + "."]
     coqa = next(p for p in passages if p.source == "coqa-cnn")
     # the pronoun-bound later turn is dropped; the stand-alone one is kept
     assert [q.text for q in coqa.questions] == ["Where did Tom go?", "Which fruit did Tom buy at the market stall?"]
+
+
+def _multirc_task(paragraphs: int) -> dict:
+    examples = []
+    for index in range(paragraphs):
+        sentences = [f"Lena{index} bought a kite in Oslo .", "It was red , with a long tail .",
+                     f"She flew it {index + 2} times that day .", "The town 's market closed early ."]
+        paragraph = "Paragraph- " + " ".join(f"Sent {n}: {text}" for n, text in enumerate(sentences, 1))
+        examples.append({"input": f"{paragraph} \nQuestion: What colour was the kite Lena{index} bought?.",
+                         "target": ["1, 2."]})
+    examples.append({"input": "Paragraph- Sent 1: Only one sentence . \nQuestion: Which one?.", "target": ["3."]})
+    return {"examples": examples}
+
+
+def _nq_task() -> dict:
+    return {"examples": [
+        {"input": "\nQuestion: who does candace like in phineas and ferb\nContext: Candace has a crush on "
+                  "Jeremy Johnson , and `` he liked her back '' . Her mother 's name is Linda .", "target": "Jeremy Johnson"},
+        {"input": "\nQuestion: who sang the song\nContext: Ana sang it . Ana wrote it .", "target": "Ana"},
+        {"input": "\nQuestion: what is the key fact\nContext: Article 0 paragraph 0 opens here. The key fact is "
+                  "Answer0x0 indeed.", "target": "Answer0x0"},
+    ]}
+
+
+def test_multirc_and_nq_questions_are_detokenized_and_located(data_dir: Path) -> None:
+    assert detokenize("a girl 's ( red ) `` kite '' , fifteen - year - old") == 'a girl\'s (red) "kite", fifteen-year-old'
+    (data_dir / MULTIRC_FILE).write_text(json.dumps(_multirc_task(3)))
+    (data_dir / NQ_FILE).write_text(json.dumps(_nq_task()))
+    passages = load_passages(data_dir, SOURCES)
+    multirc = [p for p in passages if p.source == "multirc"]
+    assert len(multirc) == 3 and len({p.group for p in multirc}) == 3  # the malformed example (Sent 3 of 1) is dropped
+    question = multirc[0].questions[0]
+    assert question.text == "What colour was the kite Lena0 bought?"
+    assert [multirc[0].text[s:e] for s, e in question.answers] == ["Lena0 bought a kite in Oslo.", "It was red, with a long tail."]
+    assert question.evidence == question.answers and multirc[0].text.endswith("The town's market closed early.")
+    # the ambiguous answer (Ana twice) and the paragraph copied from SQuAD are dropped
+    [nq] = [p for p in passages if p.source == "nq"]
+    [question] = nq.questions
+    assert question.text == "who does candace like in phineas and ferb?" and nq.group == "nq:" + question.text[:-1]
+    assert nq.text == 'Candace has a crush on Jeremy Johnson, and "he liked her back". Her mother\'s name is Linda.'
+    [(start, end)] = question.answers
+    assert nq.text[start:end] == "Jeremy Johnson" and [nq.text[s:e] for s, e in question.evidence] == [nq.text.split(" Her")[0]]
+    assert {p.source for p in load_passages(data_dir, ["multirc"])} == {"multirc"}
+    with pytest.raises(ValueError, match="sources must be"):
+        load_passages(data_dir, ["squad", "quac"])
+    (data_dir / NQ_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=NQ_FILE):
+        load_passages(data_dir, ["nq"])
 
 
 def test_splits_are_by_group_stable_and_disjoint(data_dir: Path) -> None:
@@ -95,7 +146,8 @@ def test_documents_place_answers_at_their_offsets_among_other_groups(data_dir: P
     assert len(document.answers) == 2 and questions_of(document.query) == [q.text for _, q in gold]
     for (start, end), (index, question) in zip(document.answers, gold):
         passage = pool.passages[index]
-        assert document.text[start:end] == passage.text[question.answer[0] : question.answer[1]]
+        [(low, high)] = question.answers
+        assert document.text[start:end] == passage.text[low:high]
     assert all(document.text[s:e].startswith("The key fact is") for s, e in document.relevant)
     assert len(tokenizer.encode(document.text).ids) >= 600
     with pytest.raises(ValueError, match="fewer than 2 groups"):
@@ -174,3 +226,17 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     assert one["cprs-mini@10%"]["ratio"] >= 5  # a 10% budget keeps about a tenth of the tokens
     table = (tmp_path / "table.md").read_text()
     assert "| embed-zmax |" in table and table.count("\n| 0K | 2 |") == 3
+
+
+def test_evaluation_queries_take_turns_over_the_pools_source_families(data_dir: Path) -> None:
+    from cprs_core.mini.realeval import query_document
+
+    (data_dir / "coqa.test.json").write_text(json.dumps(_coqa_stories(6)))
+    (data_dir / MULTIRC_FILE).write_text(json.dumps(_multirc_task(4)))
+    tokenizer = load_tokenizer(backbone_dir())
+    standard = PassagePool(load_passages(data_dir), tokenizer)
+    assert [query_document(standard, 1, 300, 1, i).source for i in range(4)] == ["wikipedia-squad", "coqa-cnn"] * 2
+    multirc = PassagePool(load_passages(data_dir, ["multirc"]), tokenizer)
+    document = query_document(multirc, 1, 300, 2, 0)
+    assert document.source == "multirc" and len(document.answers) == 4  # two questions, two evidence sentences each
+    assert [document.text[s:e] for s, e in document.answers[1::2]] == ["It was red, with a long tail."] * 2

@@ -4,7 +4,8 @@ Held-out data: the ``test`` split of :mod:`cprs_core.mini.realqa` (SQuAD v1.1 de
 never trained on; ``--split tune`` evaluates the split the keep threshold is chosen on). Each query asks one
 question, or two questions of passages from different groups; its gold passages are placed among passages of
 other groups of the same source until the context holds ``--tokens`` MiniLM tokens. Half the queries come from
-SQuAD (Wikipedia), half from CoQA (news, Reddit, exams, fiction, science, Wikipedia).
+SQuAD (Wikipedia), half from CoQA (news, Reddit, exams, fiction, science, Wikipedia); ``--sources multirc`` or
+``--sources nq`` asks MultiRC's or Natural Questions' instead (see :mod:`cprs_core.mini.realqa`).
 
 Every method keeps whole sentences (the engine's sentence units) under the same rule, the engine's own
 :func:`~cprs_core.spans.select_by_budget`: the best-scoring sentences that fit in ``ratio x context`` tokens.
@@ -17,8 +18,9 @@ Every method keeps whole sentences (the engine's sentence units) under the same 
 * ``bm25``: BM25 (rank-bm25) of each sentence against the query.
 
 Without a budget the baselines keep as many tokens as cprs-mini kept on that context. The metric is the share
-of gold answers (SQuAD answer span, CoQA rationale) lying whole inside one kept span, with 95% bootstrap
-intervals over queries, and the paired difference cprs-mini minus each baseline.
+of gold answers (SQuAD and NQ answer span, CoQA rationale, each MultiRC evidence sentence) lying whole inside
+one kept span, with 95% bootstrap intervals over queries, and the paired difference cprs-mini minus each
+baseline.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ..text_units import sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
-from .realqa import SPLITS, PassagePool, RealDocument, load_passages, passages_of
+from .realqa import DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_passages, passages_of
 from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
@@ -143,16 +145,26 @@ def budget_name(budget: float | None) -> str:
     return "none" if budget is None else f"{budget:.0%}"
 
 
+SOURCE_FAMILIES = ("wikipedia-squad", "coqa", "multirc", "nq")
+"""Query ``i`` of a setting asks about the ``i % n``-th family present in the pool (CoQA: one of its sources)."""
+
+
+def _family(source: str) -> str:
+    return "coqa" if source.startswith("coqa-") else source
+
+
 def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sample: int) -> RealDocument:
-    """Query number ``sample`` of a setting: even numbers ask about SQuAD, odd ones about a CoQA source; the same
-    arguments always give the same query and context."""
+    """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
+    ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context."""
     rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
-    if sample % 2 == 0:
-        source = "wikipedia-squad"
+    families = [family for family in SOURCE_FAMILIES if any(_family(name) == family for name in pool.sources)]
+    family = families[sample % len(families)]
+    if family == "wikipedia-squad":
+        source = family
     else:
         source = rng.choice([
             name for name in pool.sources
-            if name != "wikipedia-squad" and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
+            if _family(name) == family and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
         ])
     return pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
 
@@ -275,6 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-data", type=Path, required=True,
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(DEFAULT_SOURCES),
+                        help="where the questions come from (multirc, nq: their files must be in --real-data too)")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
     parser.add_argument("--checkpoint", default=None, help="cprs-mini checkpoint directory (default: shipped)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[8000, 32000])
@@ -320,7 +334,7 @@ def _load(args: argparse.Namespace, device: str) -> None:
         critic.embedder = embedder.embedder  # lets --weights try the similarity on a checkpoint without it
     compressor = CPRSCompressor(critic, window_size=args.window_size)
     _WORKER.update(args=args, compressor=compressor, baselines=SentenceBaselines(compressor, embedder),
-                   pool=PassagePool(passages_of(load_passages(args.real_data), args.split), tokenizer))
+                   pool=PassagePool(passages_of(load_passages(args.real_data, args.sources), args.split), tokenizer))
 
 
 def _init_worker(args: argparse.Namespace, devices: list[str]) -> None:
@@ -378,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
         results[key] = summarize(_merge(chosen), args.seed)
     table = markdown(results)
     print(table)
-    print(f"({time.perf_counter() - started:.0f} s; split {args.split}; seed {args.seed}; checkpoint {args.checkpoint or 'shipped'})")
+    print(f"({time.perf_counter() - started:.0f} s; split {args.split}; sources {' '.join(args.sources)}; seed {args.seed}; "
+          f"checkpoint {args.checkpoint or 'shipped'})")
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")
     if args.json:

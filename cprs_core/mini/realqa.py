@@ -1,6 +1,6 @@
 """Real reading-comprehension questions for training and evaluating ``cprs-mini`` (never imported at run time).
 
-Sources, both shipped inside the PyPI package ``bigbench`` (its sdist; only the data files are read):
+Sources, all shipped inside the PyPI package ``bigbench`` (its sdist; only the data files are read):
 
 * SQuAD v1.1 dev (``squad_shifts/squaddev_v1.1.json``): crowd questions on Wikipedia paragraphs, answers with
   character offsets. The other files of that folder (SQuADShifts) are reserved for independent evaluation and
@@ -9,6 +9,16 @@ Sources, both shipped inside the PyPI package ``bigbench`` (its sdist; only the 
   Reddit, exams (RACE), fiction (Gutenberg, MCTest), science and Wikipedia, each with a rationale span.
   Only questions that stand on their own are used: the first turn, and later turns of seven words or more
   that use no pronoun pointing back into the conversation.
+* MultiRC (``natural_instructions/subtask049_multirc_questions_needed_to_answer/task.json``, optional): questions
+  on paragraphs of news, fiction, science, history, law and Wikipedia that need several sentences, with the
+  numbers of those sentences; every evidence sentence must be kept.
+* Natural Questions contexts (``contextual_parametric_knowledge_conflicts/task.json``, optional): real search
+  queries (lower case, no question mark) on Wikipedia paragraphs whose answer entity was swapped for another
+  one; used where that answer occurs exactly once.
+
+The two optional sources come tokenized (``Phineas 's``, ```` bust ''``); their text is detokenized, and a
+passage sharing eight consecutive words with any SQuAD or CoQA passage is dropped, so that no held-out article
+or story reaches training through them.
 
 Every passage belongs to a *group* (a SQuAD article, a CoQA story), and groups are split by a hash of their
 name into ``train`` (70%), ``tune`` (10%: picking the keep threshold) and ``test`` (20%: the reported
@@ -24,10 +34,11 @@ import hashlib
 import json
 import lzma
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer
 
@@ -38,6 +49,12 @@ RESERVED_NAMES = ("new_wiki", "nyt", "reddit", "amazon_reviews")
 """SQuADShifts files: reserved for evaluation by others; never trained, tuned or selected on."""
 SQUAD_FILE = "squaddev_v1.1.json"
 COQA_FILE = "coqa.test.json"
+MULTIRC_FILE = "multirc_questions_needed_to_answer.json"
+"""bigbench's ``natural_instructions/subtask049_multirc_questions_needed_to_answer/task.json``, renamed."""
+NQ_FILE = "contextual_parametric_knowledge_conflicts.json"
+"""bigbench's ``contextual_parametric_knowledge_conflicts/task.json``, renamed."""
+DEFAULT_SOURCES = ("squad", "coqa")
+SHINGLE_WORDS = 8
 MIN_LATER_TURN_WORDS = 7
 _ANAPHORA = frozenset("he she it they him her them his hers its their theirs this that these those there".split())
 PASSAGE_SEPARATOR = "\n\n"
@@ -45,10 +62,11 @@ PASSAGE_SEPARATOR = "\n\n"
 
 @dataclass(frozen=True)
 class Question:
-    """A question on a passage: the answer's and the evidence sentences' character ranges in the passage."""
+    """A question on a passage: the character ranges in the passage that must be kept to answer it (the answer
+    span; MultiRC: each evidence sentence) and its evidence sentences (the relevant ones for training)."""
 
     text: str
-    answer: tuple[int, int]
+    answers: tuple[tuple[int, int], ...]
     evidence: tuple[tuple[int, int], ...]
 
 
@@ -95,7 +113,7 @@ def load_squad(path: Path) -> list[Passage]:
                 span = (answer["answer_start"], answer["answer_start"] + len(answer["text"]))
                 if text[span[0] : span[1]] != answer["text"]:
                     continue
-                questions.append(Question(qa["question"].strip(), span, _evidence(text, span)))
+                questions.append(Question(qa["question"].strip(), (span,), _evidence(text, span)))
             if questions:
                 passages.append(Passage("wikipedia-squad", "squad:" + article["title"], text, tuple(questions)))
     return passages
@@ -116,7 +134,7 @@ def load_coqa(path: Path) -> list[Passage]:
                 continue
             start, end = span
             query = " ".join(words)
-            questions.append(Question(query if query.endswith("?") else query + "?", (start, end), _evidence(text, (start, end))))
+            questions.append(Question(_as_question(query), ((start, end),), _evidence(text, (start, end))))
         if questions:
             passages.append(Passage("coqa-" + story["source"], "coqa:" + story["id"], text, tuple(questions)))
     return passages
@@ -128,16 +146,113 @@ def _stands_alone(words: list[str]) -> bool:
     return len(words) >= MIN_LATER_TURN_WORDS and not bare & _ANAPHORA
 
 
-def load_passages(data_dir: str | Path) -> list[Passage]:
-    """Every passage of the SQuAD and CoQA files found in ``data_dir`` (plain ``.json`` or ``.json.xz``)."""
+def _as_question(text: str) -> str:
+    """``text`` ending in a question mark (the query splitter cuts several questions there)."""
+    text = text.strip()
+    return text if text.endswith("?") else text + "?"
+
+
+_DETOKENIZE = (
+    (re.compile(r"``\s*|\s*''"), '"'),
+    (re.compile(r"\s+([,.;:!?%)\]]|'s\b|n't\b|'re\b|'ve\b|'ll\b|'d\b|'m\b)"), r"\1"),
+    (re.compile(r"([(\[$])\s+"), r"\1"),
+    (re.compile(r"(\w) - (?=\w)"), r"\1-"),
+)
+
+
+def detokenize(text: str) -> str:
+    """Undo Penn-Treebank-style tokenization (``girl 's``, ``( a )``, ````x''``, ``year - old``) as far as it is
+    unambiguous, and collapse runs of spaces."""
+    text = " ".join(text.split())
+    for pattern, replacement in _DETOKENIZE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _task_examples(path: Path) -> list[dict]:
+    return _read_json(path)["examples"]
+
+
+_MULTIRC_SENTENCE = re.compile(r"Sent \d+:\s*")
+
+
+def load_multirc(path: Path) -> list[Passage]:
+    """MultiRC paragraphs (source ``multirc``), each with its questions; every evidence sentence is an answer."""
+    by_text: dict[str, list[Question]] = defaultdict(list)
+    for example in _task_examples(path):
+        body, _, question = example["input"].partition("Question:")
+        pieces = [detokenize(piece) for piece in _MULTIRC_SENTENCE.split(body.split("Paragraph-", 1)[-1])[1:]]
+        targets = example["target"] if isinstance(example["target"], list) else [example["target"]]
+        numbers = {int(n) for target in targets for n in re.findall(r"\d+", target)}
+        if not pieces or not question.strip() or not numbers or not numbers <= set(range(1, len(pieces) + 1)):
+            continue
+        text, ranges = "", []
+        for piece in pieces:
+            text += (" " if text else "") + piece
+            ranges.append((len(text) - len(piece), len(text)))
+        evidence = tuple(ranges[n - 1] for n in sorted(numbers))
+        query = detokenize(question)
+        by_text[text].append(Question(_as_question(query[:-1] if query.endswith("?.") else query), evidence, evidence))
+    return [Passage("multirc", "multirc:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], text,
+                    tuple(questions)) for text, questions in by_text.items()]
+
+
+def load_nq_conflicts(path: Path) -> list[Passage]:
+    """Natural Questions queries on their Wikipedia paragraphs (source ``nq``), each paragraph with the answer
+    entity swapped for another; kept where that answer occurs exactly once. Grouped by query."""
+    passages = []
+    for example in _task_examples(path):
+        question, _, context = example["input"].partition("Context:")
+        text, answer = detokenize(context), detokenize(example["target"])
+        question = detokenize(question.replace("Question:", ""))
+        if not answer or text.count(answer) != 1 or not question:
+            continue
+        start = text.index(answer)
+        span = (start, start + len(answer))
+        passages.append(Passage("nq", "nq:" + question.lower(), text,
+                                (Question(_as_question(question), (span,), _evidence(text, span)),)))
+    return passages
+
+
+_LOADERS: dict[str, tuple[str, Callable[[Path], list[Passage]]]] = {
+    "squad": (SQUAD_FILE, load_squad),
+    "coqa": (COQA_FILE, load_coqa),
+    "multirc": (MULTIRC_FILE, load_multirc),
+    "nq": (NQ_FILE, load_nq_conflicts),
+}
+SOURCES = tuple(_LOADERS)
+
+
+def _shingles(text: str) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def load_passages(data_dir: str | Path, sources: Sequence[str] = DEFAULT_SOURCES) -> list[Passage]:
+    """Every passage of ``sources`` (of :data:`SOURCES`) found in ``data_dir`` (plain ``.json`` or ``.json.xz``).
+
+    SQuAD and CoQA must be there in any case: passages of the other sources that share eight consecutive words
+    with one of theirs are dropped.
+    """
+    unknown = [name for name in sources if name not in _LOADERS]
+    if unknown or not sources:
+        raise ValueError(f"sources must be some of {SOURCES}, got {list(sources)}")
     directory = Path(data_dir)
-    passages: list[Passage] = []
-    for name, loader in ((SQUAD_FILE, load_squad), (COQA_FILE, load_coqa)):
-        found = [directory / name, directory / (name + ".xz")]
+    loaded: dict[str, list[Passage]] = {}
+    for name in dict.fromkeys([*DEFAULT_SOURCES, *sources]):
+        file_name, loader = _LOADERS[name]
+        found = [directory / file_name, directory / (file_name + ".xz")]
         path = next((candidate for candidate in found if candidate.is_file()), None)
         if path is None:
-            raise FileNotFoundError(f"{directory} has neither {name} nor {name}.xz (see cprs_core.mini.realqa)")
-        passages.extend(loader(path))
+            raise FileNotFoundError(f"{directory} has neither {file_name} nor {file_name}.xz (see cprs_core.mini.realqa)")
+        loaded[name] = loader(path)
+    reference = set().union(*(_shingles(p.text) for name in DEFAULT_SOURCES for p in loaded[name]))
+    passages: list[Passage] = []
+    for name in sources:
+        chosen = loaded[name]
+        if name not in DEFAULT_SOURCES:
+            chosen = [passage for passage in chosen if not _shingles(passage.text) & reference]
+        passages.extend(chosen)
     return passages
 
 
@@ -156,6 +271,7 @@ class RealDocument:
     query: str
     source: str
     answers: tuple[tuple[int, int], ...]
+    """The character ranges that must be kept: each question's answers (see :class:`Question`)."""
     relevant: tuple[tuple[int, int], ...]
 
 
@@ -227,7 +343,7 @@ class PassagePool:
         answers, relevant = [], []
         for index, question in gold:
             base = offsets[index]
-            answers.append((base + question.answer[0], base + question.answer[1]))
+            answers.extend((base + start, base + end) for start, end in question.answers)
             relevant.extend((base + start, base + end) for start, end in question.evidence)
         query = " ".join(question.text for _, question in gold)
         return RealDocument("".join(parts), query, source, tuple(answers), tuple(sorted(relevant)))

