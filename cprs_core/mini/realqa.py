@@ -20,9 +20,9 @@ The two optional sources come tokenized (``Phineas 's``, ```` bust ''``); their 
 passage sharing eight consecutive words with any SQuAD or CoQA passage is dropped, so that no held-out article
 or story reaches training through them.
 
-Every passage belongs to a *group* (a SQuAD article, a CoQA story), and groups are split by a hash of their
-name into ``train`` (70%), ``tune`` (10%: picking the keep threshold) and ``test`` (20%: the reported
-evaluation), so no paragraph of a held-out article is ever trained on.
+Every passage belongs to a *group* (a SQuAD article, a CoQA story, a MultiRC paragraph, an NQ query), and groups
+are split by a hash of their name into ``train`` (70%), ``tune`` (10%: picking the keep threshold) and ``test``
+(20%: the reported evaluation), so no paragraph of a held-out article is ever trained on.
 
 A :class:`RealDocument` puts one or two gold passages among passages of other groups of the same source, like
 a retriever's long context, and records where each answer and its evidence sentences landed.
@@ -246,13 +246,11 @@ def load_passages(data_dir: str | Path, sources: Sequence[str] = DEFAULT_SOURCES
         if path is None:
             raise FileNotFoundError(f"{directory} has neither {file_name} nor {file_name}.xz (see cprs_core.mini.realqa)")
         loaded[name] = loader(path)
-    reference = set().union(*(_shingles(p.text) for name in DEFAULT_SOURCES for p in loaded[name]))
-    passages: list[Passage] = []
-    for name in sources:
-        chosen = loaded[name]
-        if name not in DEFAULT_SOURCES:
-            chosen = [passage for passage in chosen if not _shingles(passage.text) & reference]
-        passages.extend(chosen)
+    passages = [passage for name in DEFAULT_SOURCES if name in sources for passage in loaded[name]]
+    extra = [name for name in sources if name not in DEFAULT_SOURCES]
+    if extra:
+        reference = set().union(*(_shingles(p.text) for name in DEFAULT_SOURCES for p in loaded[name]))
+        passages.extend(p for name in extra for p in loaded[name] if not _shingles(p.text) & reference)
     return passages
 
 
