@@ -240,3 +240,18 @@ def test_evaluation_queries_take_turns_over_the_pools_source_families(data_dir: 
     document = query_document(multirc, 1, 300, 2, 0)
     assert document.source == "multirc" and len(document.answers) == 4  # two questions, two evidence sentences each
     assert [document.text[s:e] for s, e in document.answers[1::2]] == ["It was red, with a long tail."] * 2
+
+
+def test_training_windows_of_multirc_mark_every_evidence_sentence(data_dir: Path) -> None:
+    from cprs_core.mini.train import GeneratorSettings, real_document
+
+    (data_dir / MULTIRC_FILE).write_text(json.dumps(_multirc_task(6)))
+    pool = PassagePool(load_passages(data_dir, ["squad", "multirc"]), load_tokenizer(backbone_dir()))
+    rng = random.Random(3)
+    settings = GeneratorSettings("train", real_fraction=1.0, two_questions=0.0)
+    documents = [real_document(rng, settings, pool) for _ in range(12)]
+    multirc = [document for document in documents if "colour was the kite" in document.task.query]
+    assert multirc and len(multirc) < len(documents)  # both sources are drawn
+    for document in multirc:
+        kept = [document.text[start:end] for start, end in document.relevant]
+        assert len(kept) == 2 and kept[0].startswith("Lena") and kept[1] == "It was red, with a long tail."
