@@ -109,6 +109,14 @@ def sentence_ranges(text: str) -> list[tuple[int, int]]:
     return _sentences(text, 0, len(text))
 
 
+_WORD = re.compile(r"\w+")
+
+
+def lower_words(text: str) -> list[str]:
+    """The lower-cased ``\w+`` words of ``text`` (for lexical matching: BM25, shared word runs)."""
+    return _WORD.findall(text.lower())
+
+
 def paragraph_ranges(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every paragraph (blocks separated by blank lines), whitespace trimmed, in order."""
     return _ranges_between(text, [match.end() for match in _PARAGRAPH_BREAK.finditer(text)])

@@ -10,7 +10,6 @@ until the kept tokens reach a budget (so never tighter than asked), in document 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -18,11 +17,10 @@ import numpy as np
 from tokenizers import Tokenizer
 from transformers import BertModel
 
-from ..text_units import sentence_ranges
+from ..text_units import lower_words, sentence_ranges
 from .similarity import SentenceEmbedder
 
 CHUNK_TOKENS = 128
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,6 @@ class Ranking:
         return Selection("\n".join(self.units[index] for index in chosen), kept)
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
 class BM25Chunks:
     """BM25 over consecutive sentences packed into chunks of at most :data:`CHUNK_TOKENS` tokens."""
 
@@ -89,7 +83,7 @@ class BM25Chunks:
         from rank_bm25 import BM25Okapi
 
         chunks, sizes = self.chunks(text)
-        scores = np.asarray(BM25Okapi([_words(chunk) for chunk in chunks]).get_scores(_words(query)))
+        scores = np.asarray(BM25Okapi([lower_words(chunk) for chunk in chunks]).get_scores(lower_words(query)))
         return Ranking(chunks, sizes, scores)
 
 

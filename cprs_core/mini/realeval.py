@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from ..compressor import CPRSCompressor
 from ..spans import Unit, merge_adjacent, select_by_budget, units_from_char_ranges, zscore
-from ..text_units import sentence_ranges
+from ..text_units import lower_words, sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
@@ -48,7 +47,6 @@ from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
 BOOTSTRAP_SAMPLES = 2000
-_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -118,13 +116,13 @@ class SentenceBaselines:
         questions = questions_of(query)
         query_vectors = self.embedder.embed([query, *questions])
         cosines = sentence_vectors @ query_vectors.T
-        bm25 = BM25Okapi([_WORD.findall(piece.lower()) or [""] for piece in pieces])
+        bm25 = BM25Okapi([lower_words(piece) or [""] for piece in pieces])
         per_question = cosines[:, 1:] if len(questions) > 1 else cosines[:, :1]
         return {
             "embed": cosines[:, 0],
             "embed-max": per_question.max(axis=1),
             "embed-zmax": zscore(per_question).max(axis=1),
-            "bm25": np.asarray(bm25.get_scores(_WORD.findall(query.lower()))),
+            "bm25": np.asarray(bm25.get_scores(lower_words(query))),
         }
 
 

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer
 
-from ..text_units import sentence_ranges, strip_range
+from ..text_units import lower_words, sentence_ranges, strip_range
 
 SPLITS = ("train", "tune", "test")
 RESERVED_NAMES = ("new_wiki", "nyt", "reddit", "amazon_reviews")
@@ -224,7 +224,7 @@ SOURCES = tuple(_LOADERS)
 
 
 def _shingles(text: str) -> set[str]:
-    words = re.findall(r"\w+", text.lower())
+    words = lower_words(text)
     return {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
 
 
