@@ -28,7 +28,8 @@ import torch
 from cprs_core import CompressionResult, CPRSCompressor
 from cprs_core.mini import load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
-from cprs_core.mini.realeval import Cell, bootstrap_interval, budget_name, covered, query_document
+from cprs_core.mini.realeval import (Cell, bootstrap_interval, budget_name, covered, query_document,
+                                     remember_window_scores)
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 from cprs_core.mini.similarity import SentenceEmbedder
 
@@ -51,16 +52,7 @@ def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
     critic = load_mini_critic(dtype="float32")
     exact = critic.embedder
     fast = load_mini_critic(dtype="int8").embedder
-    cache: dict[tuple, list] = {}
-    score_windows = critic.score_windows
-
-    def cached(prefix_ids: list[int], windows: list[list[int]], tags: list[str]) -> list:
-        key = (tuple(prefix_ids), tuple(map(tuple, windows)), tuple(tags))
-        if key not in cache:
-            cache[key] = score_windows(prefix_ids, windows, tags)
-        return cache[key]
-
-    critic.score_windows = cached  # type: ignore[method-assign]
+    forget = remember_window_scores(critic)
     compressor = CPRSCompressor(critic)
 
     def with_embedder(embedder: SentenceEmbedder | None) -> Compress:
@@ -69,7 +61,7 @@ def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
             return compressor.compress(text, query=query, target_ratio=budget)
         return compress
 
-    return {"float32 embedder": with_embedder(exact), "int8 embedder": with_embedder(fast)}, cache.clear
+    return {"float32 embedder": with_embedder(exact), "int8 embedder": with_embedder(fast)}, forget
 
 
 def _compress(compressor: CPRSCompressor) -> Compress:

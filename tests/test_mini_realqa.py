@@ -188,13 +188,13 @@ def test_evaluation_helpers() -> None:
     assert questions_of("Who won? When was it?") == ["Who won?", "When was it?"]
 
 
-def _coqa_stories(count: int) -> dict:
+def _coqa_stories(count: int, sources: tuple[str, ...] = ("cnn",)) -> dict:
     stories = []
     for index in range(count):
         story = f"Mia{index} walked to the harbour at dawn. She counted {index + 3} red boats there. Then she slept."
         rationale = story.index("She counted")
         stories.append({
-            "source": "cnn", "id": f"story{index}", "story": story,
+            "source": sources[index % len(sources)], "id": f"story{index}", "story": story,
             "questions": [{"input_text": f"How many red boats did Mia{index} count at the harbour?", "turn_id": 1}],
             "answers": [{"span_start": rationale, "span_end": story.index(" Then"), "span_text": "", "input_text": "",
                          "turn_id": 1}],
@@ -255,3 +255,17 @@ def test_training_windows_of_multirc_mark_every_evidence_sentence(data_dir: Path
     for document in multirc:
         kept = [document.text[start:end] for start, end in document.relevant]
         assert len(kept) == 2 and kept[0].startswith("Lena") and kept[1] == "It was red, with a long tail."
+
+
+def test_family_balanced_draws_weigh_coqas_domains_together_as_much_as_squad(data_dir: Path) -> None:
+    (data_dir / "coqa.test.json").write_text(json.dumps(_coqa_stories(6, sources=("cnn", "race", "reddit"))))
+    pool = PassagePool(load_passages(data_dir), load_tokenizer(backbone_dir()))
+    assert pool.families == {"coqa": ["coqa-cnn", "coqa-race", "coqa-reddit"], "wikipedia-squad": ["wikipedia-squad"]}
+
+    def squad_share(by_family: bool) -> float:
+        rng = random.Random(0)
+        draws = [pool.passages[pool.sample_gold(rng, by_family=by_family)[0][0]].source for _ in range(2000)]
+        return draws.count("wikipedia-squad") / len(draws)
+
+    assert abs(squad_share(by_family=False) - 1 / 4) < 0.04  # one source of four
+    assert abs(squad_share(by_family=True) - 1 / 2) < 0.04  # one family of two

@@ -42,7 +42,8 @@ from ..text_units import lower_words, sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
-from .realqa import DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_passages, passages_of
+from .realqa import (DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, family_of, load_passages,
+                     passages_of)
 from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
@@ -147,22 +148,35 @@ SOURCE_FAMILIES = ("wikipedia-squad", "coqa", "multirc", "nq")
 """Query ``i`` of a setting asks about the ``i % n``-th family present in the pool (CoQA: one of its sources)."""
 
 
-def _family(source: str) -> str:
-    return "coqa" if source.startswith("coqa-") else source
+def remember_window_scores(critic: object) -> Callable[[], None]:
+    """Make ``critic.score_windows`` answer a repeated call (same prefix, windows and tags) from memory, so that
+    the variants compared on one query share one critic pass; returns the function that forgets (call it
+    between queries). ``del critic.score_windows`` restores the plain method."""
+    memory: dict[tuple, list] = {}
+    score_windows = critic.score_windows  # type: ignore[attr-defined]
+
+    def remembered(prefix_ids: list[int], windows: Sequence[list[int]], tags: Sequence[str]) -> list:
+        key = (tuple(prefix_ids), tuple(map(tuple, windows)), tuple(tags))
+        if key not in memory:
+            memory[key] = score_windows(prefix_ids, windows, tags)
+        return memory[key]
+
+    critic.score_windows = remembered  # type: ignore[attr-defined]
+    return memory.clear
 
 
 def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sample: int) -> RealDocument:
     """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
     ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context."""
     rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
-    families = [family for family in SOURCE_FAMILIES if any(_family(name) == family for name in pool.sources)]
+    families = [family for family in SOURCE_FAMILIES if any(family_of(name) == family for name in pool.sources)]
     family = families[sample % len(families)]
     if family == "wikipedia-squad":
         source = family
     else:
         source = rng.choice([
             name for name in pool.sources
-            if _family(name) == family and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
+            if family_of(name) == family and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
         ])
     return pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
 
@@ -202,7 +216,9 @@ def evaluate(
         _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total)
         return result.compressed_tokens
 
+    forget = remember_window_scores(critic)
     for sample in samples:
+        forget()
         document = query_document(pool, seed, tokens, questions, sample)
         units, total = baselines.units(document.text)
         method_scores = baselines.scores(document.text, units, document.query)
@@ -231,6 +247,7 @@ def evaluate(
                 _record(cells, f"{method}@{budget_name(budget)}", document, spans, kept, total)
     for setting, value in defaults.items():
         setattr(critic, setting, value)
+    del critic.score_windows
     return cells
 
 

@@ -80,6 +80,11 @@ class Passage:
     questions: tuple[Question, ...]
 
 
+def family_of(source: str) -> str:
+    """The family a source belongs to: ``coqa`` for CoQA's domains (``coqa-cnn``, ...), else the source itself."""
+    return "coqa" if source.startswith("coqa-") else source
+
+
 def split_of(group: str) -> str:
     """``train``, ``tune`` or ``test``, from a stable hash of the group's name."""
     bucket = int(hashlib.sha256(group.encode("utf-8")).hexdigest(), 16) % 10
@@ -286,9 +291,18 @@ class PassagePool:
             self.by_source[passage.source].append(index)
             self.by_group[passage.group].append(index)
         self.sources = sorted(self.by_source)
+        self.families: dict[str, list[str]] = defaultdict(list)
+        for source in self.sources:
+            self.families[family_of(source)].append(source)
 
-    def sample_gold(self, rng: random.Random, source: str | None = None, count: int = 1) -> list[tuple[int, Question]]:
-        """``count`` (passage index, question) pairs from distinct groups of one source."""
+    def sample_gold(
+        self, rng: random.Random, source: str | None = None, count: int = 1, by_family: bool = False
+    ) -> list[tuple[int, Question]]:
+        """``count`` (passage index, question) pairs from distinct groups of one source: ``source``, or else one
+        drawn uniformly among the pool's sources, or with ``by_family``, among the sources of a family drawn
+        uniformly (so CoQA's seven domains together weigh as much as SQuAD)."""
+        if source is None and by_family:
+            source = rng.choice(self.families[rng.choice(sorted(self.families))])
         source = source or rng.choice(self.sources)
         if len({self.passages[index].group for index in self.by_source[source]}) < count:
             raise ValueError(f"{source} has fewer than {count} groups in this pool")

@@ -62,6 +62,7 @@ class GeneratorSettings:
     two_questions: float = 0.25
     near_passages: int = 2
     max_real_tokens: int = 1500
+    family_balanced: bool = False
 
 
 def synthetic_document(rng: random.Random, settings: GeneratorSettings, haystack: Haystack) -> Document:
@@ -76,7 +77,8 @@ def synthetic_document(rng: random.Random, settings: GeneratorSettings, haystack
 
 def real_document(rng: random.Random, settings: GeneratorSettings, pool: PassagePool) -> Document:
     """One or two real questions, their passages among distractors; the evidence sentences are relevant."""
-    gold = pool.sample_gold(rng, count=2 if rng.random() < settings.two_questions else 1)
+    count = 2 if rng.random() < settings.two_questions else 1
+    gold = pool.sample_gold(rng, count=count, by_family=settings.family_balanced)
     n_tokens = rng.randint(settings.min_document_tokens, settings.max_real_tokens)
     document = pool.document(rng, gold, n_tokens, near=rng.randint(0, settings.near_passages))
     task = Task("fact", "real", document.query, pick_instruction(rng, "fact", settings.paraphrase), [])
@@ -260,7 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
     parser.add_argument("--real-sources", nargs="+", choices=SOURCES, default=list(DEFAULT_SOURCES),
                         help="real question sources (multirc, nq: their files in --real-data too); a window draws uniformly over "
-                             "their sub-sources (CoQA counts as its 7 domains)")
+                             "their sub-sources (CoQA counts as its 7 domains) unless --family-balanced")
+    parser.add_argument("--family-balanced", action="store_true",
+                        help="draw a real window's family (SQuAD, CoQA, MultiRC, NQ) uniformly, then a sub-source in it")
     parser.add_argument("--real-fraction", type=float, default=0.5, help="share of windows with real questions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(LABEL_WEIGHTS, device=device), ignore_index=IGNORE)
     real_fraction = args.real_fraction if args.real_data is not None else 0.0
-    train_batches = _loader(GeneratorSettings("train", real_fraction=real_fraction), args, backbone, args.seed, args.workers)
+    train_batches = _loader(GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced), args, backbone, args.seed, args.workers)
 
     log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
     counts = TokenCounts()
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
                 ("steps", "seed", "batch_size", "lr", "warmup", "rank", "alpha", "workers")}
     training.update(steps_done=step, train_seconds=metrics["train_seconds"], label_weights=list(LABEL_WEIGHTS),
                     real_fraction=real_fraction, relevance_weight=RELEVANCE_WEIGHT,
-                    real_sources=list(args.real_sources) if real_fraction > 0 else [])
+                    real_sources=list(args.real_sources) if real_fraction > 0 else [],
+                    real_balance="family" if args.family_balanced else "source")
     config = MiniConfig(lora_rank=args.rank, lora_alpha=args.alpha, relevance_head=True, training=training)
     save_checkpoint(args.out, config, adapter_state(model))
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
