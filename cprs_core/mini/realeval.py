@@ -199,8 +199,9 @@ def evaluate(
 
     Keys are ``"<method>@<budget>"``. Variants of cprs-mini's settings, for choosing them on the tune split: each
     of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
-    similarity weight under the budgets (``cprs-mini@10%/w=<w>``); each of ``shortlists`` as the similarity
-    shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no shortlist); with ``per_question_z``, the
+    similarity weight of the ranking, under the budgets and without one (``cprs-mini@10%/w=<w>``); each of
+    ``shortlists`` as the similarity shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no
+    shortlist); with ``per_question_z``, the
     other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``); with
     ``other_keep_rule``, the other setting of ``rank_without_budget`` (``cprs-mini@none/rwb``).
     """
@@ -223,6 +224,8 @@ def evaluate(
         units, total = baselines.units(document.text)
         method_scores = baselines.scores(document.text, units, document.query)
         same_size = run("cprs-mini@none", document, total, None)
+        for weight in weights:
+            run(f"cprs-mini@none/w={weight:g}", document, total, None, similarity_weight=weight)
         for threshold in thresholds:
             run(f"cprs-mini@none/t={threshold:g}", document, total, None, relevance_threshold=threshold)
         if other_keep_rule:
