@@ -113,7 +113,7 @@ _WORD = re.compile(r"\w+")
 
 
 def lower_words(text: str) -> list[str]:
-    """The lower-cased ``\w+`` words of ``text`` (for lexical matching: BM25, shared word runs)."""
+    """The lower-cased words (``\\w+`` runs) of ``text``, for lexical matching: BM25, shared word runs."""
     return _WORD.findall(text.lower())
 
 
