@@ -201,9 +201,9 @@ def evaluate(
     of ``thresholds`` as the no-budget keep threshold (``cprs-mini@none/t=<p>``) and each of ``weights`` as the
     similarity weight of the ranking, under the budgets and without one (``cprs-mini@10%/w=<w>``); each of
     ``shortlists`` as the similarity shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no
-    shortlist); with ``per_question_z``, the
-    other setting of the embedder's question pooling under the budgets (``cprs-mini@10%/pqz``); with
-    ``other_keep_rule``, the other setting of ``rank_without_budget`` (``cprs-mini@none/rwb``).
+    shortlist); with ``per_question_z``, the other setting of the embedder's question pooling under the budgets
+    (``cprs-mini@10%/pqz``); with ``other_keep_rule``, the other setting of ``rank_without_budget``
+    (``cprs-mini@none/rwb``). Each query's windows are scored once for all of these variants.
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic

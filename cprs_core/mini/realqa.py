@@ -291,9 +291,10 @@ class PassagePool:
             self.by_source[passage.source].append(index)
             self.by_group[passage.group].append(index)
         self.sources = sorted(self.by_source)
-        self.families: dict[str, list[str]] = defaultdict(list)
+        families: dict[str, list[str]] = defaultdict(list)
         for source in self.sources:
-            self.families[family_of(source)].append(source)
+            families[family_of(source)].append(source)
+        self.families = dict(families)
 
     def sample_gold(
         self, rng: random.Random, source: str | None = None, count: int = 1, by_family: bool = False

@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(LABEL_WEIGHTS, device=device), ignore_index=IGNORE)
     real_fraction = args.real_fraction if args.real_data is not None else 0.0
-    train_batches = _loader(GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced), args, backbone, args.seed, args.workers)
+    settings = GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced)
+    train_batches = _loader(settings, args, backbone, args.seed, args.workers)
 
     log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
     counts = TokenCounts()
