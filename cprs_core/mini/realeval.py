@@ -42,8 +42,7 @@ from ..text_units import lower_words, sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
-from .realqa import (DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, family_of, load_passages,
-                     passages_of)
+from .realqa import DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_passages, passages_of
 from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
@@ -169,14 +168,14 @@ def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sa
     """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
     ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context."""
     rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
-    families = [family for family in SOURCE_FAMILIES if any(family_of(name) == family for name in pool.sources)]
+    families = [family for family in SOURCE_FAMILIES if family in pool.families]
     family = families[sample % len(families)]
     if family == "wikipedia-squad":
         source = family
     else:
         source = rng.choice([
-            name for name in pool.sources
-            if family_of(name) == family and len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
+            name for name in pool.families[family]
+            if len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
         ])
     return pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
 
