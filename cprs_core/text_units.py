@@ -26,6 +26,13 @@ _ABBREVIATIONS = _TITLES | frozenset(
     "No Nos Vol Vols Fig Figs Art Sec Ch pp vs etc al cf ca approx Inc Corp Co Ltd Bros Dept Univ Ave Blvd "
     "Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec".split()
 )
+MAX_SENTENCE_CHARS = 600
+"""Longer sentences are cut into pieces (see :func:`_pieces`): a text without sentence punctuation (a
+transcript, a chat, a forum post) would otherwise be one unit per paragraph, kept or dropped whole, and too
+long for a small budget. About 1 in 1,500 sentences of Wikipedia and news prose is longer."""
+SENTENCE_PIECE_CHARS = 300
+"""The longest piece of a cut sentence."""
+_CLAUSE_BREAK = re.compile(r"[,;:](?=\s)|\s[-–—](?=\s)")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _LINE = re.compile(r"[^\n]*\n?")
 _FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
@@ -69,7 +76,29 @@ def _ranges_between(text: str, cut_points: list[int], start: int = 0, end: int |
 
 def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     cuts = [match.end() for match in _SENTENCE_END.finditer(text, start, end) if not _abbreviation_at(text, match, end)]
-    return _attach_punctuation(text, _ranges_between(text, cuts, start, end))
+    sentences = _attach_punctuation(text, _ranges_between(text, cuts, start, end))
+    return [piece for sentence in sentences for piece in _pieces(text, *sentence)]
+
+
+def _pieces(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """``text[start:end]`` itself, or if longer than :data:`MAX_SENTENCE_CHARS`, cut into about equal pieces of
+    at most :data:`SENTENCE_PIECE_CHARS`: each ends at the last clause break (``,;:`` or a dash, then a space) in
+    the second half of its share, else at the last space there, else at the end of its share."""
+    if end - start <= MAX_SENTENCE_CHARS:
+        return [(start, end)]
+    pieces = []
+    while end - start > SENTENCE_PIECE_CHARS:
+        share = -(-(end - start) // -(-(end - start) // SENTENCE_PIECE_CHARS))  # ceil(length / ceil(length / piece))
+        low, high = start + share // 2, start + share
+        breaks = [match.end() for match in _CLAUSE_BREAK.finditer(text, low, high + 1)]
+        cut = breaks[-1] if breaks else max(text.rfind(" ", low, high + 1), text.rfind("\t", low, high + 1))
+        cut = high if cut <= low else cut
+        piece = strip_range(text, start, cut)
+        if piece:
+            pieces.append(piece)
+        start = cut
+    rest = strip_range(text, start, end)
+    return [*pieces, rest] if rest else pieces
 
 
 def _abbreviation_at(text: str, match: re.Match[str], end: int) -> bool:
@@ -104,8 +133,9 @@ def _attach_punctuation(text: str, ranges: list[tuple[int, int]]) -> list[tuple[
 def sentence_ranges(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every sentence, whitespace trimmed, in order; ends at ``.!?;`` (and CJK ``。！？；``,
     closing quotes and brackets included) or newlines, but not at the period of an abbreviation (``Mr.``,
-    ``U.S.``, ``J. K.``, ``No. 5``), and a piece with no letter or digit stays with the sentence before it.
-    Plain-prose rules; :func:`segment` adds structure."""
+    ``U.S.``, ``J. K.``, ``No. 5``), and a piece with no letter or digit stays with the sentence before it. A
+    sentence longer than :data:`MAX_SENTENCE_CHARS` is cut at clause breaks or spaces into pieces of at most
+    that. Plain-prose rules; :func:`segment` adds structure."""
     return _sentences(text, 0, len(text))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,13 +14,14 @@ import torch
 
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.examples import sentence_units
-from cprs_core.mini.realeval import bootstrap_interval, covered
+from cprs_core.mini.realeval import bootstrap_interval, covered, unpunctuated
 from cprs_core.mini.realqa import (
     MULTIRC_FILE, NQ_FILE, SOURCES, PassagePool, detokenize, load_passages, load_squad, passages_of, split_of,
 )
 from cprs_core.mini.similarity import questions_of
 from cprs_core.mini.train import collate, relevance_loss, sentence_logits
 from cprs_core.mini.examples import WindowExample
+from cprs_core.text_units import lower_words
 
 
 def _squad(articles: int, paragraphs: int) -> dict:
@@ -150,6 +152,9 @@ def test_documents_place_answers_at_their_offsets_among_other_groups(data_dir: P
         assert document.text[start:end] == passage.text[low:high]
     assert all(document.text[s:e].startswith("The key fact is") for s, e in document.relevant)
     assert len(tokenizer.encode(document.text).ids) >= 600
+    bare = unpunctuated(document)  # the stress test's contexts: no sentence ends, answers where they were
+    assert len(bare.text) == len(document.text) and not re.search(r"[.!?;]\s", bare.text)
+    assert all(lower_words(bare.text[s:e]) == lower_words(document.text[s:e]) for s, e in document.answers)
     with pytest.raises(ValueError, match="fewer than 2 groups"):
         PassagePool([pool.passages[0]], tokenizer).sample_gold(rng, "wikipedia-squad", 2)
 

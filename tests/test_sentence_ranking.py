@@ -210,3 +210,11 @@ def test_a_slow_assembly_does_not_hold_up_other_requests_windows() -> None:
         critic.release.set()
     assert [span.text for span in done["quick"].spans] == []  # no threshold: nothing tagged, nothing kept
     assert done["slow"].text == "beta is the other key today."
+
+
+def test_a_budget_smaller_than_a_run_on_paragraph_keeps_its_relevant_piece() -> None:
+    filler = " ".join(["plain words without any stop"] * 40)
+    text = f"{filler} then alpha alpha alpha alpha marks the place {filler}"  # one ~2,400-character run-on sentence
+    result = CPRSCompressor(KeywordCritic()).compress(text, query="which?", granularity="sentence", target_tokens=80)
+    assert len(result.spans) == 1 and "alpha alpha" in result.spans[0].text  # the piece holding most of them
+    assert 0 < result.compressed_tokens <= 80

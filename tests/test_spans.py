@@ -7,7 +7,9 @@ import pytest
 
 from cprs_core import BudgetError
 from cprs_core.spans import Unit, decode_spans, fill_short_gaps, merge_adjacent, select_by_budget
-from cprs_core.text_units import paragraph_ranges, segment, sentence_ranges
+from cprs_core.text_units import (
+    MAX_SENTENCE_CHARS, SENTENCE_PIECE_CHARS, paragraph_ranges, segment, sentence_ranges,
+)
 
 LABEL_IDS = {"B": 0, "I": 1, "O": 2, "E": 3}
 
@@ -119,6 +121,31 @@ def test_sentence_and_paragraph_ranges_index_the_text() -> None:
 def test_sentences_do_not_end_at_abbreviations_or_bare_punctuation(text: str, expected: list[str]) -> None:
     assert [text[start:end] for start, end in sentence_ranges(text)] == expected
     assert [text[unit.start : unit.end] for unit in segment(text, "sentence")] == expected
+
+
+def test_a_sentence_longer_than_the_limit_is_cut_into_pieces_at_clause_breaks() -> None:
+    clause = "the lid leaks a little when you fill it high, "
+    text = "Short one. " + clause * 30 + "and that is all. Next sentence."
+    pieces = [text[start:end] for start, end in sentence_ranges(text)]
+    assert pieces[0] == "Short one." and pieces[-1] == "Next sentence."
+    middle = pieces[1:-1]
+    assert len(middle) > 1 and all(len(piece) <= SENTENCE_PIECE_CHARS for piece in middle)
+    assert all(len(piece) >= SENTENCE_PIECE_CHARS // 2 for piece in middle)
+    assert all(piece.endswith(",") for piece in middle[:-1])  # cut after a clause, not inside one
+    assert " ".join(middle).split() == (clause * 30 + "and that is all.").split()  # nothing lost or repeated
+    assert [text[unit.start : unit.end] for unit in segment(text, "sentence")] == pieces
+
+
+def test_run_on_text_without_commas_is_cut_at_spaces_and_text_within_the_limit_is_not_cut() -> None:
+    run_on = " ".join(f"word{i}" for i in range(200))  # ~1,400 characters, no punctuation at all
+    pieces = [run_on[start:end] for start, end in sentence_ranges(run_on)]
+    assert len(pieces) > 1 and all(len(piece) <= SENTENCE_PIECE_CHARS for piece in pieces)
+    assert " ".join(pieces) == run_on
+    no_spaces = "x" * (MAX_SENTENCE_CHARS + 1)
+    assert all(end - start <= SENTENCE_PIECE_CHARS for start, end in sentence_ranges(no_spaces))
+    long_but_within = "word " * (MAX_SENTENCE_CHARS // 5 - 1) + "end."
+    assert len(long_but_within) <= MAX_SENTENCE_CHARS
+    assert sentence_ranges(long_but_within) == [(0, len(long_but_within))]
 
 
 def _units(scores_and_sizes: list[tuple[float, int]]) -> list[Unit]:

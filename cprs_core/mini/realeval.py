@@ -26,8 +26,10 @@ baseline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +166,15 @@ def remember_window_scores(critic: object) -> Callable[[], None]:
     return memory.clear
 
 
+_SENTENCE_PUNCTUATION = re.compile(r"[.!?;](?=\s)")
+
+
+def unpunctuated(document: RealDocument) -> RealDocument:
+    """``document`` with every sentence-ending ``.!?;`` that precedes whitespace replaced by a space (same
+    length, so the answers' offsets still hold): each passage becomes one run-on sentence, as in a transcript."""
+    return dataclasses.replace(document, text=_SENTENCE_PUNCTUATION.sub(" ", document.text))
+
+
 def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sample: int) -> RealDocument:
     """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
     ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context."""
@@ -193,6 +204,7 @@ def evaluate(
     per_question_z: bool = False,
     shortlists: Sequence[float] = (),
     other_keep_rule: bool = False,
+    without_punctuation: bool = False,
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -202,7 +214,8 @@ def evaluate(
     ``shortlists`` as the similarity shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no
     shortlist); with ``per_question_z``, the other setting of the embedder's question pooling under the budgets
     (``cprs-mini@10%/pqz``); with ``other_keep_rule``, the other setting of ``rank_without_budget``
-    (``cprs-mini@none/rwb``). Each query's windows are scored once for all of these variants.
+    (``cprs-mini@none/rwb``). Each query's windows are scored once for all of these variants. With
+    ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
@@ -220,6 +233,8 @@ def evaluate(
     for sample in samples:
         forget()
         document = query_document(pool, seed, tokens, questions, sample)
+        if without_punctuation:
+            document = unpunctuated(document)
         units, total = baselines.units(document.text)
         method_scores = baselines.scores(document.text, units, document.query)
         same_size = run("cprs-mini@none", document, total, None)
@@ -319,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try these similarity shortlists (multiples of the budget; 0: none)")
     parser.add_argument("--other-keep-rule", action="store_true",
                         help="also try the other no-budget rule (rank_without_budget on or off)")
+    parser.add_argument("--unpunctuated", action="store_true",
+                        help="stress test: drop the sentence punctuation of every context (see unpunctuated)")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -366,7 +383,7 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
-                    args.shortlists, args.other_keep_rule)  # type: ignore[attr-defined]
+                    args.shortlists, args.other_keep_rule, args.unpunctuated)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
