@@ -312,11 +312,11 @@ class WindowParallelEngine:
                     target = reader_budget(reader.count(text), request.target_ratio, request.target_tokens)
                     budget = fit_budget(
                         lambda critic_budget: self._kept_text(item, bioe, labels, forced, relevance, critic_budget),
-                        reader.count, target, len(tokens.ids),
+                        reader.count, target, len(tokens.ids), at_least_one=request.target_ratio is not None,
                     )
             kept = self._kept_groups(
                 text, request.query, tokens, bioe, labels, forced, relevance, request.granularity, budget,
-                request.min_span_tokens,
+                request.min_span_tokens, best_if_none_fits=request.target_ratio is not None,
             )
             groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
             token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
@@ -357,7 +357,8 @@ class WindowParallelEngine:
         request, text = item.request, item.text
         try:
             groups = self._kept_groups(text, request.query, item.tokens, bioe, labels, forced, relevance,
-                                       request.granularity, budget, request.min_span_tokens)
+                                       request.granularity, budget, request.min_span_tokens,
+                                       best_if_none_fits=request.target_ratio is not None)
         except BudgetError:
             return None
         pieces = (text[group[0].char_start : group[-1].char_end].strip() for group in groups)
@@ -375,6 +376,7 @@ class WindowParallelEngine:
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
+        best_if_none_fits: bool = False,
     ) -> list[list[Unit]]:
         """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units).
 
@@ -413,8 +415,8 @@ class WindowParallelEngine:
             candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
             if granularity != "line":  # tuned on prose sentences; lines (records, code, logs) keep what is tagged
                 above_threshold = scores.keep >= _logit(getattr(self.critic, "relevance_threshold", None))
-        if budget is not None:
-            chosen = select_by_budget(candidates, budget, granularity, anchors)
+        if budget is not None:  # a share (target_ratio) that no whole unit fits in keeps the best unit alone
+            chosen = select_by_budget(candidates, budget, granularity, anchors, best_if_none_fits)
             check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
             return merge_adjacent(chosen)
         spanned = np.zeros(len(labels), dtype=bool)  # tokens inside a span the critic tagged

@@ -86,14 +86,19 @@ def reader_budget(reader_total: int, target_ratio: float | None, target_tokens: 
     return target_tokens
 
 
-def fit_budget(kept_text: Callable[[int], str | None], count: TokenCounter, target: int, critic_total: int) -> int:
+def fit_budget(
+    kept_text: Callable[[int], str | None], count: TokenCounter, target: int, critic_total: int,
+    at_least_one: bool = False,
+) -> int:
     """The largest budget in critic tokens whose kept text has at most ``target`` reader tokens (binary search).
 
     ``kept_text(budget)`` is the text kept under a critic-token budget, or ``None`` when that budget cannot be
-    met (no unit fits). More budget keeps more text, so the reader count grows with it.
+    met (no unit fits). More budget keeps more text, so the reader count grows with it. With ``at_least_one``,
+    a target that no kept text fits in gives the smallest budget, 1 (whose caller keeps its best unit alone).
 
     Raises:
-        BudgetError: not even the smallest budget keeps a text of at most ``target`` reader tokens.
+        BudgetError: not even the smallest budget keeps a text of at most ``target`` reader tokens (and not
+            ``at_least_one``).
     """
     low, high, best = 1, critic_total, None
     while low <= high:
@@ -103,9 +108,11 @@ def fit_budget(kept_text: Callable[[int], str | None], count: TokenCounter, targ
             best, low = middle, middle + 1
         else:
             high = middle - 1
+    if best is None and at_least_one:
+        return 1
     if best is None:
         raise BudgetError(
-            f"no kept text fits in {target} tokens of the budget tokenizer; raise target_tokens/target_ratio "
+            f"no kept text fits in {target} tokens of the budget tokenizer; raise target_tokens "
             "or use a finer granularity"
         )
     return best

@@ -206,24 +206,31 @@ def units_from_char_ranges(
 
 
 def select_by_budget(
-    units: list[Unit], max_tokens: int, granularity: str, anchors: Sequence[Sequence[int]] | None = None
+    units: list[Unit],
+    max_tokens: int,
+    granularity: str,
+    anchors: Sequence[Sequence[int]] | None = None,
+    best_if_none_fits: bool = False,
 ) -> list[Unit]:
     """The highest-scoring units whose tokens fit in ``max_tokens`` (greedy, ties by position), in order.
 
     ``anchors[i]``, when given, are the positions of the units that must be kept with unit ``i`` (all of them,
     transitively closed); a unit is taken only if it fits together with those of its anchors not yet taken.
+    When no unit fits, that is a :class:`BudgetError`, or with ``best_if_none_fits`` the best unit is kept
+    alone (with its anchors), over the budget.
     """
     if max_tokens < 1:
         raise BudgetError(f"the budget allows {max_tokens} tokens; at least 1 is needed")
-    if units and min(unit.tokens for unit in units) > max_tokens:
+    order = sorted(range(len(units)), key=lambda i: (-units[i].score, units[i].token_start))
+    if units and min(unit.tokens for unit in units) > max_tokens and not best_if_none_fits:
         smallest = min(unit.tokens for unit in units)
         raise BudgetError(
             f"no {granularity} fits in a budget of {max_tokens} tokens (the smallest has {smallest}); "
-            "raise target_tokens/target_ratio or use a finer granularity"
+            "raise target_tokens or use a finer granularity"
         )
     chosen: dict[int, Unit] = {}
     remaining = max_tokens
-    for position in sorted(range(len(units)), key=lambda i: (-units[i].score, units[i].token_start)):
+    for position in order:
         if position in chosen:
             continue
         needed = [i for i in (position, *(anchors[position] if anchors else ())) if i not in chosen]
@@ -231,6 +238,8 @@ def select_by_budget(
         if cost <= remaining:
             chosen.update((i, units[i]) for i in needed)
             remaining -= cost
+    if not chosen and units and best_if_none_fits:
+        chosen = {i: units[i] for i in (order[0], *(anchors[order[0]] if anchors else ()))}
     return sorted(chosen.values(), key=lambda unit: unit.index)
 
 

@@ -206,6 +206,15 @@ def test_budgets_are_honoured(digit_compressor: CPRSCompressor) -> None:
     assert by_ratio.ratio >= 4.0 and by_ratio.keep_ratio <= 0.25
 
 
+def test_a_share_no_sentence_fits_in_keeps_the_best_sentence_alone(digit_compressor: CPRSCompressor) -> None:
+    context = "Plain words come first here. The room is 4471 today. More plain words close it."
+    result = digit_compressor.compress(context, "which room?", granularity="sentence", target_ratio=0.05)
+    assert [span.text for span in result.spans] == ["The room is 4471 today."]
+    assert result.compressed_tokens > result.metadata["budget"]  # over the share, which not one sentence fits in
+    with pytest.raises(BudgetError, match="no sentence fits"):  # a token count stays a hard limit
+        digit_compressor.compress(context, "which room?", granularity="sentence", target_tokens=2)
+
+
 def test_budget_errors(tiny_compressor: CPRSCompressor) -> None:
     text = "A fairly long sentence that needs more than three tokens to hold it. " * 5
     with pytest.raises(BudgetError, match="no sentence fits"):

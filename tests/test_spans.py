@@ -167,3 +167,12 @@ def test_budget_keeps_best_units_that_fit_in_order() -> None:
 def test_budget_that_no_unit_fits_is_an_error() -> None:
     with pytest.raises(BudgetError, match="smallest has 5"):
         select_by_budget(_units([(0.5, 5), (0.6, 8)]), 4, "sentence")
+
+
+def test_a_budget_no_unit_fits_can_keep_the_best_unit_alone() -> None:
+    units = _units([(0.5, 5), (0.6, 8), (0.2, 6)])
+    assert [unit.index for unit in select_by_budget(units, 4, "sentence", best_if_none_fits=True)] == [1]
+    anchored = select_by_budget(units, 4, "sentence", [[], [2], []], best_if_none_fits=True)
+    assert [unit.index for unit in anchored] == [1, 2]  # the best unit comes with its anchors
+    fitting = select_by_budget(units, 11, "sentence", best_if_none_fits=True)
+    assert fitting == select_by_budget(units, 11, "sentence")  # something fits: the plain greedy choice

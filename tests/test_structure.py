@@ -147,6 +147,9 @@ def test_budget_in_a_transformers_tokenizer_and_a_counter(digit_compressor: CPRS
     by_chars = digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="sentence", target_ratio=0.1,
                                          budget_tokenizer=len)
     assert len(by_chars.text) <= int(len(CONTEXT) * 0.1) and "The code is 4471." in by_chars.text
+    tiny_share = digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="sentence", target_ratio=0.001,
+                                           budget_tokenizer=len)  # a share no sentence fits in: the best one alone
+    assert tiny_share.text == "The code is 4471." and len(tiny_share.text) > int(len(CONTEXT) * 0.001)
 
 
 def test_budget_in_a_tiktoken_encoding(digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch) -> None:
