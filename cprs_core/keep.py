@@ -3,20 +3,31 @@
 Forced tokens are tagged as kept on top of the critic's own tags, so they never take the place of something the
 critic chose. Under a budget they are taken first and their tokens count against it: the critic's choice fills
 what remains, and a budget too small for the forced text alone is a :class:`~cprs_core.errors.BudgetError`.
+
+Regular expressions given as text (a server's ``keep_regex``, the CLI's ``--keep-regex``) are compiled with the
+``regex`` package, which matches them with the interpreter lock released and under a time limit
+(:data:`KEEP_REGEX_SECONDS`): Python's own ``re`` holds the lock while it matches, so one pattern that
+backtracks catastrophically (``(a|aa)+$``) would stop every thread of a server for hours.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
+import regex
 
 from .errors import BudgetError, KeepError
 
-KeepPattern = Union[str, "re.Pattern[str]"]
+KeepPattern = Union[str, "re.Pattern[str]", "regex.Pattern[str]"]
 """A literal string (matched as is) or a compiled regular expression."""
+
+KEEP_REGEX_SECONDS = 2.0
+"""Time all of a request's text-given regular expressions may take to match its context, together."""
+_PATTERN_TYPES = (re.Pattern, regex.Pattern)
 
 FORCED_SCORE = 2.0
 """Keep score given to forced tokens: above any critic score (at most 1), so budgets take them first."""
@@ -29,7 +40,7 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
     if isinstance(keep, (str, bytes)):
         raise KeepError("keep must be a list of strings or patterns, not a single string")
     for pattern in keep:
-        if isinstance(pattern, re.Pattern):
+        if isinstance(pattern, _PATTERN_TYPES):
             if not isinstance(pattern.pattern, str):
                 raise KeepError(f"keep patterns must match str, got a bytes pattern {pattern.pattern!r}")
             if pattern.fullmatch(""):
@@ -43,11 +54,12 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
                             f"{text_length} (the context's length); got {span!r}")
 
 
-def compile_regex(pattern: str) -> "re.Pattern[str]":
-    """``re.compile(pattern)``, with a bad pattern reported as :class:`KeepError`."""
+def compile_regex(pattern: str) -> "regex.Pattern[str]":
+    """``pattern`` compiled by the ``regex`` package (``re``'s syntax; matched with a time limit), with a bad
+    pattern reported as :class:`KeepError`."""
     try:
-        return re.compile(pattern)
-    except re.error as error:
+        return regex.compile(pattern)
+    except regex.error as error:
         raise KeepError(f"keep_regex {pattern!r} is not a valid regular expression: {error}") from error
 
 
@@ -55,7 +67,7 @@ def split_patterns(keep: Sequence[KeepPattern]) -> tuple[list[str], list[str]]:
     """``keep`` as (literals, regex strings) for JSON transport; a pattern's flags become inline flags."""
     literals, regexes = [], []
     for pattern in keep:
-        if isinstance(pattern, re.Pattern):
+        if isinstance(pattern, _PATTERN_TYPES):
             flags = "".join(letter for flag, letter in _INLINE_FLAGS.items() if pattern.flags & flag)
             regexes.append(f"(?{flags}){pattern.pattern}" if flags else pattern.pattern)
         else:
@@ -87,12 +99,31 @@ def find_forced(
 def _forced_ranges(
     text: str, keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]]
 ) -> list[tuple[int, int]]:
-    """Character ranges of ``text`` to keep: every match of every pattern, and every span (unsorted)."""
+    """Character ranges of ``text`` to keep: every match of every pattern, and every span (unsorted).
+
+    Raises:
+        KeepError: the ``regex``-compiled patterns took more than :data:`KEEP_REGEX_SECONDS` together.
+    """
     ranges = [tuple(span) for span in keep_spans]
+    deadline = time.monotonic() + KEEP_REGEX_SECONDS
     for pattern in keep:
-        regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
-        ranges += [match.span() for match in regex.finditer(text) if match.end() > match.start()]
+        if isinstance(pattern, regex.Pattern):
+            matches = _timed_matches(pattern, text, deadline)
+        else:
+            matches = (pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))).finditer(text)
+        ranges += [match.span() for match in matches if match.end() > match.start()]
     return ranges  # type: ignore[return-value]
+
+
+def _timed_matches(pattern: "regex.Pattern[str]", text: str, deadline: float) -> list["regex.Match[str]"]:
+    """Every match of ``pattern`` in ``text``, found with the interpreter lock released, by ``deadline``."""
+    try:
+        return list(pattern.finditer(text, concurrent=True, timeout=max(deadline - time.monotonic(), 0.001)))
+    except TimeoutError:
+        raise KeepError(
+            f"keep_regex {pattern.pattern!r} took more than {KEEP_REGEX_SECONDS:g} s to match this context (a pattern "
+            "that backtracks without end, such as '(a|aa)+$'?); simplify it"
+        ) from None
 
 
 def _forced_token_mask(offsets: Sequence[tuple[int, int]], ranges: Sequence[tuple[int, int]]) -> np.ndarray:

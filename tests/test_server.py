@@ -179,6 +179,24 @@ def test_bad_bodies_get_a_clear_4xx_and_the_server_keeps_serving(
     assert_still_serves(url, digit_compressor)
 
 
+def test_a_backtracking_keep_regex_is_a_400_and_does_not_stall_the_server(
+    url: str, digit_compressor: CPRSCompressor
+) -> None:
+    body = {"context": CONTEXT + " " + "a" * 40 + "b", "query": QUERY, "keep_regex": ["(a|aa)+$"]}
+    slowest = 0.0
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, url, "/v1/compress", body)
+        while not pending.done():  # the pattern needs hours to fail; meanwhile the server must answer
+            started = time.monotonic()
+            assert httpx.get(url + "/health", timeout=60).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.05)
+        response = pending.result()
+    assert response.status_code == 400 and response.json()["error"]["type"] == "KeepError"
+    assert "(a|aa)+$" in response.json()["error"]["message"] and slowest < 1.0
+    assert_still_serves(url, digit_compressor)
+
+
 def test_missing_and_wrong_fields_are_named(url: str, digit_compressor: CPRSCompressor) -> None:
     missing = post(url, "/v1/compress", {"query": QUERY})
     assert missing.status_code == 422

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cprs_core import BudgetError, BudgetTokenizerError, CPRSCompressor, KeepError
+from cprs_core.keep import join_patterns
 from cprs_core.remote import RemoteCompressor
 from cprs_core.text_units import segment
 from cprs_integrations.cli import main
@@ -170,6 +173,30 @@ def test_budget_in_a_tiktoken_encoding(digit_compressor: CPRSCompressor, monkeyp
     with pytest.raises(BudgetError, match="no kept text fits in 2 tokens"):
         digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="paragraph", target_tokens=2,
                                   budget_tokenizer=len)
+
+
+def test_a_backtracking_keep_regex_is_stopped_without_holding_other_threads(digit_compressor: CPRSCompressor) -> None:
+    [pattern] = join_patterns([], ["(a|aa)+$"])  # as a server or the CLI compiles a keep_regex
+    ticks: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        with pytest.raises(KeepError, match=r"took more than .* simplify it"):
+            digit_compressor.compress(CONTEXT + " " + "a" * 40 + "b", QUESTION, "needle", keep=[pattern])
+    finally:
+        done.set()
+        ticker.join()
+    assert max(later - earlier for earlier, later in zip(ticks, ticks[1:])) < 1.0  # matched without the lock
+    ordinary = join_patterns([], ["^Nothing"])
+    kept = digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="sentence", keep=ordinary)
+    assert kept.text.startswith("Nothing here is a number at all.")  # ordinary patterns work as before
 
 
 def test_keep_and_budget_tokenizer_through_the_server_and_the_cli(
