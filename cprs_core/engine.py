@@ -110,6 +110,8 @@ class _Prepared:
     tags: list[str]
     budget: int | None
     plan: WindowPlan
+    forced: Forced
+    """The force-kept text, found while preparing (a client's regex fails here, before the model's batches)."""
     truncated: bool = False
 
 
@@ -211,8 +213,9 @@ class WindowParallelEngine:
             if progress is not None:
                 progress(len(scores), len(windows))
         budget = _token_budget(len(ids), request.target_ratio, request.target_tokens)
+        forced = find_forced(text, offsets, request.keep, request.keep_spans)
         plan = WindowPlan(prefix_ids, windows)
-        prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, plan, truncated)
+        prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, plan, forced, truncated)
         return self._assemble(prepared, scores)
 
     def compress_batch(
@@ -246,8 +249,9 @@ class WindowParallelEngine:
                 windows = [range(w.start, min(w.stop, limit)) for w in plan.windows if w.start < limit]
                 plan = WindowPlan(plan.prefix_ids, windows)
         budget = _token_budget(len(tokens.ids), request.target_ratio, request.target_tokens)
+        forced = find_forced(text, tokens.offsets, request.keep, request.keep_spans)
         plan = plan or self.plan(tokens, instruction, request.query)
-        return _Prepared(request, text, tokens, parse_tags(instruction), budget, plan, truncated)
+        return _Prepared(request, text, tokens, parse_tags(instruction), budget, plan, forced, truncated)
 
     @staticmethod
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
@@ -304,7 +308,7 @@ class WindowParallelEngine:
         if request.upstream_spans:
             spans, compressed_tokens = _upstream_read(text, tokens, labels, sums, tags, request)
         else:
-            forced = find_forced(text, tokens.offsets, request.keep, request.keep_spans)
+            forced = item.forced
             relevance = _concat_relevance(scores)
             if request.budget_tokenizer is not None:
                 reader = reader_tokenizer(request.budget_tokenizer)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cprs_core import BudgetError, BudgetTokenizerError, CPRSCompressor, KeepError
+from cprs_core import BudgetError, BudgetTokenizerError, CompressionRequest, CPRSCompressor, KeepError
 from cprs_core.keep import join_patterns
 from cprs_core.remote import RemoteCompressor
 from cprs_core.text_units import segment
@@ -197,6 +197,23 @@ def test_a_backtracking_keep_regex_is_stopped_without_holding_other_threads(digi
     ordinary = join_patterns([], ["^Nothing"])
     kept = digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="sentence", keep=ordinary)
     assert kept.text.startswith("Nothing here is a number at all.")  # ordinary patterns work as before
+
+
+def test_a_keep_regex_fails_before_its_windows_join_the_models_batches(digit_compressor: CPRSCompressor) -> None:
+    critic = digit_compressor.critic
+    scored: list[int] = []
+    score_windows = critic.score_windows
+    critic.score_windows = lambda prefix, windows, tags: scored.append(len(windows)) or score_windows(prefix, windows, tags)
+    good = CompressionRequest(CONTEXT, QUESTION, "needle", granularity="sentence")
+    try:
+        digit_compressor.compress_batch([good])
+        alone = sum(scored)
+        bad = CompressionRequest(CONTEXT + " " + "a" * 40 + "b", QUESTION, keep=join_patterns([], ["(a|aa)+$"]))
+        failed, done = digit_compressor.compress_batch([bad, good])
+    finally:
+        del critic.score_windows
+    assert isinstance(failed, KeepError) and "The code is 4471." in done.text
+    assert alone > 0 and sum(scored) == 2 * alone  # the good request's windows again, none of the bad one's
 
 
 def test_keep_and_budget_tokenizer_through_the_server_and_the_cli(
