@@ -109,8 +109,10 @@ def _forced_ranges(
     for pattern in keep:
         if isinstance(pattern, regex.Pattern):
             matches = _timed_matches(pattern, text, deadline)
-        else:
-            matches = (pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))).finditer(text)
+        elif isinstance(pattern, re.Pattern):
+            matches = pattern.finditer(text)
+        else:  # a literal: linear, found with the interpreter lock released
+            matches = regex.compile(regex.escape(pattern)).finditer(text, concurrent=True)
         ranges += [match.span() for match in matches if match.end() > match.start()]
     return ranges  # type: ignore[return-value]
 

@@ -194,6 +194,10 @@ def test_a_backtracking_keep_regex_is_a_400_and_does_not_stall_the_server(
         response = pending.result()
     assert response.status_code == 400 and response.json()["error"]["type"] == "KeepError"
     assert "(a|aa)+$" in response.json()["error"]["message"] and slowest < 1.0
+    too_many = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep": ["x"] * 257})
+    assert too_many.status_code == 422 and "keep: List should have at most 256 items" in too_many.text
+    too_long = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep_regex": ["a" * 1001]})
+    assert too_long.status_code == 422 and "keep_regex.0: String should have at most 1000 characters" in too_long.text
     assert_still_serves(url, digit_compressor)
 
 

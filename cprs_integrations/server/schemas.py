@@ -10,6 +10,11 @@ from cprs_core import CompressionRequest
 from cprs_core.keep import join_patterns
 from cprs_core.validation import DEFAULT_GRANULARITY
 
+MAX_KEEP_PATTERNS = 256
+"""Most entries in ``keep`` or ``keep_regex``: each is a pass over the context."""
+MAX_KEEP_CHARS = 10_000
+MAX_KEEP_REGEX_CHARS = 1_000
+
 
 class CompressBody(BaseModel):
     """One compression: the fields of :class:`cprs_core.CompressionRequest` (see ``CPRSCompressor.compress``).
@@ -32,8 +37,13 @@ class CompressBody(BaseModel):
     sentence_windows: bool | None = Field(default=None, description="cut windows at sentence ends; null = for CJK text")
     fill_backward: bool = Field(default=False, description="also fill short O gaps walking back from each E")
     upstream_spans: bool = Field(default=False, description="read spans as upstream's endpoint does")
-    keep: list[str] = Field(default_factory=list, description="literal strings always kept")
-    keep_regex: list[str] = Field(default_factory=list, description="regular expressions whose matches are always kept")
+    keep: list[Annotated[str, Field(max_length=MAX_KEEP_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_KEEP_PATTERNS, description="literal strings always kept"
+    )
+    keep_regex: list[Annotated[str, Field(max_length=MAX_KEEP_REGEX_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_KEEP_PATTERNS,
+        description="regular expressions whose matches are always kept (all of them matched within 2 s)",
+    )
     keep_spans: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(
         default_factory=list, description="[start, end] offsets always kept"
     )
