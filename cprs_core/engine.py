@@ -18,6 +18,7 @@ from .errors import (
     CPRSError,
     EmptyContextError,
     GranularityError,
+    KeepError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -270,6 +271,8 @@ class WindowParallelEngine:
             raise BudgetError(
                 "upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens"
             )
+        if request.upstream_spans and (request.keep or request.keep_spans):
+            raise KeepError("upstream_spans keeps what the critic tags, as upstream does: give no keep/keep_spans")
         check_keep(request.keep, request.keep_spans, len(text))
         if request.budget_tokenizer is not None:
             reader_tokenizer(request.budget_tokenizer)

@@ -18,6 +18,7 @@ from cprs_core import (
     ContextTruncatedWarning,
     CPRSCompressor,
     GranularityError,
+    KeepError,
 )
 from cprs_core.prompt import LITERAL_INSTRUCTIONS, parse_tags, resolve_instruction
 from cprs_core.sentence_windows import has_cjk, sentence_ends, sentence_windows
@@ -118,6 +119,8 @@ def test_upstream_reading_through_the_engine(digit_compressor: CPRSCompressor) -
         digit_compressor.engine.compress(CompressionRequest(context, QUERY, granularity="paragraph", upstream_spans=True))
     with pytest.raises(BudgetError, match="upstream_spans"):
         digit_compressor.engine.compress(CompressionRequest(context, QUERY, target_ratio=0.5, upstream_spans=True))
+    with pytest.raises(KeepError, match="upstream_spans"):  # was silently ignored
+        digit_compressor.engine.compress(CompressionRequest(context, QUERY, keep=["cats"], upstream_spans=True))
 
 
 def test_window_edge_inside_a_multi_token_character_keeps_labels_aligned(digit_compressor: CPRSCompressor) -> None:
