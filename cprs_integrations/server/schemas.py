@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cprs_core import CompressionRequest
-from cprs_core.keep import join_patterns
+from cprs_core.keep import KEEP_REGEX_SECONDS, join_patterns
 from cprs_core.validation import DEFAULT_GRANULARITY
 
 MAX_KEEP_PATTERNS = 256
@@ -42,7 +42,7 @@ class CompressBody(BaseModel):
     )
     keep_regex: list[Annotated[str, Field(max_length=MAX_KEEP_REGEX_CHARS)]] = Field(
         default_factory=list, max_length=MAX_KEEP_PATTERNS,
-        description="regular expressions whose matches are always kept (all of them matched within 2 s)",
+        description=f"regular expressions always kept (all matched within {KEEP_REGEX_SECONDS:g} s together)",
     )
     keep_spans: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(
         default_factory=list, description="[start, end] offsets always kept"
