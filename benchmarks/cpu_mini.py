@@ -2,7 +2,8 @@
 
 For each context length (MiniLM tokens of King James Bible text, New Testament, one planted needle) it measures
 ``CPRSCompressor.compress`` end to end (tokenize, windows, critic, spans, default settings) once per precision
-in ``--dtypes`` (the first is the baseline; ``default`` loads with no dtype given: int8 on CPU). Each
+in ``--dtypes`` (the first is the baseline; ``default`` loads with no dtype given: int8 on CPU; ``int8-unsmoothed``
+is int8 without activation smoothing). Each
 precision runs in its own worker process, so its peak resident
 memory is its own; the workers take turns, repeat after repeat, so load from other processes on a shared machine
 hits both paths alike. The table shows medians of wall time and of the worker's CPU time (user + system, all
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.timing import median_seconds
-from cprs_core import CPRSCompressor
+from benchmarks.unsmoothed import load_path
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.baselines import BM25Chunks
 from cprs_core.mini.haystack import Haystack
@@ -64,7 +65,7 @@ class PathRun:
 def serve(connection: Connection, dtype: str, threads: int, text: str) -> None:
     """Worker: load cprs-mini in ``dtype``, compress ``text`` once per request, report; ``None`` ends it."""
     torch.set_num_threads(threads)
-    compressor = CPRSCompressor.from_pretrained(device="cpu", dtype=None if dtype == "default" else dtype)
+    compressor = load_path(dtype)
     critic = compressor.critic
     tokens = critic.tokenize_context(text)
     plan = compressor.engine.plan(tokens, INSTRUCTION, QUERY)

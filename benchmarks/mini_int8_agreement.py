@@ -9,29 +9,41 @@ queries on 2 cores.
 * ``--compare precision``: ``dtype="float32"`` against ``dtype="int8"`` (critic and sentence embedder in int8).
 * ``--compare embedder``: the int8 sentence embedder against the float32 one, under the same float32 critic,
   whose window scores are computed once per query and shared by both.
+* ``--compare smoothing``: float32 against int8 without activation smoothing and int8 as loaded (smoothed when
+  the checkpoint has ``int8_ranges.safetensors``, :mod:`cprs_core.mini.smoothing`).
+
+Every path computes a query's window scores once and reuses them for each budget. ``--start`` and ``--samples``
+pick a slice of the queries, so that slices can run in parallel processes (``--json`` writes each query's
+outcomes; ``--merge`` prints the table of several such files).
 
 Usage (data as in docs/cprs-mini-evaluation.md)::
 
     python -m benchmarks.mini_int8_agreement --real-data DIR --tokens 8000 --samples 300 --budgets none 0.05
     python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare embedder --budgets 0.1 0.05 none
+    python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare smoothing --budgets 0.1 0.05 none
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from cprs_core import CompressionResult, CPRSCompressor
-from cprs_core.mini import load_mini_critic
+from cprs_core.mini import MiniCritic, load_mini_critic
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
 from cprs_core.mini.realeval import (Cell, bootstrap_interval, budget_name, covered, query_document,
                                      remember_window_scores)
 from cprs_core.mini.realqa import SPLITS, PassagePool, load_passages, passages_of
 from cprs_core.mini.similarity import SentenceEmbedder
+
+from benchmarks.unsmoothed import UNSMOOTHED, unsmoothed_checkpoint
 
 Compress = Callable[[str, str, float | None], CompressionResult]
 
@@ -40,10 +52,26 @@ def parse_budget(text: str) -> float | None:
     return None if text == "none" else float(text)
 
 
-def precision_paths() -> dict[str, Compress]:
-    """float32 and int8, each its own critic."""
-    compressors = {dtype: CPRSCompressor(load_mini_critic(dtype=dtype)) for dtype in ("float32", "int8")}
-    return {dtype: _compress(compressor) for dtype, compressor in compressors.items()}
+def precision_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
+    """float32 (on ``float32_device``) and int8, each its own critic."""
+    return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"),
+                   "int8": load_mini_critic(dtype="int8")})
+
+
+def smoothing_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
+    """float32 (on ``float32_device``), int8 without activation smoothing (a copy of the shipped weights without
+    their ranges) and int8 as shipped."""
+    with unsmoothed_checkpoint() as copy:
+        plain = load_mini_critic(copy, dtype="int8")
+    return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"), UNSMOOTHED: plain,
+                   "int8": load_mini_critic(dtype="int8")})
+
+
+def _paths(critics: dict[str, MiniCritic]) -> tuple[dict[str, Compress], Callable[[], None]]:
+    """One compress function per critic, each remembering its window scores until the returned function is called."""
+    forgets = [remember_window_scores(critic) for critic in critics.values()]
+    paths = {name: _compress(CPRSCompressor(critic)) for name, critic in critics.items()}
+    return paths, lambda: [forget() for forget in forgets]
 
 
 def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
@@ -68,29 +96,38 @@ def _compress(compressor: CPRSCompressor) -> Compress:
     return lambda text, query, budget: compressor.compress(text, query=query, target_ratio=budget)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real-data", required=True, help="directory with squaddev_v1.1.json and coqa.test.json")
+    parser.add_argument("--real-data", help="directory with squaddev_v1.1.json and coqa.test.json")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
-    parser.add_argument("--compare", choices=("precision", "embedder"), default="precision")
+    parser.add_argument("--compare", choices=("precision", "embedder", "smoothing"), default="precision")
     parser.add_argument("--tokens", type=int, default=8000)
     parser.add_argument("--questions", type=int, default=1)
+    parser.add_argument("--start", type=int, default=0, help="first query number")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--budgets", type=parse_budget, nargs="+", default=[None], help="'none' and/or ratios")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--float32-device", default="cpu", help="where the float32 path runs ('cuda': a GPU's float32)")
     parser.add_argument("--seed", type=int, default=1, help="the evaluation's seed (1 gives its queries)")
+    parser.add_argument("--json", type=Path, help="also write each query's outcomes here")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print the table of these --json files instead")
     args = parser.parse_args()
+    if not args.merge and not args.real_data:
+        parser.error("--real-data is required (unless --merge)")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Compress the chosen queries with every path; each (path, budget)'s per-answer outcomes and sizes."""
     torch.set_num_threads(args.threads)
     pool = PassagePool(passages_of(load_passages(args.real_data), args.split), load_tokenizer(backbone_dir()))
-    forget: Callable[[], None] = lambda: None
-    if args.compare == "precision":
-        paths = precision_paths()
-    else:
+    if args.compare == "embedder":
         paths, forget = embedder_paths()
-    first, second = paths
+    else:
+        paths, forget = (precision_paths if args.compare == "precision" else smoothing_paths)(args.float32_device)
     cells = {(name, budget): Cell() for name in paths for budget in args.budgets}
     seconds = dict.fromkeys(paths, 0.0)
-    for sample in range(args.samples):
+    for sample in range(args.start, args.start + args.samples):
         document = query_document(pool, args.seed, args.tokens, args.questions, sample)
         forget()
         for name, compress in paths.items():
@@ -101,18 +138,60 @@ def main() -> None:
                 spans = [(span.start, span.end) for span in result.spans]
                 cells[name, budget].add([covered(spans, answer) for answer in document.answers],
                                         result.compressed_tokens, result.original_tokens, document.source)
-    rng = np.random.default_rng(args.seed)
-    print(f"{args.samples} {args.split} queries, {args.questions} question(s), ~{args.tokens} tokens, "
-          f"{args.threads} threads; compression time " + ", ".join(f"{seconds[n]:.0f} s {n}" for n in paths))
-    print(f"| budget | {first} kept | {second} kept | {first} ratio | {second} ratio | {second} minus {first} "
-          "[95% CI] | queries that differ |")
-    print("|---|---|---|---|---|---|---|")
-    for budget in args.budgets:
-        exact, fast = cells[first, budget].per_query(), cells[second, budget].per_query()
-        low, high = bootstrap_interval(fast - exact, rng)
-        print(f"| {budget_name(budget)} | {exact.mean():.1%} | {fast.mean():.1%} | {cells[first, budget].ratio():.1f}x | "
-              f"{cells[second, budget].ratio():.1f}x | {(fast - exact).mean() * 100:+.1f} [{low * 100:+.1f}, "
-              f"{high * 100:+.1f}] pts | {int((fast != exact).sum())} |")
+    return {
+        "header": f"{args.split} queries, {args.questions} question(s), ~{args.tokens} tokens, {args.threads} threads",
+        "queries": args.samples, "seconds": seconds, "budgets": [budget_name(budget) for budget in args.budgets],
+        "cells": {f"{name}|{budget_name(budget)}": asdict(cell) for (name, budget), cell in cells.items()},
+    }
+
+
+def merge(parts: list[dict]) -> dict:
+    """One result of several slices' results."""
+    merged = {**parts[0], "queries": sum(part["queries"] for part in parts)}
+    merged["seconds"] = {name: sum(part["seconds"][name] for part in parts) for name in parts[0]["seconds"]}
+    merged["cells"] = {
+        key: {field: [value for part in parts for value in part["cells"][key][field]] for field in cell}
+        for key, cell in parts[0]["cells"].items()
+    }
+    return merged
+
+
+def table(result: dict, seed: int) -> str:
+    """Each path against the first, per budget, paired over queries."""
+    names = list(result["seconds"])
+    first = names[0]
+    cells = {key: Cell(**value) for key, value in result["cells"].items()}
+    lines = [
+        f"{result['queries']} {result['header']}; compression time "
+        + ", ".join(f"{result['seconds'][name]:.0f} s {name}" for name in names),
+        "| budget | path | kept | ratio | minus " + first + " [95% CI] | queries that differ |",
+        "|---|---|---|---|---|---|",
+    ]
+    rng = np.random.default_rng(seed)
+    for budget in result["budgets"]:
+        reference = cells[f"{first}|{budget}"].per_query()
+        for name in names:
+            cell = cells[f"{name}|{budget}"]
+            kept = cell.per_query()
+            if name == first:
+                lines.append(f"| {budget} | {name} | {kept.mean():.1%} | {cell.ratio():.1f}x | – | – |")
+                continue
+            low, high = bootstrap_interval(kept - reference, rng)
+            lines.append(f"| {budget} | {name} | {kept.mean():.1%} | {cell.ratio():.1f}x | "
+                         f"{(kept - reference).mean() * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] pts | "
+                         f"{int((kept != reference).sum())} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+    else:
+        result = run(args)
+        if args.json:
+            args.json.write_text(json.dumps(result))
+    print(table(result, args.seed))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -278,3 +279,31 @@ def test_family_balanced_draws_weigh_coqas_domains_together_as_much_as_squad(dat
 
     assert abs(squad_share(by_family=False) - 1 / 4) < 0.04  # one source of four
     assert abs(squad_share(by_family=True) - 1 / 2) < 0.04  # one family of two
+
+
+def test_calibration_writes_ranges_that_the_int8_loader_smooths_with(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cprs_core.mini import calibrate, load_mini_critic
+    from cprs_core.mini.checkpoint import INT8_RANGES_FILE, SHIPPED_DIR, read_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
+    (data / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(SHIPPED_DIR, checkpoint, ignore=shutil.ignore_patterns("__pycache__", INT8_RANGES_FILE))
+    calibrate.main(["--checkpoint", str(checkpoint), "--real-data", str(data), "--documents", "2", "--tokens", "300",
+                    "--alpha", "0.8"])
+
+    ranges = load_file(str(checkpoint / INT8_RANGES_FILE))
+    assert len(ranges) == 2 * 6 * 4  # critic and embedder, 6 layers, 4 sites each
+    assert ranges["critic.layer.0.attention.self"].shape == (384,) and ranges["embedder.layer.5.output"].shape == (1536,)
+    assert all(bool((value > 0).all()) for value in ranges.values())
+    config, _ = read_checkpoint(checkpoint)
+    assert config.int8_smoothing == 0.8 and "2 train-split documents" in config.training["int8_calibration"]
+    assert config.relevance_threshold == 0.007  # the rest of the configuration is kept
+    critic = load_mini_critic(checkpoint, dtype="int8")
+    assert sum(hasattr(module, "int8_input_scale") for module in critic.model.encoder.modules()) == 3 * 6
+    with pytest.raises(SystemExit, match="alpha"):
+        calibrate.main(["--checkpoint", str(checkpoint), "--real-data", str(data), "--alpha", "1.5"])

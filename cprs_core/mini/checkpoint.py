@@ -1,4 +1,5 @@
-"""The ``cprs-mini`` checkpoint format: ``config.json`` (with a marker) plus ``adapter.safetensors``."""
+"""The ``cprs-mini`` checkpoint format: ``config.json`` (with a marker) plus ``adapter.safetensors``, and optionally
+``int8_ranges.safetensors`` (activation ranges for smoothing before int8, :mod:`cprs_core.mini.smoothing`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .backbone import BACKBONE_NAME
 from .inputs import MAX_PREFIX_TOKENS
 
 MARKER_KEY, MARKER_VALUE = "cprs_critic", "mini"
-CONFIG_FILE, ADAPTER_FILE = "config.json", "adapter.safetensors"
+CONFIG_FILE, ADAPTER_FILE, INT8_RANGES_FILE = "config.json", "adapter.safetensors", "int8_ranges.safetensors"
+CRITIC_RANGES, EMBEDDER_RANGES = "critic.", "embedder."
+"""Key prefixes in ``int8_ranges.safetensors``: the adapted critic's encoder and the un-adapted sentence embedder."""
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 """The weights that ship inside the package."""
 
@@ -45,6 +48,8 @@ class MiniConfig:
     similarity_shortlist: float | None = None
     """Under a budget, the similarity is computed for the critic's best sentences covering this many times the
     budget's tokens only; ``None``: for every sentence."""
+    int8_smoothing: float | None = None
+    """SmoothQuant's ``alpha`` for the int8 path, used with ``int8_ranges.safetensors``; ``None``: plain int8."""
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,9 +69,32 @@ def save_checkpoint(directory: str | Path, config: MiniConfig, adapter: dict[str
     """Write ``config.json`` and ``adapter.safetensors`` (float16) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    write_config(directory, config)
     tensors = {name: tensor.to(torch.float16).contiguous() for name, tensor in sorted(adapter.items())}
     save_file(tensors, str(directory / ADAPTER_FILE), metadata={MARKER_KEY: MARKER_VALUE})
+
+
+def write_config(directory: str | Path, config: MiniConfig) -> None:
+    """Write ``config.json`` into the checkpoint ``directory``."""
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+
+
+def save_int8_ranges(directory: str | Path, critic: dict[str, torch.Tensor], embedder: dict[str, torch.Tensor]) -> None:
+    """Write the critic's and the sentence embedder's activation ranges into ``directory/int8_ranges.safetensors``."""
+    tensors = {CRITIC_RANGES + key: value for key, value in critic.items()}
+    tensors.update({EMBEDDER_RANGES + key: value for key, value in embedder.items()})
+    tensors = {key: value.float().contiguous() for key, value in sorted(tensors.items())}
+    save_file(tensors, str(Path(directory) / INT8_RANGES_FILE), metadata={MARKER_KEY: MARKER_VALUE})
+
+
+def read_int8_ranges(directory: str | Path, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The activation ranges stored under ``prefix`` (:data:`CRITIC_RANGES` or :data:`EMBEDDER_RANGES`), or
+    ``None`` when the checkpoint has no ranges file or none under that prefix."""
+    path = Path(directory) / INT8_RANGES_FILE
+    if not path.is_file():
+        return None
+    ranges = {key[len(prefix):]: value for key, value in load_file(str(path)).items() if key.startswith(prefix)}
+    return ranges or None
 
 
 def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.Tensor]]:

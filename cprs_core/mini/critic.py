@@ -13,14 +13,15 @@ from tokenizers import Tokenizer
 from ..batching import plan_batches
 from ..critic import TokenizedText, WindowScores
 from ..devices import resolve_device
-from ..errors import WindowSizeError
+from ..errors import ModelLoadError, WindowSizeError
 from .backbone import backbone_dir, load_encoder, load_tokenizer
-from .checkpoint import SHIPPED_DIR, read_checkpoint
+from .checkpoint import CRITIC_RANGES, EMBEDDER_RANGES, SHIPPED_DIR, MiniConfig, read_checkpoint, read_int8_ranges
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
 from .precision import quantize_linears, resolve_precision
 from .similarity import SentenceEmbedder
+from .smoothing import smooth_for_int8
 
 SHIPPED_NAME = "cprs-mini"
 DEFAULT_BATCH_TOKENS = 4096
@@ -126,15 +127,29 @@ class MiniCritic:
         return results  # type: ignore[return-value]
 
 
+def _int8_smoothing(directory: Path, config: MiniConfig, prefix: str) -> tuple[dict[str, torch.Tensor], float] | None:
+    """(activation ranges, alpha) for one encoder of the checkpoint, or ``None`` for plain int8."""
+    if config.int8_smoothing is None:
+        return None
+    ranges = read_int8_ranges(directory, prefix)
+    return None if ranges is None else (ranges, config.int8_smoothing)
+
+
 def _apply_precision(
     module: torch.nn.Module, encoder: torch.nn.Module, precision: torch.dtype | str, device: torch.device,
-    per_window: bool = True,
+    per_window: bool = True, smoothing: tuple[dict[str, torch.Tensor], float] | None = None,
 ) -> None:
-    """Move ``module`` to ``device`` in a float ``precision``, or give ``encoder``'s linear layers int8 (CPU)."""
+    """Move ``module`` to ``device`` in a float ``precision``, or give ``encoder``'s linear layers int8 (CPU),
+    after smoothing its activations when ``smoothing`` (ranges, alpha) is given."""
     if isinstance(precision, torch.dtype):
         module.to(device=device, dtype=precision)
-    else:
-        quantize_linears(encoder, per_window)
+        return
+    if smoothing is not None:
+        try:
+            smooth_for_int8(encoder, *smoothing)
+        except KeyError as error:
+            raise ModelLoadError(f"the checkpoint's int8 ranges have no entry {error}") from error
+    quantize_linears(encoder, per_window)
 
 
 def load_mini_critic(
@@ -166,12 +181,14 @@ def load_mini_critic(
     source = backbone_dir(backbone)
     model = MiniCriticModel(load_encoder(source, torch.float32), config.relevance_head)
     merge_adapter(model, adapter)
-    _apply_precision(model.eval(), model.encoder, precision, torch_device)
+    _apply_precision(model.eval(), model.encoder, precision, torch_device,
+                     smoothing=_int8_smoothing(directory, config, CRITIC_RANGES))
     tokenizer = load_tokenizer(source)
     embedder = None
     if config.similarity_weight:
         similarity_encoder = load_encoder(source, torch.float32)
-        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device, per_window=False)
+        _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device, per_window=False,
+                         smoothing=_int8_smoothing(directory, config, EMBEDDER_RANGES))
         embedder = SentenceEmbedder(similarity_encoder, tokenizer, per_question_z=config.similarity_per_question_z)
     name = SHIPPED_NAME if path is None else str(path)
     return MiniCritic(

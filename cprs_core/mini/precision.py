@@ -2,7 +2,8 @@
 float32 or bfloat16 on request; bfloat16 on CUDA.
 
 int8 means PyTorch dynamic quantization of the encoders' ``nn.Linear`` layers (weights quantized per output
-channel at load, activations on the fly); embeddings, LayerNorms, attention and the small heads stay float32.
+channel at load, activations on the fly), after their activations are smoothed when the checkpoint has ranges
+for it (:mod:`cprs_core.mini.smoothing`); embeddings, LayerNorms, attention and the small heads stay float32.
 The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
 never depend on the windows batched beside it, e.g. other requests on a server; the sentence embedder, whose
 batches hold one request's sentences, quantizes whole batches. int8 is about 1.8x faster than float32 on 2 cores
