@@ -11,8 +11,8 @@ and ``w_j`` the largest weight magnitude in column ``j``.
 Four inputs per layer are smoothed: the attention's (one scale shared by query, key and value), the attention
 output's (folded into the value projection, so it costs nothing at run time), the feed-forward's and its output
 layer's. The attention and feed-forward inputs are also the residual stream, so there the division happens in a
-forward pre-hook on the module that reads them (three multiplications per layer, about 2-5% of the int8 pass on
-2 cores).
+forward pre-hook on the module that reads them (three multiplications per layer: 2-9% of the int8 path's time in
+our measurements, docs/cpu-speed.md).
 """
 
 from __future__ import annotations
