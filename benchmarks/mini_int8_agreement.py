@@ -114,6 +114,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.merge and not args.real_data:
         parser.error("--real-data is required (unless --merge)")
+    if args.compare == "embedder" and args.float32_device != "cpu":
+        parser.error("--compare embedder runs on CPU only")
     return args
 
 
