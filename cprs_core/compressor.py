@@ -113,7 +113,8 @@ class CPRSCompressor:
                 ``None`` = bf16 on CUDA, fp32 on CPU, except cprs-mini on CPU: ``$CPRS_MINI_DTYPE`` if set, else
                 int8 (about 1.8x faster than ``"float32"``, its opt-out, at 32K tokens on 2 cores).
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
-            max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory.
+            max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory (cprs-mini:
+                4,096 tokens).
             max_context_tokens: refuse longer contexts (or truncate them, with ``truncate_over_length``).
             truncate_over_length: keep the first ``max_context_tokens`` tokens of a longer context instead.
             compile: for a QwenLong-CPRS checkpoint on CUDA, fuse projections and ``torch.compile`` the layers
@@ -132,11 +133,11 @@ class CPRSCompressor:
         check_int("max_context_tokens", max_context_tokens, 1, OptionError)
         critic: TokenCritic
         if path_or_id is None or str(path_or_id) == DEFAULT_MODEL:
-            critic = load_mini_critic(None, device=device, dtype=dtype)
+            critic = load_mini_critic(None, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
         else:
             directory = _resolve_model_dir(path_or_id)
             if is_mini_checkpoint(directory):
-                critic = load_mini_critic(directory, device=device, dtype=dtype)
+                critic = load_mini_critic(directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
             else:
                 critic = QwenCritic.from_pretrained(
                     directory, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens, compile=compile

