@@ -86,7 +86,7 @@ def _divide_first_input(module: nn.Module, scale: torch.Tensor, in_place: bool =
     def divide(hidden: torch.Tensor) -> torch.Tensor:
         return hidden.mul_(module.int8_input_scale) if in_place else hidden * module.int8_input_scale
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def hook(_: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
             return (divide(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": divide(kwargs["hidden_states"])}
