@@ -87,14 +87,18 @@ def save_int8_ranges(directory: str | Path, critic: dict[str, torch.Tensor], emb
     save_file(tensors, str(Path(directory) / INT8_RANGES_FILE), metadata={MARKER_KEY: MARKER_VALUE})
 
 
-def read_int8_ranges(directory: str | Path, prefix: str) -> dict[str, torch.Tensor] | None:
-    """The activation ranges stored under ``prefix`` (:data:`CRITIC_RANGES` or :data:`EMBEDDER_RANGES`), or
-    ``None`` when the checkpoint has no ranges file or none under that prefix."""
+def read_int8_ranges(directory: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The activation ranges by encoder (keyed :data:`CRITIC_RANGES`, :data:`EMBEDDER_RANGES`; an encoder with none
+    is left out, and a checkpoint without the file gives an empty mapping)."""
     path = Path(directory) / INT8_RANGES_FILE
     if not path.is_file():
-        return None
-    ranges = {key[len(prefix):]: value for key, value in load_file(str(path)).items() if key.startswith(prefix)}
-    return ranges or None
+        return {}
+    tensors = load_file(str(path))
+    by_encoder = {
+        prefix: {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        for prefix in (CRITIC_RANGES, EMBEDDER_RANGES)
+    }
+    return {prefix: ranges for prefix, ranges in by_encoder.items() if ranges}
 
 
 def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.Tensor]]:

@@ -19,7 +19,7 @@ from .checkpoint import CRITIC_RANGES, EMBEDDER_RANGES, SHIPPED_DIR, MiniConfig,
 from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
-from .precision import quantize_linears, resolve_precision
+from .precision import INT8, quantize_linears, resolve_precision
 from .similarity import SentenceEmbedder
 from .smoothing import smooth_for_int8
 
@@ -127,12 +127,14 @@ class MiniCritic:
         return results  # type: ignore[return-value]
 
 
-def _int8_smoothing(directory: Path, config: MiniConfig, prefix: str) -> tuple[dict[str, torch.Tensor], float] | None:
-    """(activation ranges, alpha) for one encoder of the checkpoint, or ``None`` for plain int8."""
-    if config.int8_smoothing is None:
-        return None
-    ranges = read_int8_ranges(directory, prefix)
-    return None if ranges is None else (ranges, config.int8_smoothing)
+def _int8_smoothing(
+    directory: Path, config: MiniConfig, precision: torch.dtype | str
+) -> dict[str, tuple[dict[str, torch.Tensor], float]]:
+    """(activation ranges, alpha) of each encoder the checkpoint smooths in int8 (keyed as in its ranges file);
+    empty in float precisions or for plain int8."""
+    if precision != INT8 or config.int8_smoothing is None:
+        return {}
+    return {prefix: (ranges, config.int8_smoothing) for prefix, ranges in read_int8_ranges(directory).items()}
 
 
 def _apply_precision(
@@ -181,14 +183,14 @@ def load_mini_critic(
     source = backbone_dir(backbone)
     model = MiniCriticModel(load_encoder(source, torch.float32), config.relevance_head)
     merge_adapter(model, adapter)
-    _apply_precision(model.eval(), model.encoder, precision, torch_device,
-                     smoothing=_int8_smoothing(directory, config, CRITIC_RANGES))
+    smoothing = _int8_smoothing(directory, config, precision)
+    _apply_precision(model.eval(), model.encoder, precision, torch_device, smoothing=smoothing.get(CRITIC_RANGES))
     tokenizer = load_tokenizer(source)
     embedder = None
     if config.similarity_weight:
         similarity_encoder = load_encoder(source, torch.float32)
         _apply_precision(similarity_encoder, similarity_encoder, precision, torch_device, per_window=False,
-                         smoothing=_int8_smoothing(directory, config, EMBEDDER_RANGES))
+                         smoothing=smoothing.get(EMBEDDER_RANGES))
         embedder = SentenceEmbedder(similarity_encoder, tokenizer, per_question_z=config.similarity_per_question_z)
     name = SHIPPED_NAME if path is None else str(path)
     if max_batch_tokens is None:
