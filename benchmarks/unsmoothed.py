@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cprs_core import CPRSCompressor
-from cprs_core.mini.checkpoint import INT8_RANGES_FILE, SHIPPED_DIR
+from cprs_core.mini.checkpoint import SHIPPED_DIR, copy_checkpoint
 
 UNSMOOTHED = "int8-unsmoothed"
 """The precision name the benchmarks give this path."""
@@ -20,9 +19,7 @@ UNSMOOTHED = "int8-unsmoothed"
 def unsmoothed_checkpoint() -> Iterator[Path]:
     """A temporary copy of the shipped checkpoint without ``int8_ranges.safetensors`` (load it with dtype int8)."""
     with tempfile.TemporaryDirectory() as directory:
-        shutil.copytree(SHIPPED_DIR, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        (Path(directory) / INT8_RANGES_FILE).unlink(missing_ok=True)
-        yield Path(directory)
+        yield copy_checkpoint(SHIPPED_DIR, directory, int8_ranges=False)
 
 
 def load_path(name: str) -> CPRSCompressor:

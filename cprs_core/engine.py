@@ -22,7 +22,7 @@ from .errors import (
     TextDecodingError,
     WindowSizeError,
 )
-from .keep import Forced, KeepPattern, check_forced_kept, check_keep, find_forced, force
+from .keep import Forced, KeepPattern, check_forced_kept, check_keep, find_forced, force, forced_ranges
 from .prompt import parse_tags, resolve_instruction
 from .reader_tokens import fit_budget, reader_budget, reader_tokenizer
 from .result import CompressionResult, Span
@@ -93,6 +93,12 @@ class CompressionRequest:
     keep_spans: Sequence[tuple[int, int]] = ()
     budget_tokenizer: Any = None
     allow_empty_query: bool = False
+
+    @property
+    def keeps_best_if_none_fits(self) -> bool:
+        """Whether a budget that no unit fits in still keeps the best unit: so for ``target_ratio`` (a ratio always
+        keeps something), not for ``target_tokens`` (a hard cap: :class:`BudgetError` instead)."""
+        return self.target_ratio is not None
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,9 @@ class WindowParallelEngine:
         self, critic: StreamingTokenCritic, request: CompressionRequest, progress: ProgressCallback | None
     ) -> CompressionResult:
         text, instruction = self._checked_text(request)
+        # A text that cannot be truncated is final: its keep patterns are matched before any window is scored, so
+        # a keep regex that times out fails at once (a truncated text's are matched on the cut text, below).
+        ranges = None if self.truncate_over_length else forced_ranges(text, request.keep, request.keep_spans)
         prefix_ids = critic.encode_prefix(instruction, request.query)
         capacity = self._window_capacity(prefix_ids)
         tags = parse_tags(instruction)
@@ -214,7 +223,9 @@ class WindowParallelEngine:
             if progress is not None:
                 progress(len(scores), len(windows))
         budget = _token_budget(len(ids), request.target_ratio, request.target_tokens)
-        forced = find_forced(text, offsets, request.keep, request.keep_spans)
+        if ranges is None:
+            ranges = forced_ranges(text, request.keep, request.keep_spans)
+        forced = Forced.of_ranges(ranges, offsets)
         plan = WindowPlan(prefix_ids, windows)
         prepared = _Prepared(request, text, TokenizedText(ids, offsets), tags, budget, plan, forced, truncated)
         return self._assemble(prepared, scores)
@@ -319,11 +330,11 @@ class WindowParallelEngine:
                     target = reader_budget(reader.count(text), request.target_ratio, request.target_tokens)
                     budget = fit_budget(
                         lambda critic_budget: self._kept_text(item, bioe, labels, forced, relevance, critic_budget),
-                        reader.count, target, len(tokens.ids), at_least_one=request.target_ratio is not None,
+                        reader.count, target, len(tokens.ids), at_least_one=request.keeps_best_if_none_fits,
                     )
             kept = self._kept_groups(
                 text, request.query, tokens, bioe, labels, forced, relevance, request.granularity, budget,
-                request.min_span_tokens, best_if_none_fits=request.target_ratio is not None,
+                request.min_span_tokens, best_if_none_fits=request.keeps_best_if_none_fits,
             )
             groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
             token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
@@ -365,7 +376,7 @@ class WindowParallelEngine:
         try:
             groups = self._kept_groups(text, request.query, item.tokens, bioe, labels, forced, relevance,
                                        request.granularity, budget, request.min_span_tokens,
-                                       best_if_none_fits=request.target_ratio is not None)
+                                       best_if_none_fits=request.keeps_best_if_none_fits)
         except BudgetError:
             return None
         pieces = (text[group[0].char_start : group[-1].char_end].strip() for group in groups)

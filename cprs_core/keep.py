@@ -87,16 +87,20 @@ class Forced:
     ranges: list[tuple[int, int]]
     mask: np.ndarray
 
+    @classmethod
+    def of_ranges(cls, ranges: list[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> Forced:
+        """The forced character ``ranges`` (from :func:`forced_ranges`) and the tokens (by ``offsets``) they touch."""
+        return cls(ranges, _forced_token_mask(offsets, ranges))
+
 
 def find_forced(
     text: str, offsets: Sequence[tuple[int, int]], keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]]
 ) -> Forced:
     """Every match of every ``keep`` pattern, every ``keep_spans`` range, and the tokens (by ``offsets``) they touch."""
-    ranges = _forced_ranges(text, keep, keep_spans)
-    return Forced(ranges, _forced_token_mask(offsets, ranges))
+    return Forced.of_ranges(forced_ranges(text, keep, keep_spans), offsets)
 
 
-def _forced_ranges(
+def forced_ranges(
     text: str, keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]]
 ) -> list[tuple[int, int]]:
     """Character ranges of ``text`` to keep: every match of every pattern, and every span (unsorted).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -285,14 +284,14 @@ def test_calibration_writes_ranges_that_the_int8_loader_smooths_with(tmp_path: P
     from safetensors.torch import load_file
 
     from cprs_core.mini import calibrate, load_mini_critic
-    from cprs_core.mini.checkpoint import INT8_RANGES_FILE, SHIPPED_DIR, read_checkpoint
+    from cprs_core.mini.checkpoint import INT8_RANGES_FILE, SHIPPED_DIR, copy_checkpoint, read_config
 
     data = tmp_path / "data"
     data.mkdir()
     (data / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
     (data / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
     checkpoint = tmp_path / "ckpt"
-    shutil.copytree(SHIPPED_DIR, checkpoint, ignore=shutil.ignore_patterns("__pycache__", INT8_RANGES_FILE))
+    copy_checkpoint(SHIPPED_DIR, checkpoint, int8_ranges=False)
     calibrate.main(["--checkpoint", str(checkpoint), "--real-data", str(data), "--documents", "2", "--tokens", "300",
                     "--alpha", "0.8"])
 
@@ -300,7 +299,7 @@ def test_calibration_writes_ranges_that_the_int8_loader_smooths_with(tmp_path: P
     assert len(ranges) == 2 * 6 * 4  # critic and embedder, 6 layers, 4 sites each
     assert ranges["critic.layer.0.attention.self"].shape == (384,) and ranges["embedder.layer.5.output"].shape == (1536,)
     assert all(bool((value > 0).all()) for value in ranges.values())
-    config, _ = read_checkpoint(checkpoint)
+    config = read_config(checkpoint)
     assert config.int8_smoothing == 0.8 and "2 train-split documents" in config.training["int8_calibration"]
     assert config.relevance_threshold == 0.007  # the rest of the configuration is kept
     critic = load_mini_critic(checkpoint, dtype="int8")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from transformers import BertConfig, BertModel
 
 from cprs_core.errors import ModelLoadError
 from cprs_core.mini import MiniCritic, load_mini_critic
-from cprs_core.mini.checkpoint import CONFIG_FILE, INT8_RANGES_FILE, SHIPPED_DIR
+from cprs_core.mini.checkpoint import CONFIG_FILE, INT8_RANGES_FILE, SHIPPED_DIR, copy_checkpoint
 from cprs_core.mini.precision import int8_available, quantize_linears
 from cprs_core.mini.smoothing import SITES, InputRanges, smooth_for_int8
 
@@ -82,13 +81,6 @@ def test_smoothing_brings_int8_closer_to_float32(encoder_with_outliers: BertMode
     assert smoothed_error < 0.5 * plain_error
 
 
-def shipped_copy(directory: Path, ranges: bool = True) -> Path:
-    shutil.copytree(SHIPPED_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
-    if not ranges:
-        (directory / INT8_RANGES_FILE).unlink()
-    return directory
-
-
 def smoothed_sites(critic: MiniCritic) -> int:
     return sum(hasattr(module, "int8_input_scale") for module in critic.model.encoder.modules())
 
@@ -98,7 +90,7 @@ def test_the_shipped_int8_critic_is_smoothed_and_closer_to_float32(tmp_path: Pat
     assert smoothed_sites(shipped) == 3 * 6
     assert sum(hasattr(module, "int8_input_scale") for module in shipped.embedder.encoder.modules()) == 3 * 6
     assert smoothed_sites(load_mini_critic(dtype="float32")) == 0  # float32 runs the weights as trained
-    plain = load_mini_critic(shipped_copy(tmp_path / "plain", ranges=False), dtype="int8")
+    plain = load_mini_critic(copy_checkpoint(SHIPPED_DIR, tmp_path / "plain", int8_ranges=False), dtype="int8")
     assert smoothed_sites(plain) == 0
     exact = load_mini_critic(dtype="float32")
     text = " ".join(f"Paragraph {i} says the river town {i} traded salt, copper and wool." for i in range(60))
@@ -111,8 +103,9 @@ def test_the_shipped_int8_critic_is_smoothed_and_closer_to_float32(tmp_path: Pat
 
 
 def test_a_checkpoint_without_ranges_loads_plain_int8_and_broken_ranges_are_refused(tmp_path: Path) -> None:
-    assert smoothed_sites(load_mini_critic(shipped_copy(tmp_path / "plain", ranges=False), dtype="int8")) == 0
-    broken = shipped_copy(tmp_path / "broken")
+    plain = copy_checkpoint(SHIPPED_DIR, tmp_path / "plain", int8_ranges=False)
+    assert smoothed_sites(load_mini_critic(plain, dtype="int8")) == 0
+    broken = copy_checkpoint(SHIPPED_DIR, tmp_path / "broken")
     from safetensors.torch import load_file, save_file
 
     ranges = load_file(str(broken / INT8_RANGES_FILE))

@@ -216,6 +216,20 @@ def test_a_keep_regex_fails_before_its_windows_join_the_models_batches(digit_com
     assert alone > 0 and sum(scored) == 2 * alone  # the good request's windows again, none of the bad one's
 
 
+def test_a_keep_regex_fails_before_a_single_request_scores_its_windows(
+    digit_compressor: CPRSCompressor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    critic = digit_compressor.critic
+    submitted: list[int] = []
+    submit = critic.submit_windows
+    monkeypatch.setattr(critic, "submit_windows",
+                        lambda prefix, windows, tags: submitted.append(len(windows)) or submit(prefix, windows, tags))
+    with pytest.raises(KeepError, match="took more than"):  # the streaming path: windows scored while tokenizing
+        digit_compressor.compress(CONTEXT + " " + "a" * 40 + "b", QUESTION, keep=join_patterns([], ["(a|aa)+$"]))
+    assert submitted == []
+    assert "4471" in digit_compressor.compress(CONTEXT, QUESTION, "needle", keep=["Keep this"]).text and submitted
+
+
 def test_keep_and_budget_tokenizer_through_the_server_and_the_cli(
     digit_compressor: CPRSCompressor, digit_tagger_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

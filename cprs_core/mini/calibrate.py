@@ -23,7 +23,7 @@ import torch
 from ..compressor import CPRSCompressor
 from ..text_units import sentence_ranges
 from .backbone import backbone_dir, load_tokenizer
-from .checkpoint import read_checkpoint, save_int8_ranges, write_config
+from .checkpoint import read_config, save_int8_ranges, write_config
 from .critic import MiniCritic, load_mini_critic
 from .realeval import query_document
 from .realqa import PassagePool, load_passages, passages_of
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = PassagePool(passages_of(load_passages(args.real_data), "train"), load_tokenizer(backbone))
     critic_ranges, embedder_ranges = measure_ranges(critic, pool, args.documents, args.tokens, args.seed)
     save_int8_ranges(args.checkpoint, critic_ranges, embedder_ranges)
-    config, _ = read_checkpoint(args.checkpoint)
+    config = read_config(args.checkpoint)
     training = {**config.training, "int8_calibration": (
         f"ranges over {args.documents} train-split documents of {args.tokens} tokens (seed {args.seed}), "
         f"python -m cprs_core.mini.calibrate; alpha {args.alpha}")}

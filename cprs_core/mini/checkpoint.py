@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,8 @@ def read_int8_ranges(directory: str | Path) -> dict[str, dict[str, torch.Tensor]
     return {prefix: ranges for prefix, ranges in by_encoder.items() if ranges}
 
 
-def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.Tensor]]:
-    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`ModelLoadError`."""
+def read_config(directory: str | Path) -> MiniConfig:
+    """The ``config.json`` of the checkpoint ``directory`` (unknown keys ignored), or raise :class:`ModelLoadError`."""
     directory = Path(directory)
     if not is_mini_checkpoint(directory):
         raise ModelLoadError(f"{directory} is not a cprs-mini checkpoint (no config.json with \"cprs_critic\": \"mini\")")
@@ -111,7 +112,23 @@ def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.
     config = MiniConfig(**{key: value for key, value in raw.items() if key in known})
     if tuple(config.labels) != BIOE_LABELS:
         raise ModelLoadError(f"{directory} uses labels {config.labels}; cprs expects {list(BIOE_LABELS)}")
+    return config
+
+
+def read_checkpoint(directory: str | Path) -> tuple[MiniConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`ModelLoadError`."""
+    directory = Path(directory)
+    config = read_config(directory)
     adapter_file = directory / ADAPTER_FILE
     if not adapter_file.is_file():
         raise ModelLoadError(f"{directory} has no {ADAPTER_FILE}")
     return config, load_file(str(adapter_file))
+
+
+def copy_checkpoint(source: str | Path, destination: str | Path, int8_ranges: bool = True) -> Path:
+    """Copy the checkpoint ``source`` into ``destination`` (created if missing; ``__pycache__`` left out) and
+    return ``destination``; with ``int8_ranges=False`` the copy has no ``int8_ranges.safetensors``, so it loads
+    in int8 without activation smoothing."""
+    skipped = ("__pycache__",) if int8_ranges else ("__pycache__", INT8_RANGES_FILE)
+    shutil.copytree(source, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skipped))
+    return Path(destination)
