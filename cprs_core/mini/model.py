@@ -36,5 +36,11 @@ class MiniCriticModel(nn.Module):
         hidden = self.encoder(
             input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
         ).last_hidden_state
-        relevance = None if self.relevance is None else self.relevance(hidden).squeeze(-1)
-        return self.head(hidden), relevance
+        return self.head(hidden), None if self.relevance is None else self.relevance_logits(hidden)
+
+    def relevance_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The relevance head as a product summed over each token's own hidden state, not a matrix product: a
+        one-column matrix product rounds differently with the number of rows, and a window's scores must not
+        depend on the windows batched beside it."""
+        assert self.relevance is not None
+        return (hidden * self.relevance.weight[0]).sum(-1) + self.relevance.bias
