@@ -5,11 +5,11 @@ repeat after repeat, and the table gives medians, so load from other processes h
 
 * ``float32``: the un-adapted encoder as it loads (PyTorch's fused SDPA attention), the baseline;
 * ``int8 batched``: PyTorch dynamic int8 linear layers, one activation range per batch (batch-dependent scores);
-* ``int8 per window``: the same with each window quantized on its own (cprs-mini's CPU default);
+* ``int8 per window``: the same with each window quantized on its own (cprs-mini's CPU default without AMX);
 * ``int8 per window, 384 / 256-token windows``: the same tokens in shorter windows (less attention work; the
   query prefix, not counted here, would then repeat more often);
 * ``bfloat16`` (and in 256-token windows): the whole encoder in bfloat16, fast only on CPUs with bfloat16 dot
-  products (AVX512-BF16 or AMX; elsewhere it can be slower than float32);
+  products (AVX512-BF16 or AMX; elsewhere it can be slower than float32); the CPU default with AMX;
 * ``onnxruntime ...``: only when ``onnxruntime`` and ``onnx`` are installed (they are not cprs dependencies): the
   encoder exported to ONNX, optimized with ONNX Runtime's BERT fusions (fused attention, GELU, skip-LayerNorm),
   float32 and dynamic int8 (per-channel weights), one window per run.

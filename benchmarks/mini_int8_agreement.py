@@ -1,4 +1,5 @@
-"""Paired checks of cprs-mini's int8 paths against float32 on held-out real questions.
+"""Paired checks of cprs-mini's reduced-precision CPU paths (int8, bfloat16) against float32 on held-out real
+questions.
 
 Both paths compress the same queries of the real-question evaluation (``cprs_core.mini.realeval``: the gold
 passage among other articles' passages, ``--split test`` by default) with the same settings; the table gives each
@@ -7,6 +8,8 @@ path's share of gold answers kept whole, its compression, and the paired differe
 queries on 2 cores.
 
 * ``--compare precision``: ``dtype="float32"`` against ``dtype="int8"`` (critic and sentence embedder in int8).
+* ``--compare bfloat16``: ``dtype="float32"`` against ``dtype="bfloat16"`` on CPU (the default on CPUs with AMX,
+  :func:`cprs_core.mini.precision.default_cpu_precision`).
 * ``--compare embedder``: the int8 sentence embedder against the float32 one, under the same float32 critic,
   whose window scores are computed once per query and shared by both.
 * ``--compare smoothing``: float32 against int8 without activation smoothing and int8 as loaded (smoothed when
@@ -21,6 +24,7 @@ Usage (data as in docs/cprs-mini-evaluation.md)::
     python -m benchmarks.mini_int8_agreement --real-data DIR --tokens 8000 --samples 300 --budgets none 0.05
     python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare embedder --budgets 0.1 0.05 none
     python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare smoothing --budgets 0.1 0.05 none
+    python -m benchmarks.mini_int8_agreement --real-data DIR --split tune --compare bfloat16 --budgets 0.1 0.05 none
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ def precision_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], C
     """float32 (on ``float32_device``) and int8, each its own critic."""
     return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"),
                    "int8": load_mini_critic(dtype="int8")})
+
+
+def bfloat16_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
+    """float32 (on ``float32_device``) and bfloat16 on CPU, each its own critic."""
+    return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"),
+                   "bfloat16": load_mini_critic(device="cpu", dtype="bfloat16")})
 
 
 def smoothing_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
@@ -96,11 +106,14 @@ def _compress(compressor: CPRSCompressor) -> Compress:
     return lambda text, query, budget: compressor.compress(text, query=query, target_ratio=budget)
 
 
+PATHS = {"precision": precision_paths, "bfloat16": bfloat16_paths, "smoothing": smoothing_paths}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-data", help="directory with squaddev_v1.1.json and coqa.test.json")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
-    parser.add_argument("--compare", choices=("precision", "embedder", "smoothing"), default="precision")
+    parser.add_argument("--compare", choices=("precision", "bfloat16", "embedder", "smoothing"), default="precision")
     parser.add_argument("--tokens", type=int, default=8000)
     parser.add_argument("--questions", type=int, default=1)
     parser.add_argument("--start", type=int, default=0, help="first query number")
@@ -126,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.compare == "embedder":
         paths, forget = embedder_paths()
     else:
-        paths, forget = (precision_paths if args.compare == "precision" else smoothing_paths)(args.float32_device)
+        paths, forget = PATHS[args.compare](args.float32_device)
     cells = {(name, budget): Cell() for name in paths for budget in args.budgets}
     seconds = dict.fromkeys(paths, 0.0)
     for sample in range(args.start, args.start + args.samples):

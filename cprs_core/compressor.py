@@ -111,7 +111,8 @@ class CPRSCompressor:
             dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only; upstream serves in float16: labels
                 can differ from bfloat16's where two label logits nearly tie), or ``"int8"`` (cprs-mini on CPU);
                 ``None`` = bf16 on CUDA, fp32 on CPU, except cprs-mini on CPU: ``$CPRS_MINI_DTYPE`` if set, else
-                int8 (about 1.8x faster than ``"float32"``, its opt-out, at 32K tokens on 2 cores).
+                bfloat16 on CPUs with AMX (Intel Xeon since Sapphire Rapids) and int8 on others, each the faster
+                one there (docs/cpu-speed.md); ``"float32"`` is the opt-out.
             window_size: tokens per window including the prompt prefix (must fit the model's positions).
             max_batch_tokens: tokens per forward batch; ``None`` sizes batches from free GPU memory (cprs-mini:
                 4,096 tokens).

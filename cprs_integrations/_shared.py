@@ -161,7 +161,7 @@ class CompressorSettings(BaseModel):
     model: str | None = Field(default=None, description="Local checkpoint directory or cached hub id.")
     device: str | None = Field(default=None, description="Device of a local model; None = CUDA when present.")
     dtype: str | None = Field(
-        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU (cprs-mini: int8 linear layers); \"float32\" = cprs-mini's opt-out of int8."
+        default=None, description="Dtype of a local model; None = bf16 on CUDA, fp32 on CPU (cprs-mini: bf16 on CPUs with AMX, else int8 linear layers); \"float32\" = cprs-mini's opt-out."
     )
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
 

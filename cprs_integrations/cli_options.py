@@ -29,7 +29,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """``--dtype`` and ``--window-size`` of a local model."""
     parser.add_argument(
-        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or int8 for cprs-mini (float32: its opt-out))"
+        "--dtype", help="float32, bfloat16, float16 or int8 (default: bf16 on CUDA; on CPU fp32, or for cprs-mini bf16 with AMX, else int8 (float32: its opt-out))"
     )
     parser.add_argument("--window-size", type=int, help="tokens per window, prompt included (default: the model's)")
 

@@ -1,4 +1,5 @@
-"""cprs-mini's precisions on CPU: int8 by default, float32 as the opt-out, and what differs between them."""
+"""cprs-mini's precisions on CPU: bfloat16 by default where the CPU has AMX, else int8, float32 as the opt-out, and
+what differs between them."""
 
 from __future__ import annotations
 
@@ -49,8 +50,11 @@ def linears(module: nn.Module) -> list[nn.Module]:
     return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
 
 
-def test_default_on_cpu_is_int8_and_float32_is_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_on_cpu_is_int8_without_amx_and_float32_is_the_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprs_core.mini import precision
+
     monkeypatch.delenv(DTYPE_ENV, raising=False)
+    monkeypatch.setattr(precision, "amx_available", lambda: False)  # e.g. AMD EPYC, Intel before Sapphire Rapids
     assert resolve_precision(None, CPU) == INT8
     assert resolve_precision("float32", CPU) == torch.float32
     assert resolve_precision(None, torch.device("cuda")) == torch.bfloat16
@@ -60,10 +64,33 @@ def test_default_on_cpu_is_int8_and_float32_is_the_opt_out(monkeypatch: pytest.M
     assert resolve_precision("int8", CPU) == INT8
 
 
+def test_default_on_a_cpu_with_amx_is_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprs_core.mini import precision
+
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    monkeypatch.setattr(precision, "amx_available", lambda: True)  # Intel Xeon since Sapphire Rapids
+    assert resolve_precision(None, CPU) == torch.bfloat16
+    assert resolve_precision("int8", CPU) == INT8 and resolve_precision("float32", CPU) == torch.float32
+    monkeypatch.setenv(DTYPE_ENV, "int8")
+    assert resolve_precision(None, CPU) == INT8
+
+
+@pytest.mark.parametrize("probe", [lambda: True, lambda: False, None])
+def test_amx_is_what_pytorch_reports(monkeypatch: pytest.MonkeyPatch, probe: object) -> None:
+    from cprs_core.mini.precision import amx_available
+
+    if probe is None:  # a PyTorch too old or too new to have the probe: no AMX assumed
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe, raising=False)
+    assert amx_available() is (probe is not None and probe())
+
+
 def test_without_a_quantized_engine_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from cprs_core.mini import precision
 
     monkeypatch.setattr(precision, "int8_available", lambda: False)  # e.g. a PyTorch build without fbgemm/qnnpack
+    monkeypatch.setattr(precision, "amx_available", lambda: False)
     with pytest.raises(DeviceError, match="no quantized CPU engine"):
         resolve_precision("int8", CPU)
     monkeypatch.delenv(DTYPE_ENV, raising=False)
@@ -95,9 +122,16 @@ def test_int8_quantizes_every_encoder_linear_and_keeps_the_head_float(
 
 
 def test_from_pretrained_passes_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cprs_core.mini import precision
+
     monkeypatch.delenv(DTYPE_ENV, raising=False)
+    monkeypatch.setattr(precision, "amx_available", lambda: False)
     default = CPRSCompressor.from_pretrained(device="cpu").critic  # int8 critic and sentence embedder
     assert not linears(default.model.encoder) and not linears(default.embedder.encoder)
+    monkeypatch.setattr(precision, "amx_available", lambda: True)
+    with_amx = CPRSCompressor.from_pretrained(device="cpu").critic  # bfloat16 critic and sentence embedder
+    for encoder in (with_amx.model.encoder, with_amx.embedder.encoder):
+        assert {layer.weight.dtype for layer in linears(encoder)} == {torch.bfloat16}
     full = CPRSCompressor.from_pretrained(device="cpu", dtype="float32").critic
     assert len(linears(full.model.encoder)) == len(linears(full.embedder.encoder)) == 36
     monkeypatch.setenv(DTYPE_ENV, "float32")  # the opt-out without code

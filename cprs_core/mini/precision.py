@@ -1,14 +1,17 @@
-"""The precision ``cprs-mini`` runs in: int8 on CPU by default (float32 where PyTorch has no quantized engine),
-float32 or bfloat16 on request; bfloat16 on CUDA.
+"""The precision ``cprs-mini`` runs in on CPU by default: bfloat16 where the CPU multiplies bfloat16 matrices in
+hardware (AMX tiles), else int8 (float32 where PyTorch has no quantized engine); float32 or any of them on
+request; bfloat16 on CUDA.
 
 int8 means PyTorch dynamic quantization of the encoders' ``nn.Linear`` layers (weights quantized per output
 channel at load, activations on the fly), after their activations are smoothed when the checkpoint has ranges
 for it (:mod:`cprs_core.mini.smoothing`); embeddings, LayerNorms, attention and the small heads stay float32.
 The critic quantizes each window's activations on their own (:class:`PerWindowLinear`), so a window's scores
 never depend on the windows batched beside it, e.g. other requests on a server; the sentence embedder, whose
-batches hold one request's sentences, quantizes whole batches. int8 is about 1.8x faster than float32 on 2 cores
-(32K tokens: 4.0 s against 7.4 s) and kept answers within a point of it on the tune split (docs/cpu-speed.md);
-``dtype="float32"`` (or ``$CPRS_MINI_DTYPE=float32``) is the opt-out. CUDA never uses int8.
+batches hold one request's sentences, quantizes whole batches. On 2 cores at 32K tokens int8 is 1.2-1.8x faster
+than float32 where the CPU has no AMX; on a CPU with AMX int8 gains only 1.1-1.2x, and bfloat16 (which shares no
+activation range across a batch either) is 2.8-3.1x faster and kept answers as float32 does on held-out real
+questions (docs/cpu-speed.md). ``dtype="float32"`` (or ``$CPRS_MINI_DTYPE=float32``) is the opt-out. CUDA never
+uses int8.
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ Precision = torch.dtype | str
 
 
 def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> Precision:
-    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE``, or int8 where this PyTorch build has
-    a quantized engine (float32 where it has none); else bfloat16 on CUDA.
+    """The precision to load in: ``dtype``; else on CPU ``$CPRS_MINI_DTYPE``, or :func:`default_cpu_precision`;
+    else bfloat16 on CUDA.
 
     Raises:
         DeviceError: an unknown dtype, or int8 on CUDA, or int8 asked for without a quantized engine.
     """
     if dtype is None and device.type == "cpu":
-        dtype = os.environ.get(DTYPE_ENV) or (INT8 if int8_available() else "float32")
+        dtype = os.environ.get(DTYPE_ENV) or default_cpu_precision()
     if dtype == INT8:
         if device.type != "cpu":
             raise DeviceError("int8 runs on CPU only; on CUDA use bfloat16 (the default) or float32")
@@ -47,6 +50,21 @@ def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> 
             raise DeviceError("this PyTorch build has no quantized CPU engine for int8; use dtype='float32'")
         return INT8
     return resolve_dtype(dtype, device)
+
+
+def default_cpu_precision() -> str:
+    """``"bfloat16"`` on a CPU with AMX tiles, else ``"int8"`` where PyTorch has a quantized engine, else
+    ``"float32"``: the fastest of them on that CPU among those measured to keep answers as float32 does."""
+    if amx_available():
+        return "bfloat16"
+    return INT8 if int8_available() else "float32"
+
+
+def amx_available() -> bool:
+    """Whether this CPU has AMX tiles, which PyTorch's bfloat16 matrix products use (Intel Xeon since Sapphire
+    Rapids); ``False`` where this PyTorch cannot tell."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
 
 
 def int8_available() -> bool:
