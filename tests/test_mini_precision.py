@@ -171,6 +171,18 @@ def test_int8_scores_do_not_depend_on_the_batch_and_are_close_to_float32(
         assert not np.array_equal(scores.bioe, reference.bioe)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_float_scores_do_not_depend_on_the_batch(dtype: str, context: str) -> None:
+    critic = load_mini_critic(dtype=dtype)  # bfloat16: the default on CPUs with AMX
+    ids = critic.tokenize_context(context).ids
+    prefix = critic.encode_prefix("needle", QUERY)
+    windows = [ids[start : start + 400] for start in range(0, len(ids), 400)]
+    batched = critic.score_windows(prefix, windows, ["needle"])
+    for scores, single in zip(batched, score_one_window_per_batch(critic, prefix, windows, ["needle"])):
+        np.testing.assert_array_equal(scores.bioe, single.bioe)
+        np.testing.assert_array_equal(scores.relevance, single.relevance)
+
+
 def test_int8_and_float32_keep_the_same_needle(int8_critic: MiniCritic, float_critic: MiniCritic, context: str) -> None:
     results = [
         CPRSCompressor(critic).compress(context, query=QUERY, instruction="needle", granularity="sentence")
