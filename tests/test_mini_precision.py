@@ -40,10 +40,21 @@ def float_critic() -> MiniCritic:
 
 
 @pytest.fixture(scope="module")
+def bfloat16_critic() -> MiniCritic:
+    return load_mini_critic(dtype="bfloat16")  # the default on CPUs with AMX
+
+
+@pytest.fixture(scope="module")
 def context() -> str:
     """Real prose (standard-library module docs) with the needle in the middle."""
     docs = [inspect.getdoc(module) or "" for module in (argparse, json, re, inspect)]
     return "\n\n".join(docs[:2] + [NEEDLE] + docs[2:])
+
+
+def needle_windows(critic: MiniCritic, context: str) -> tuple[list[int], list[list[int]]]:
+    """The needle preset's prefix and the context cut into 400-token windows (the last one shorter)."""
+    ids = critic.tokenize_context(context).ids
+    return critic.encode_prefix("needle", QUERY), [ids[start : start + 400] for start in range(0, len(ids), 400)]
 
 
 def linears(module: nn.Module) -> list[nn.Module]:
@@ -154,9 +165,7 @@ def test_the_int8_embedder_ranks_sentences_as_the_float32_one_does(
 def test_int8_scores_do_not_depend_on_the_batch_and_are_close_to_float32(
     int8_critic: MiniCritic, float_critic: MiniCritic, context: str
 ) -> None:
-    ids = int8_critic.tokenize_context(context).ids
-    prefix = int8_critic.encode_prefix("needle", QUERY)
-    windows = [ids[start : start + 400] for start in range(0, len(ids), 400)]
+    prefix, windows = needle_windows(int8_critic, context)
     fast = int8_critic.score_windows(prefix, windows, ["needle"])
     again = int8_critic.score_windows(prefix, windows, ["needle"])
     exact = float_critic.score_windows(prefix, windows, ["needle"])
@@ -171,12 +180,12 @@ def test_int8_scores_do_not_depend_on_the_batch_and_are_close_to_float32(
         assert not np.array_equal(scores.bioe, reference.bioe)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_float_scores_do_not_depend_on_the_batch(dtype: str, context: str) -> None:
-    critic = load_mini_critic(dtype=dtype)  # bfloat16: the default on CPUs with AMX
-    ids = critic.tokenize_context(context).ids
-    prefix = critic.encode_prefix("needle", QUERY)
-    windows = [ids[start : start + 400] for start in range(0, len(ids), 400)]
+@pytest.mark.parametrize("critic_fixture", ["bfloat16_critic", "float_critic"])
+def test_float_scores_do_not_depend_on_the_batch(
+    critic_fixture: str, context: str, request: pytest.FixtureRequest
+) -> None:
+    critic: MiniCritic = request.getfixturevalue(critic_fixture)
+    prefix, windows = needle_windows(critic, context)
     batched = critic.score_windows(prefix, windows, ["needle"])
     for scores, single in zip(batched, score_one_window_per_batch(critic, prefix, windows, ["needle"])):
         np.testing.assert_array_equal(scores.bioe, single.bioe)
