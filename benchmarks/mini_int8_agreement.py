@@ -69,9 +69,9 @@ def smoothing_paths(float32_device: str = "cpu") -> tuple[dict[str, Compress], C
     """float32 (on ``float32_device``), int8 without activation smoothing (a copy of the shipped weights without
     their ranges) and int8 as shipped."""
     with unsmoothed_checkpoint() as copy:
-        plain = load_mini_critic(copy, dtype="int8")
+        plain = load_mini_critic(copy, device="cpu", dtype="int8")
     return _paths({"float32": load_mini_critic(device=float32_device, dtype="float32"), UNSMOOTHED: plain,
-                   "int8": load_mini_critic(dtype="int8")})
+                   "int8": load_mini_critic(device="cpu", dtype="int8")})
 
 
 def _paths(critics: dict[str, MiniCritic]) -> tuple[dict[str, Compress], Callable[[], None]]:
@@ -84,9 +84,9 @@ def _paths(critics: dict[str, MiniCritic]) -> tuple[dict[str, Compress], Callabl
 def embedder_paths() -> tuple[dict[str, Compress], Callable[[], None]]:
     """The float32 critic with the float32 sentence embedder and with the int8 one of ``dtype="int8"``; the
     window scores of a query are computed once (call the returned function between queries to forget them)."""
-    critic = load_mini_critic(dtype="float32")
+    critic = load_mini_critic(device="cpu", dtype="float32")
     exact = critic.embedder
-    fast = load_mini_critic(dtype="int8").embedder
+    fast = load_mini_critic(device="cpu", dtype="int8").embedder
     forget = remember_window_scores(critic)
     compressor = CPRSCompressor(critic)
 
