@@ -306,3 +306,52 @@ def test_calibration_writes_ranges_that_the_int8_loader_smooths_with(tmp_path: P
     assert sum(hasattr(module, "int8_input_scale") for module in critic.model.encoder.modules()) == 3 * 6
     with pytest.raises(SystemExit, match="alpha"):
         calibrate.main(["--checkpoint", str(checkpoint), "--real-data", str(data), "--alpha", "1.5"])
+
+
+def test_the_teacher_cosines_are_the_runtime_embedders_for_every_sentence_of_a_window(data_dir: Path) -> None:
+    from cprs_core.mini.backbone import load_encoder
+    from cprs_core.mini.similarity import SentenceEmbedder
+    from cprs_core.mini.train import GeneratorSettings, real_document, sample_example, teacher_cosines
+    from cprs_core.text_units import sentence_ranges
+
+    tokenizer = load_tokenizer(backbone_dir())
+    pool = PassagePool(passages_of(load_passages(data_dir, ["squad"]), "train"), tokenizer)
+    settings = GeneratorSettings("train", real_fraction=1.0, two_questions=0.5, embedder_inputs=True)
+    rng = random.Random(5)
+    documents, examples = [], []
+    haystack = None  # every window is real (real_fraction=1.0), so the KJV haystack is never drawn from
+    while len({len(example.probe_inputs) for example in examples}) < 2:  # one- and two-question windows
+        state = rng.getstate()
+        rng.random()  # sample_example's draw of real or synthetic
+        documents.append(real_document(rng, settings, pool))
+        rng.setstate(state)
+        examples.append(sample_example(rng, settings, haystack, tokenizer, pool))  # type: ignore[arg-type]
+    batch = collate(examples)
+    encoder = load_encoder(backbone_dir())
+    cosines, has_target = teacher_cosines(encoder, batch)
+    assert has_target.all()
+    embedder = SentenceEmbedder(encoder, tokenizer)
+    for row, (document, example) in enumerate(zip(documents, examples)):
+        texts = {tuple(tokenizer.encode(document.text[start:end]).ids): document.text[start:end]
+                 for start, end in sentence_ranges(document.text)}
+        chosen = [texts[tuple(ids)] for ids in example.sentence_inputs]  # each input is a whole sentence's
+        expected = embedder.similarity(document.task.query, chosen)  # raw best cosine over the query's probes
+        assert np.allclose(cosines[batch["unit_rows"] == row].numpy(), expected, atol=1e-4)
+
+
+def test_the_distillation_loss_pulls_the_sentence_order_toward_the_teachers() -> None:
+    from cprs_core.mini.train import distillation_loss
+
+    rows = torch.tensor([0, 0, 0, 1, 1, 2])
+    cosines = torch.tensor([0.6, 0.1, 0.3, 0.2, 0.4, 0.5])
+    has_target = torch.tensor([True, True, True, True, True, False])
+    logits = torch.zeros(6, requires_grad=True)
+    with torch.enable_grad():  # the evaluation's main(), run in-process above, turns gradients off globally
+        loss = distillation_loss(logits, cosines, has_target, rows, 3, temperature=0.25)
+        loss.backward()
+    assert loss > 0
+    gradient = logits.grad.tolist()
+    assert gradient[0] < 0 < gradient[1] and gradient[2] < gradient[1]  # raise the teacher's best, lower its worst
+    assert gradient[3] > 0 > gradient[4] and gradient[5] == 0  # the sentence without a cosine is left alone
+    matched = (cosines / 0.25).detach()  # logits equal to the teacher's up to a constant per window: no loss
+    assert distillation_loss(matched + 7.0, cosines, has_target, rows, 3, 0.25).abs() < 1e-6

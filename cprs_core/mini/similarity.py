@@ -18,11 +18,25 @@ from transformers import BertModel
 from ..spans import zscore
 
 _QUESTION_END = re.compile(r"(?<=[?？])\s+")
+EMBEDDER_MAX_TOKENS = 256
+"""Texts are cut to this many tokens (``[CLS]`` and ``[SEP]`` included) before they are embedded."""
 
 
 def questions_of(query: str) -> list[str]:
     """The questions a query is made of (split after each question mark); the query itself if it has one."""
     return [part for part in _QUESTION_END.split(query.strip()) if part]
+
+
+def probes_of(query: str) -> list[str]:
+    """What a query's similarity is measured against: the query, and each of its questions if it has several."""
+    questions = questions_of(query)
+    return [query, *questions] if len(questions) > 1 else [query]
+
+
+def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length mean of each row's hidden states over its ``mask`` (sentence-transformers' pooling), float32."""
+    pooled = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 class SentenceEmbedder:
@@ -39,7 +53,7 @@ class SentenceEmbedder:
     """
 
     def __init__(
-        self, encoder: BertModel, tokenizer: Tokenizer, max_tokens: int = 256, batch_size: int = 64,
+        self, encoder: BertModel, tokenizer: Tokenizer, max_tokens: int = EMBEDDER_MAX_TOKENS, batch_size: int = 64,
         per_question_z: bool = False,
     ) -> None:
         self.encoder = encoder
@@ -64,9 +78,8 @@ class SentenceEmbedder:
                 ids[position, : len(encodings[row])] = torch.tensor(encodings[row])
                 mask[position, : len(encodings[row])] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            result[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            result[rows] = mean_pooled(hidden, mask).cpu().numpy()
         return result
 
     def similarity(self, query: str, texts: Sequence[str]) -> np.ndarray:
@@ -74,8 +87,7 @@ class SentenceEmbedder:
         with ``per_question_z``)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        questions = questions_of(query)
-        probes = [query, *questions] if len(questions) > 1 else [query]
+        probes = probes_of(query)
         cosines = self.embed(texts) @ self.embed(probes).T
         if self.per_question_z and len(probes) > 1:
             cosines = zscore(cosines)
