@@ -14,6 +14,10 @@ repeat after repeat, and the table gives medians, so load from other processes h
   encoder exported to ONNX, optimized with ONNX Runtime's BERT fusions (fused attention, GELU, skip-LayerNorm),
   float32 and dynamic int8 (per-channel weights), one window per run.
 
+A second table times the encoder's 36 linear layers alone on the same tokens (float32, int8 per window and per
+batch, bfloat16), with their share of the float32 pass: the most any change of the linears' precision can give
+the whole encoder is ``1 / (1 - share + share / speed-up of the linears)`` (Amdahl's law).
+
 Usage (from the repository root)::
 
     python -m benchmarks.cpu_encoder_candidates --threads 2 --repeats 6
@@ -80,6 +84,34 @@ def onnx_candidates(model: BertModel, ids: np.ndarray, threads: int, workdir: Pa
     return {"onnxruntime float32, fused": per_window(fused), "onnxruntime int8, fused": per_window(quantized)}
 
 
+def linear_layers(model: torch.nn.Module, windows: int, dtype: torch.dtype = torch.float32) -> Callable[[], object]:
+    """Every linear layer of the encoder ``model`` (``nn.Linear`` or its int8 replacement), each on ``windows`` x
+    512 tokens of ``dtype``."""
+    suffixes = ("query", "key", "value", "dense")
+    layers = [module for name, module in model.named_modules()
+              if name.startswith("encoder.") and name.endswith(suffixes)]
+
+    def width(layer: torch.nn.Module) -> int:
+        return int(getattr(layer, "quantized", layer).in_features)
+
+    inputs = {size: torch.randn(windows, 512, size, dtype=dtype) for size in {width(layer) for layer in layers}}
+    return lambda: [layer(inputs[width(layer)]) for layer in layers]
+
+
+def timed(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each candidate over ``repeats`` interleaved repeats, after one warm-up each."""
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    with torch.inference_mode():
+        for run in candidates.values():
+            run()
+        for _ in range(repeats):
+            for name, run in candidates.items():
+                started = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -112,22 +144,25 @@ def main() -> None:
             candidates.update(onnx_candidates(model, ids, args.threads, Path(workdir)))
         except ImportError:
             print("(onnxruntime/onnx not installed: ONNX Runtime rows left out)")
-        seconds: dict[str, list[float]] = {name: [] for name in candidates}
-        with torch.inference_mode():
-            for run in candidates.values():
-                run()
-            for _ in range(args.repeats):
-                for name, run in candidates.items():
-                    started = time.perf_counter()
-                    run()
-                    seconds[name].append(time.perf_counter() - started)
-    base = statistics.median(seconds["float32"])
+        seconds = timed(candidates, args.repeats)
+    base = seconds["float32"]
     print(f"MiniLM-L6 encoder, {tokens:,} tokens per pass, {args.threads} threads, torch {torch.__version__}; "
           f"medians of {args.repeats} interleaved repeats")
     print("| candidate | s per pass | tokens/s | vs float32 |\n|---|---|---|---|")
-    for name, values in seconds.items():
-        median = statistics.median(values)
+    for name, median in seconds.items():
         print(f"| {name} | {median:.3f} | {tokens / median:,.0f} | {base / median:.2f}x |")
+    linears = timed({
+        "float32": linear_layers(model, args.windows),
+        "int8 per window": linear_layers(per_window, args.windows),
+        "int8 batched": linear_layers(batched, args.windows),
+        "bfloat16": linear_layers(bfloat16, args.windows, torch.bfloat16),
+    }, args.repeats)
+    share = linears["float32"] / base
+    print(f"\nThe 36 linear layers alone, same tokens: {share:.0%} of the float32 encoder pass")
+    print("| linears in | s | vs float32 | most the whole encoder can gain |\n|---|---|---|---|")
+    for name, median in linears.items():
+        speedup = linears["float32"] / median
+        print(f"| {name} | {median:.3f} | {speedup:.2f}x | {1 / (1 - share + share / speedup):.2f}x |")
 
 
 if __name__ == "__main__":
