@@ -327,10 +327,9 @@ def test_the_teacher_cosines_are_the_runtime_embedders_for_every_sentence_of_a_w
         rng.setstate(state)
         examples.append(sample_example(rng, settings, haystack, tokenizer, pool))  # type: ignore[arg-type]
     batch = collate(examples)
-    encoder = load_encoder(backbone_dir())
-    cosines, has_target = teacher_cosines(encoder, batch)
+    embedder = SentenceEmbedder(load_encoder(backbone_dir()), tokenizer)
+    cosines, has_target = teacher_cosines(embedder, batch)
     assert has_target.all()
-    embedder = SentenceEmbedder(encoder, tokenizer)
     for row, (document, example) in enumerate(zip(documents, examples)):
         texts = {tuple(tokenizer.encode(document.text[start:end]).ids): document.text[start:end]
                  for start, end in sentence_ranges(document.text)}

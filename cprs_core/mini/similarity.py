@@ -33,6 +33,17 @@ def probes_of(query: str) -> list[str]:
     return [query, *questions] if len(questions) > 1 else [query]
 
 
+def padded_ids(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``long`` ids and their attention mask (``[0, 1]`` tensors when there are none)."""
+    length = max((len(sequence) for sequence in sequences), default=1)
+    ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
 def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Unit-length mean of each row's hidden states over its ``mask`` (sentence-transformers' pooling), float32."""
     pooled = (hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -65,21 +76,24 @@ class SentenceEmbedder:
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``float32 [len(texts), hidden]`` unit vectors."""
-        encodings = [encoding.ids[: self.max_tokens] for encoding in self.tokenizer.encode_batch(list(texts))]
-        order = np.argsort([len(ids) for ids in encodings], kind="stable")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids, mask = padded_ids([encoding.ids[: self.max_tokens] for encoding in encodings])
         device = next(self.encoder.parameters()).device
-        result = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)
+        return self.embed_ids(ids.to(device), mask.to(device)).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``float32 [rows, hidden]`` unit vectors of padded input ids (``[CLS] text [SEP]``, as
+        :func:`padded_ids` gives them), on their device: ``batch_size`` rows of similar length per pass, each
+        pass cut to its longest row."""
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        result = torch.empty(len(ids), self.encoder.config.hidden_size, device=ids.device)
         for begin in range(0, len(order), self.batch_size):
             rows = order[begin : begin + self.batch_size]
-            length = max(len(encodings[row]) for row in rows)
-            ids = torch.zeros(len(rows), length, dtype=torch.long)
-            mask = torch.zeros(len(rows), length, dtype=torch.long)
-            for position, row in enumerate(rows):
-                ids[position, : len(encodings[row])] = torch.tensor(encodings[row])
-                mask[position, : len(encodings[row])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            result[rows] = mean_pooled(hidden, mask).cpu().numpy()
+            width = int(lengths[rows].max())
+            hidden = self.encoder(input_ids=ids[rows, :width], attention_mask=mask[rows, :width]).last_hidden_state
+            result[rows] = mean_pooled(hidden, mask[rows, :width])
         return result
 
     def similarity(self, query: str, texts: Sequence[str]) -> np.ndarray:

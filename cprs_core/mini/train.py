@@ -31,7 +31,6 @@ from typing import Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from transformers import BertModel
 
 from .backbone import BACKBONE_ENV, backbone_dir, load_encoder, load_tokenizer
 from .checkpoint import MiniConfig, save_checkpoint
@@ -41,7 +40,7 @@ from .haystack import Haystack
 from .lora import adapter_state, add_lora
 from .model import MiniCriticModel
 from .realqa import DEFAULT_SOURCES, SOURCES, PassagePool, load_passages, passages_of
-from .similarity import mean_pooled
+from .similarity import SentenceEmbedder, padded_ids
 
 FAMILY_WEIGHTS = {"needle": 0.35, "chain": 0.25, "fact": 0.4}
 NEGATIVE_WEIGHT = 0.4
@@ -181,22 +180,11 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
         unit_rows.extend([row] * len(example.unit_labels))
     batch["unit_labels"] = torch.tensor(unit_labels, dtype=torch.float32)
     batch["unit_rows"] = torch.tensor(unit_rows, dtype=torch.long)
-    batch["teacher_ids"], batch["teacher_mask"] = _padded(teacher_inputs)
+    batch["teacher_ids"], batch["teacher_mask"] = padded_ids(teacher_inputs)
     batch["teacher_units"] = torch.tensor(teacher_units, dtype=torch.long)
-    batch["probe_ids"], batch["probe_mask"] = _padded(probe_inputs)
+    batch["probe_ids"], batch["probe_mask"] = padded_ids(probe_inputs)
     batch["probe_rows"] = torch.tensor(probe_rows, dtype=torch.long)
     return batch
-
-
-def _padded(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask (``[0, 1]`` tensors when there are none)."""
-    length = max((len(sequence) for sequence in sequences), default=1)
-    ids = torch.zeros(len(sequences), length, dtype=torch.long)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
-    return ids, mask
 
 
 def sentence_logits(relevance: torch.Tensor, unit_ids: torch.Tensor, units: int) -> torch.Tensor:
@@ -231,9 +219,10 @@ def relevance_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
 
 
 @torch.no_grad()
-def teacher_cosines(teacher: BertModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sentence's best cosine under the un-adapted backbone ``teacher`` against its window's probes (inputs
-    from :func:`collate`), and whether it has one (only sentences of windows that carry the inputs do)."""
+def teacher_cosines(teacher: SentenceEmbedder, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sentence's best cosine under the un-adapted backbone (the sentence embedder ``teacher``) against its
+    window's probes (inputs from :func:`collate`), and whether it has one (only sentences of windows that carry
+    the inputs do)."""
     units = batch["unit_labels"].numel()
     device = batch["unit_labels"].device
     cosines = torch.zeros(units, device=device)
@@ -241,22 +230,8 @@ def teacher_cosines(teacher: BertModel, batch: dict[str, torch.Tensor]) -> tuple
     chosen = batch["teacher_units"]
     if chosen.numel() == 0:
         return cosines, has_target
-
-    def embedded(ids: torch.Tensor, mask: torch.Tensor, rows_per_pass: int = 128) -> torch.Tensor:
-        """Embeddings of the rows, run in passes of similar lengths, each cut to its longest row."""
-        lengths = mask.sum(1)
-        order = torch.argsort(lengths)
-        result = torch.empty(len(ids), teacher.config.hidden_size, device=ids.device)
-        for begin in range(0, len(order), rows_per_pass):
-            rows = order[begin : begin + rows_per_pass]
-            width = int(lengths[rows].max())
-            part_ids, part_mask = ids[rows, :width], mask[rows, :width]
-            hidden = teacher(input_ids=part_ids, attention_mask=part_mask).last_hidden_state
-            result[rows] = mean_pooled(hidden, part_mask)
-        return result
-
-    sentences = embedded(batch["teacher_ids"], batch["teacher_mask"])
-    similarities = sentences @ embedded(batch["probe_ids"], batch["probe_mask"]).T
+    sentences = teacher.embed_ids(batch["teacher_ids"], batch["teacher_mask"])
+    similarities = sentences @ teacher.embed_ids(batch["probe_ids"], batch["probe_mask"]).T
     own = batch["unit_rows"][chosen][:, None] == batch["probe_rows"][None, :]
     cosines[chosen] = similarities.masked_fill(~own, -2.0).max(dim=1).values
     has_target[chosen] = True
@@ -384,7 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     real_fraction = args.real_fraction if args.real_data is not None else 0.0
     settings = GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced,
                                  embedder_inputs=args.distill_similarity > 0)
-    teacher = load_encoder(backbone, torch.float32).to(device) if args.distill_similarity > 0 else None
+    teacher = None
+    if args.distill_similarity > 0:
+        teacher = SentenceEmbedder(load_encoder(backbone, torch.float32).to(device), load_tokenizer(backbone),
+                                   batch_size=128)
     train_batches = _loader(settings, args, backbone, args.seed, args.workers)
 
     log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
