@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,7 +14,6 @@ from ..critic import BIOE_LABELS
 from ..text_units import sentence_ranges
 from .data import Document
 from .inputs import assemble, encode_prefix, special_id
-from .similarity import EMBEDDER_MAX_TOKENS, probes_of
 
 B, I, O, E = (BIOE_LABELS.index(label) for label in "BIOE")
 IGNORE = -100
@@ -71,11 +69,6 @@ class WindowExample:
     labels: list[int]
     unit_ids: list[int]
     unit_labels: list[float]
-    sentence_inputs: tuple[list[int], ...] = ()
-    """Each of those sentences whole, and each of the query's probes (:func:`~cprs_core.mini.similarity.probes_of`),
-    as the sentence embedder's input ids (``[CLS] text [SEP]``): for teaching the critic the embedder's cosines;
-    empty unless asked for."""
-    probe_inputs: tuple[list[int], ...] = ()
 
 
 def window_example(
@@ -85,14 +78,12 @@ def window_example(
     max_positions: int,
     focus: float,
     short: float,
-    embedder_inputs: bool = False,
 ) -> WindowExample:
     """Cut one window out of ``document`` as the engine would see it, and label it.
 
     The window fills ``max_positions`` after the prefix (or, with probability ``short``, is shorter, like a
     context's last window). With probability ``focus`` it holds the start of a relevant sentence (often cut at
-    an edge, as real windows cut sentences); otherwise it starts anywhere. With ``embedder_inputs`` the example
-    also carries its sentences and the query's probes as the sentence embedder's inputs.
+    an edge, as real windows cut sentences); otherwise it starts anywhere.
     """
     encoding = tokenizer.encode(document.text, add_special_tokens=False)
     labels = token_labels(encoding.offsets, document.relevant)
@@ -116,16 +107,4 @@ def window_example(
     present = np.unique(in_window[in_window >= 0])
     local = np.where(in_window >= 0, np.searchsorted(present, in_window), -1)
     unit_ids = [-1] * len(prefix) + local.tolist() + [-1]
-    example = WindowExample(ids, types, targets, unit_ids, unit_relevance[present].tolist())
-    if not embedder_inputs:
-        return example
-    cls, sep = special_id(tokenizer, "[CLS]"), special_id(tokenizer, "[SEP]")
-    document_ids = np.asarray(encoding.ids)
-
-    def embedder_input(token_ids: Sequence[int]) -> list[int]:
-        return [cls, *token_ids, sep][:EMBEDDER_MAX_TOKENS]
-
-    sentences = tuple(embedder_input(document_ids[unit_of == unit].tolist()) for unit in present)
-    probes = tuple(embedder_input(tokenizer.encode(probe, add_special_tokens=False).ids)
-                   for probe in probes_of(document.task.query))
-    return dataclasses.replace(example, sentence_inputs=sentences, probe_inputs=probes)
+    return WindowExample(ids, types, targets, unit_ids, unit_relevance[present].tolist())

@@ -8,10 +8,7 @@ distractor passages); the rest are the synthetic tasks of :mod:`cprs_core.mini.d
 Two objectives share the encoder: per-token BIOE cross-entropy (the tags), and per-sentence relevance, where a
 sentence's logit is the mean of its tokens' relevance logits: binary cross-entropy on every sentence of the
 window (calibration: the no-budget keep threshold is a probability) plus a listwise softmax over the window's
-sentences wherever it holds a relevant one (ranking, for budgets). With ``--distill-similarity``, a third (an
-experiment, not used by the shipped weights) teaches the sentence logits of real windows the un-adapted backbone's
-query–sentence cosines, the similarity half of the budget ranking: a listwise KL from the softmax of those
-cosines (over ``--distill-temperature``) to that of the logits, per window.
+sentences wherever it holds a relevant one (ranking, for budgets).
 
 The checkpoint (``config.json`` + ``adapter.safetensors``), ``train_log.jsonl`` and ``metrics.json`` go to ``--out``.
 """
@@ -40,7 +37,6 @@ from .haystack import Haystack
 from .lora import adapter_state, add_lora
 from .model import MiniCriticModel
 from .realqa import DEFAULT_SOURCES, SOURCES, PassagePool, load_passages, passages_of
-from .similarity import SentenceEmbedder, padded_ids
 
 FAMILY_WEIGHTS = {"needle": 0.35, "chain": 0.25, "fact": 0.4}
 NEGATIVE_WEIGHT = 0.4
@@ -67,7 +63,6 @@ class GeneratorSettings:
     near_passages: int = 2
     max_real_tokens: int = 1500
     family_balanced: bool = False
-    embedder_inputs: bool = False
 
 
 def synthetic_document(rng: random.Random, settings: GeneratorSettings, haystack: Haystack) -> Document:
@@ -100,12 +95,9 @@ def sample_example(
     """One labelled window: a real question with probability ``settings.real_fraction``, else a synthetic task."""
     if pool is not None and rng.random() < settings.real_fraction:
         document = real_document(rng, settings, pool)
-        embedder_inputs = settings.embedder_inputs
     else:
         document = synthetic_document(rng, settings, haystack)
-        embedder_inputs = False
-    return window_example(rng, document, tokenizer, settings.max_positions, settings.focus, settings.short,
-                          embedder_inputs)
+    return window_example(rng, document, tokenizer, settings.max_positions, settings.focus, settings.short)
 
 
 class WindowStream(IterableDataset):
@@ -145,9 +137,7 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
     """Pad windows into ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels`` and the sentence units.
 
     ``unit_ids`` numbers the sentences of the whole batch (-1: no sentence); ``unit_labels`` and ``unit_rows``
-    give each sentence's relevance and window. Where examples carry the sentence embedder's inputs,
-    ``teacher_ids``/``teacher_mask`` hold those of their sentences (``teacher_units``: which sentence each row is)
-    and ``probe_ids``/``probe_mask`` those of their queries' probes (``probe_rows``: whose window each is).
+    give each sentence's relevance and window.
     """
     length = max(len(example.input_ids) for example in examples)
     batch = {
@@ -159,10 +149,6 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
     }
     unit_labels: list[float] = []
     unit_rows: list[int] = []
-    teacher_inputs: list[list[int]] = []
-    teacher_units: list[int] = []
-    probe_inputs: list[list[int]] = []
-    probe_rows: list[int] = []
     for row, example in enumerate(examples):
         n = len(example.input_ids)
         batch["input_ids"][row, :n] = torch.tensor(example.input_ids)
@@ -171,19 +157,10 @@ def collate(examples: list[WindowExample]) -> dict[str, torch.Tensor]:
         batch["labels"][row, :n] = torch.tensor(example.labels)
         local = torch.tensor(example.unit_ids)
         batch["unit_ids"][row, :n] = torch.where(local >= 0, local + len(unit_labels), local)
-        if example.sentence_inputs:
-            teacher_inputs.extend(example.sentence_inputs)
-            teacher_units.extend(range(len(unit_labels), len(unit_labels) + len(example.unit_labels)))
-            probe_inputs.extend(example.probe_inputs)
-            probe_rows.extend([row] * len(example.probe_inputs))
         unit_labels.extend(example.unit_labels)
         unit_rows.extend([row] * len(example.unit_labels))
     batch["unit_labels"] = torch.tensor(unit_labels, dtype=torch.float32)
     batch["unit_rows"] = torch.tensor(unit_rows, dtype=torch.long)
-    batch["teacher_ids"], batch["teacher_mask"] = padded_ids(teacher_inputs)
-    batch["teacher_units"] = torch.tensor(teacher_units, dtype=torch.long)
-    batch["probe_ids"], batch["probe_mask"] = padded_ids(probe_inputs)
-    batch["probe_rows"] = torch.tensor(probe_rows, dtype=torch.long)
     return batch
 
 
@@ -216,45 +193,6 @@ def relevance_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
     if not has_positive.any():
         return binary
     return binary + (everything - relevant)[has_positive].mean()
-
-
-@torch.no_grad()
-def teacher_cosines(teacher: SentenceEmbedder, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sentence's best cosine under the un-adapted backbone (the sentence embedder ``teacher``) against its
-    window's probes (inputs from :func:`collate`), and whether it has one (only sentences of windows that carry
-    the inputs do)."""
-    units = batch["unit_labels"].numel()
-    device = batch["unit_labels"].device
-    cosines = torch.zeros(units, device=device)
-    has_target = torch.zeros(units, dtype=torch.bool, device=device)
-    chosen = batch["teacher_units"]
-    if chosen.numel() == 0:
-        return cosines, has_target
-    sentences = teacher.embed_ids(batch["teacher_ids"], batch["teacher_mask"])
-    similarities = sentences @ teacher.embed_ids(batch["probe_ids"], batch["probe_mask"]).T
-    own = batch["unit_rows"][chosen][:, None] == batch["probe_rows"][None, :]
-    cosines[chosen] = similarities.masked_fill(~own, -2.0).max(dim=1).values
-    has_target[chosen] = True
-    return cosines, has_target
-
-
-def distillation_loss(
-    logits: torch.Tensor, cosines: torch.Tensor, has_target: torch.Tensor, rows: torch.Tensor, windows: int,
-    temperature: float,
-) -> torch.Tensor:
-    """Per window, ``KL(softmax(cosine / temperature) || softmax(sentence logits))`` over its sentences with a
-    teacher cosine; the mean over windows with at least two such sentences (zero when there are none)."""
-    counts = torch.zeros(windows, device=logits.device).index_add_(
-        0, rows[has_target], torch.ones_like(logits[has_target]))
-    keep = has_target & (counts[rows] >= 2)
-    if not keep.any():
-        return logits.sum() * 0.0
-    student, teacher, segment = logits[keep], cosines[keep] / temperature, rows[keep]
-    log_student = student - _segment_logsumexp(student, segment, windows)[segment]
-    log_teacher = teacher - _segment_logsumexp(teacher, segment, windows)[segment]
-    per_unit = log_teacher.exp() * (log_teacher - log_student)
-    per_window = torch.zeros(windows, device=logits.device).index_add_(0, segment, per_unit)
-    return per_window[counts >= 2].mean()
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -328,10 +266,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--family-balanced", action="store_true",
                         help="draw a real window's family (SQuAD, CoQA, MultiRC, NQ) uniformly, then a sub-source in it")
     parser.add_argument("--real-fraction", type=float, default=0.5, help="share of windows with real questions")
-    parser.add_argument("--distill-similarity", type=float, default=0.0,
-                        help="weight of a loss teaching the sentence logits of real windows the un-adapted backbone's "
-                             "query-sentence cosines (listwise KL); 0: off")
-    parser.add_argument("--distill-temperature", type=float, default=0.25, help="temperature of those cosines")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
@@ -357,12 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(LABEL_WEIGHTS, device=device), ignore_index=IGNORE)
     real_fraction = args.real_fraction if args.real_data is not None else 0.0
-    settings = GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced,
-                                 embedder_inputs=args.distill_similarity > 0)
-    teacher = None
-    if args.distill_similarity > 0:
-        teacher = SentenceEmbedder(load_encoder(backbone, torch.float32).to(device), load_tokenizer(backbone),
-                                   batch_size=128)
+    settings = GeneratorSettings("train", real_fraction=real_fraction, family_balanced=args.family_balanced)
     train_batches = _loader(settings, args, backbone, args.seed, args.workers)
 
     log = (args.out / "train_log.jsonl").open("w", encoding="utf-8")
@@ -382,13 +311,6 @@ def main(argv: list[str] | None = None) -> None:
         ranking = relevance_loss(units, batch["unit_labels"], batch["unit_rows"], len(batch["input_ids"]))
         tagging = loss_fn(logits.float().flatten(0, 1), batch["labels"].flatten())
         loss = tagging + RELEVANCE_WEIGHT * ranking
-        distilled = torch.zeros((), device=device)
-        if teacher is not None:
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                cosines, has_target = teacher_cosines(teacher, batch)
-            distilled = distillation_loss(units, cosines, has_target, batch["unit_rows"],
-                                          len(batch["input_ids"]), args.distill_temperature)
-            loss = loss + args.distill_similarity * distilled
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -397,8 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         counts.add(logits.detach().float(), batch["labels"])
         if step % args.log_every == 0 or step == last_step:
             record = {"step": step, "loss": round(loss.item(), 5), "tagging": round(tagging.item(), 5),
-                      "ranking": round(ranking.item(), 5),
-                      "distilled": round(distilled.item(), 5), "lr": optimizer.param_groups[0]["lr"],
+                      "ranking": round(ranking.item(), 5), "lr": optimizer.param_groups[0]["lr"],
                       "seconds": round(time.time() - started, 1), **counts.summary()}
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -420,8 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     training.update(steps_done=step, train_seconds=metrics["train_seconds"], label_weights=list(LABEL_WEIGHTS),
                     real_fraction=real_fraction, relevance_weight=RELEVANCE_WEIGHT,
                     real_sources=list(args.real_sources) if real_fraction > 0 else [],
-                    real_balance="family" if args.family_balanced else "source",
-                    distill_similarity=args.distill_similarity, distill_temperature=args.distill_temperature)
+                    real_balance="family" if args.family_balanced else "source")
     config = MiniConfig(lora_rank=args.rank, lora_alpha=args.alpha, relevance_head=True, training=training)
     save_checkpoint(args.out, config, adapter_state(model))
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
