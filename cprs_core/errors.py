@@ -42,7 +42,7 @@ class GranularityError(CPRSError):
 
 
 class ContextTypeError(CPRSError, TypeError):
-    """A context that is neither ``str`` nor ``bytes``."""
+    """A context that is neither ``str`` nor ``bytes``, or a JSON value nested too deeply to prune by its structure."""
 
 
 class ContextTruncatedWarning(UserWarning):

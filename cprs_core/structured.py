@@ -15,13 +15,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .errors import KeepError
+from .errors import ContextTypeError, KeepError
 from .result import CompressionResult
 
 DEFAULT_UNIT_CHARS = 400
 """Containers whose compact JSON is longer than this are split into their members."""
 NOTE_PATHS = 5
 """How many dropped paths the note names before summing up the rest."""
+MAX_JSON_DEPTH = 100
+"""JSON nested deeper than this is not pruned by its structure: :func:`parse_json_container` leaves such text as
+text, and :func:`prune_json` refuses such a value (its walks recurse once per level)."""
 
 Path = tuple[str | int, ...]
 _DROPPED = object()
@@ -95,9 +98,18 @@ def parse_json_container(text: str) -> Any:
         return None
     try:
         value = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's reader goes
         return None
-    return value if isinstance(value, (dict, list)) else None
+    return value if isinstance(value, (dict, list)) and json_depth(value) <= MAX_JSON_DEPTH else None
+
+
+def json_depth(value: Any) -> int:
+    """How many levels of containers ``value`` nests (0 for a scalar, 1 for a flat list), without recursing."""
+    depth, level = 0, [value]
+    while containers := [item for item in level if isinstance(item, (dict, list))]:
+        depth += 1
+        level = [member for item in containers for member in (item.values() if isinstance(item, dict) else item)]
+    return depth
 
 
 def prune_json(
@@ -117,7 +129,8 @@ def prune_json(
             ``"line"``; ``keep_spans`` has no meaning here.
 
     Raises:
-        CPRSError: as ``compress`` (e.g. :class:`~cprs_core.errors.EmptyContextError` for an empty container).
+        CPRSError: as ``compress`` (e.g. :class:`~cprs_core.errors.EmptyContextError` for an empty container);
+            :class:`~cprs_core.errors.ContextTypeError` for a value nested deeper than :data:`MAX_JSON_DEPTH`.
     """
     if options.get("keep_spans"):
         raise KeepError("keep_spans are offsets into a text; for JSON use keep=[...] patterns over its records")
@@ -130,7 +143,16 @@ def prune_json_with(
     compress_lines: Callable[[str], CompressionResult], value: Any, unit_chars: int = DEFAULT_UNIT_CHARS
 ) -> PrunedJSON:
     """:func:`prune_json` with the compression given as a function of the units' lines (one per line, joined by
-    newlines), which must compress at ``"line"`` granularity."""
+    newlines), which must compress at ``"line"`` granularity.
+
+    Raises:
+        ContextTypeError: ``value`` nests deeper than :data:`MAX_JSON_DEPTH` levels.
+    """
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise ContextTypeError(
+            f"the JSON value nests {depth} levels deep, more than the {MAX_JSON_DEPTH} that JSON pruning splits; "
+            "compress its text instead")
     units, split = json_units(value, unit_chars)
     lines = [unit.line for unit in units]
     result = compress_lines("\n".join(lines))

@@ -177,7 +177,7 @@ class PartStore:
 def _record_id(line: bytes, line_number: int, id_field: str) -> Any:
     try:
         record = json.loads(line)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than Python's JSON reader goes
         raise BatchInputError(f"line {line_number} is not valid JSON: {error}") from None
     if not isinstance(record, dict):
         raise BatchInputError(f"line {line_number} is a JSON {type(record).__name__}, not an object")

@@ -9,7 +9,8 @@ import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cprs_core import CompressionResult, Compressor
-from cprs_core.structured import DEFAULT_UNIT_CHARS, parse_json_container, prune_json_with
+from cprs_core.errors import ContextTypeError
+from cprs_core.structured import DEFAULT_UNIT_CHARS, MAX_JSON_DEPTH, json_depth, parse_json_container, prune_json_with
 from cprs_core.validation import check_int, check_query
 
 from ._shared import CompressorSettings
@@ -39,7 +40,8 @@ def prune(
     A string is compressed as text, unless it is a JSON object or array; JSON (a dict or list, or such a string)
     is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
     followed by a line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
-    ``total_units``, ``note``). Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
+    ``total_units``, ``note``). JSON nested deeper than :data:`~cprs_core.structured.MAX_JSON_DEPTH` levels is
+    compressed as text. Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
     long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
 
     Any other value (a number, ``None``, an object) is passed through unpruned: there is no text to select from.
@@ -47,6 +49,7 @@ def prune(
     Raises:
         OptionError: ``min_tokens`` is not a non-negative integer.
         QueryError: ``question`` is not a string or is empty (unless the settings allow an empty query).
+        ContextTypeError: a dict or list nested too deeply to write as JSON text.
     """
     check_query(question, settings.allow_empty_query, name="question")
     check_int("min_tokens", min_tokens, 0)
@@ -57,7 +60,9 @@ def prune(
         value = parse_json_container(output)
     elif value is None or not value:
         return output, None
-    text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+    elif json_depth(value) > MAX_JSON_DEPTH:
+        value = None  # too deep to prune by its structure: pruned as its JSON text
+    text = output if isinstance(output, str) else _json_text(output)
     compressor = settings.resolve_compressor()
     count_tokens = getattr(compressor, "count_tokens", None)
     if count_tokens is not None and count_tokens(text) <= min_tokens:
@@ -177,6 +182,15 @@ def pruned_tool(
     if tool.args_schema is None:
         return Tool(**fields)
     return StructuredTool(args_schema=tool.args_schema, **fields)
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text, or a :class:`ContextTypeError` where it nests deeper than ``json`` writes."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        raise ContextTypeError(
+            f"the tool output nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
 
 
 def _summary(result: CompressionResult) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def test_blocks_cover_every_record_once_by_byte_range(tmp_path: Path) -> None:
         ('{"id": 1}\n{"id": 1}\n', "repeats line 1"),
         ('{"id": 1}\n{"text": "no id"}\n', "line 2 has no 'id'"),
         ('{"id": 1}\nnot json\n', "line 2 is not valid JSON"),
+        ('{"id": 1}\n{"id": 2, "x": ' + "[" * 5000 + "]" * 5000 + '}\n', "line 2 is not valid JSON: maximum recursion"),
+        ('{"id": ' + "9" * 5000 + '}\n', "line 1 is not valid JSON: Exceeds the limit"),
         ('[1, 2]\n', "line 1 is a JSON list"),
     ],
 )

@@ -159,6 +159,10 @@ def test_fifty_concurrent_clients_all_get_their_answer_in_shared_batches(
 BAD_BODIES = [
     pytest.param(b'{"context": "abc", ', 400, "MalformedJSON", "not valid JSON", id="malformed-json"),
     pytest.param(b"", 400, "MalformedJSON", "empty", id="empty-body"),
+    pytest.param(b'{"context": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "MalformedJSON", "nested too deeply",
+                 id="deeply-nested"),
+    pytest.param(b'{"context": "abc", "target_tokens": ' + b"9" * 5000 + b"}", 400, "MalformedJSON",
+                 "digits", id="integer-of-5000-digits"),
     pytest.param(b'{"context": "caf\xe9"}', 400, "TextDecodingError", "not valid UTF-8: byte 16", id="latin-1"),
     pytest.param(b"x" * (MAX_BODY + 1), 413, "RequestTooLarge", f"limit of {MAX_BODY} bytes", id="oversize"),
 ]

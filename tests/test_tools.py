@@ -11,8 +11,11 @@ from typing import Any
 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool, Tool, tool
+import pytest
 
 from cprs_core import CPRSCompressor
+from cprs_core.errors import ContextTypeError
+from cprs_core.structured import MAX_JSON_DEPTH, json_depth, parse_json_container, prune_json
 from cprs_integrations.tools import NOTHING_KEPT, prune_tool_output, pruned_tool
 
 from .event_loop import ticks_while
@@ -136,3 +139,24 @@ def test_importing_the_package_and_tools_needs_no_framework() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_json_nested_too_deeply_is_pruned_as_text_or_refused_by_name(digit_compressor: CPRSCompressor) -> None:
+    options = {"compressor": digit_compressor, "instruction": "needle", "min_tokens": 50}
+    for depth in (MAX_JSON_DEPTH + 1, 5000):  # parses but too deep to split / deeper than Python's JSON reader
+        text = "[" * depth + json.dumps(LONG_OUTPUT) + "]" * depth
+        assert parse_json_container(text) is None
+        pruned = prune_tool_output(text, QUESTION, **options)
+        assert "The code is 4471." in pruned and len(pruned) < len(text) / 2
+    at_limit = [LONG_OUTPUT]
+    for _ in range(MAX_JSON_DEPTH - 1):
+        at_limit = [at_limit]
+    assert json_depth(at_limit) == MAX_JSON_DEPTH and parse_json_container(json.dumps(at_limit)) == at_limit
+    assert prune_json(digit_compressor, at_limit, QUESTION, "needle").value == at_limit
+    deep: Any = LONG_OUTPUT
+    for _ in range(3000):
+        deep = [deep]
+    with pytest.raises(ContextTypeError, match="3000 levels deep, more than the 100"):
+        prune_json(digit_compressor, deep, QUESTION, "needle")
+    with pytest.raises(ContextTypeError, match="3000 levels deep, too deep to write as JSON text"):
+        prune_tool_output(deep, QUESTION, **options)

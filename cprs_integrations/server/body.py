@@ -49,6 +49,10 @@ async def read_json(request: Request, max_bytes: int, content_type_optional: boo
             400, "MalformedJSON",
             f"request body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
         ) from error
+    except RecursionError as error:
+        raise ApiError(400, "MalformedJSON", "request body is JSON nested too deeply to read") from error
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ApiError(400, "MalformedJSON", f"request body is JSON this server cannot read: {error}") from error
 
 
 def validate(model: type[Model], data: Any) -> Model:
