@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ModelLoadError,
         OptionError,
         QueryError,
+        QueryTruncatedWarning,
         TextDecodingError,
         WindowSizeError,
     )
@@ -51,7 +52,7 @@ _EXPORTS = {
             "BudgetError", "BudgetTokenizerError", "CompressionFailedError", "ContextTooLargeError",
             "ContextTruncatedWarning", "ContextTypeError", "CPRSError", "DeviceError", "EmptyContextError",
             "GranularityError", "InstructionError", "KeepError", "ModelLoadError", "OptionError", "QueryError",
-            "TextDecodingError", "WindowSizeError",
+            "QueryTruncatedWarning", "TextDecodingError", "WindowSizeError",
         ),
         ".errors",
     ),

@@ -1,6 +1,6 @@
 """Errors raised by cprs. Every one is a ``CPRSError`` and a ``ValueError``, so callers can catch either.
 
-One warning too: :class:`ContextTruncatedWarning`."""
+Two warnings too: :class:`ContextTruncatedWarning` and :class:`QueryTruncatedWarning`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ class ContextTypeError(CPRSError, TypeError):
 
 class ContextTruncatedWarning(UserWarning):
     """A context over ``max_context_tokens`` was truncated (only with ``truncate_over_length=True``)."""
+
+
+class QueryTruncatedWarning(UserWarning):
+    """The critic reads only the start of a long query (cprs-mini: its first 64 tokens with the tag words)."""
 
 
 class KeepError(CPRSError):

@@ -11,12 +11,13 @@ import random
 import re
 import string
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cprs_core import CPRSCompressor, TokenCritic
+from cprs_core import CPRSCompressor, QueryTruncatedWarning, TokenCritic
 from cprs_core.mini import MiniCritic, is_mini_checkpoint, load_mini_critic
 from cprs_core.mini.checkpoint import SHIPPED_DIR
 from cprs_core.mini.inputs import MAX_PREFIX_TOKENS
@@ -75,8 +76,12 @@ def test_prefix_is_short_cls_tags_query_sep(critic: MiniCritic) -> None:
     assert prefix[0] == critic.tokenizer.token_to_id("[CLS]")
     assert prefix[-1] == critic.tokenizer.token_to_id("[SEP]")
     assert critic.tokenizer.decode(prefix[1:-1]) == "needle : where is it?"
-    long_prefix = critic.encode_prefix("plain instruction", "why " * 500)
+    with pytest.warns(QueryTruncatedWarning, match="reads only the first 62 tokens .* this query makes 502"):
+        long_prefix = critic.encode_prefix("plain instruction", "why " * 500)
     assert len(long_prefix) == MAX_PREFIX_TOKENS and long_prefix[-1] == prefix[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a query that fits is read whole, without a warning
+        assert len(critic.encode_prefix("plain instruction", "why " * 60)) == MAX_PREFIX_TOKENS
 
 
 def test_offsets_round_trip(critic: MiniCritic) -> None:

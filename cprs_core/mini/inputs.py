@@ -23,9 +23,14 @@ def prefix_text(instruction: str, query: str) -> str:
     return ", ".join(parse_tags(instruction)) + ": " + query.strip()
 
 
+def prefix_words(tokenizer: Tokenizer, instruction: str, query: str) -> list[int]:
+    """The token ids of :func:`prefix_text`, before any cut."""
+    return tokenizer.encode(prefix_text(instruction, query), add_special_tokens=False).ids
+
+
 def encode_prefix(tokenizer: Tokenizer, instruction: str, query: str, max_tokens: int = MAX_PREFIX_TOKENS) -> list[int]:
     """``[CLS] tags: query [SEP]`` as token ids, the words cut to fit ``max_tokens``."""
-    words = tokenizer.encode(prefix_text(instruction, query), add_special_tokens=False).ids[: max_tokens - 2]
+    words = prefix_words(tokenizer, instruction, query)[: max_tokens - 2]
     return [special_id(tokenizer, "[CLS]"), *words, special_id(tokenizer, "[SEP]")]
 
 
