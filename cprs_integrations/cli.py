@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 and cancel after this long (default 300)")
+    serve.add_argument("--body-timeout-s", type=float, default=60.0,
+                       help="408 when a request body takes longer to arrive (default 60)")
     serve.add_argument("--api-key", help=f"require this bearer key; {API_KEY_HELP}")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.add_argument("--compile", action="store_true",
@@ -230,7 +232,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
             step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            request_timeout_s=args.request_timeout_s, model_name=str(args.model), api_key=_api_key(args),
+            request_timeout_s=args.request_timeout_s, body_timeout_s=args.body_timeout_s, model_name=str(args.model),
+            api_key=_api_key(args),
         )
     except ValueError as error:
         print(f"cprs serve: error: {error}", file=sys.stderr)

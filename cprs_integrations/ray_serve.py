@@ -128,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"largest request body in MiB (default {defaults.max_body_bytes / 2**20:g})")
     parser.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s,
                         help=f"504 after this long (default {defaults.request_timeout_s})")
+    parser.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s,
+                        help=f"408 when a request body takes longer to arrive (default {defaults.body_timeout_s})")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' on compression endpoints (env {API_KEY_ENV})")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
@@ -138,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 2**20), request_timeout_s=args.request_timeout_s, model_name=args.model or DEFAULT_MODEL, api_key=args.api_key,
+            step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 2**20), request_timeout_s=args.request_timeout_s,
+            body_timeout_s=args.body_timeout_s, model_name=args.model or DEFAULT_MODEL, api_key=args.api_key,
         )
     except ValueError as error:
         print(f"cprs serve-ray: error: {error}", file=sys.stderr)

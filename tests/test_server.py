@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -402,3 +403,26 @@ def test_deadline_and_disconnect_stop_the_remaining_windows(
     assert metric(url, 'cprs_cancelled_requests_total{reason="disconnect"}') == 1
     assert metric(url, 'cprs_cancelled_requests_total{reason="timeout"}') == 1
     assert_still_serves(url, digit_compressor)
+
+
+def test_a_body_that_trickles_in_gets_408_and_does_not_hold_the_connection(
+    serve: Callable[..., BackgroundServer], digit_compressor: CPRSCompressor
+) -> None:
+    server = serve(body_timeout_s=1.0)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(b"POST /v1/compress HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b'{"context": "')  # and then nothing more
+        started = time.monotonic()
+        assert_still_serves(server.url, digit_compressor)  # others are served meanwhile
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = slow.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b'"type":"RequestTimeout"' in answer, answer
+        assert b"did not arrive within 1 s (13 bytes came)" in answer and 0.5 < waited < 5
+        assert slow.recv(4096) == b""  # the server closed the connection
+    assert_still_serves(server.url, digit_compressor)

@@ -130,7 +130,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
         data: Any = None
         try:
             authorize(request)
-            data = await read_json(request, settings.max_body_bytes, content_type_optional=True)
+            data = await read_json(request, settings.max_body_bytes, settings.body_timeout_s, content_type_optional=True)
             body = validate(UpstreamRequest, data)
             outcome = _raise_for((await run(request, [(upstream.to_request(body), None)]))[0])
             return JSONAnswer(upstream.success(data, outcome, body.payload.parameters))
@@ -142,7 +142,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     async def compress(request: Request) -> JSONAnswer:
         """Compress one context; the body holds the arguments of ``CPRSCompressor.compress`` (and ``timeout_s``)."""
         authorize(request)
-        body = validate(CompressBody, await read_json(request, settings.max_body_bytes))
+        body = validate(CompressBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
         outcome = _raise_for((await run(request, list(zip(_requests([body]), [body.timeout_s]))))[0])
         return JSONAnswer(outcome.to_dict())
 
@@ -150,7 +150,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     async def compress_batch(request: Request) -> JSONAnswer:
         """Compress several contexts; each slot of ``results`` holds ``result`` or its own ``error``."""
         authorize(request)
-        body = validate(BatchBody, await read_json(request, settings.max_body_bytes))
+        body = validate(BatchBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
         outcomes = await run(request, list(zip(_requests(body.requests), [item.timeout_s for item in body.requests])))
         slots = [_slot(outcome) for outcome in outcomes]
         _record(request).errors += [slot["error"]["type"] for slot in slots if slot["error"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -13,9 +14,9 @@ from .errors import ApiError
 Model = TypeVar("Model", bound=BaseModel)
 
 
-async def read_json(request: Request, max_bytes: int, content_type_optional: bool = False) -> Any:
-    """The body parsed as JSON, refusing a non-JSON content type (415), more than ``max_bytes`` (413),
-    non-UTF-8 (400) and bad JSON (400).
+async def read_json(request: Request, max_bytes: int, max_seconds: float, content_type_optional: bool = False) -> Any:
+    """The body parsed as JSON, refusing a non-JSON content type (415), more than ``max_bytes`` (413), a body
+    that takes longer than ``max_seconds`` to arrive (408), non-UTF-8 (400) and bad JSON (400).
 
     ``content_type_optional`` lets a body without a ``Content-Type`` through (upstream's clients post JSON
     without one); a declared type other than JSON is refused even then.
@@ -26,11 +27,19 @@ async def read_json(request: Request, max_bytes: int, content_type_optional: boo
         raise _too_large(int(declared), max_bytes)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(size, max_bytes)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(max_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(size, max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, "RequestTimeout",
+            f"the request body did not arrive within {max_seconds:g} s ({size} bytes came); send it at once, or "
+            "start the server with a larger --body-timeout-s",
+        ) from None
     raw = b"".join(chunks)
     try:
         text = raw.decode("utf-8")

@@ -30,6 +30,8 @@ class ServerSettings:
         max_headers: most request headers; more is a 431.
         request_timeout_s: a request not answered within this time (queue wait included) gets 504 and its
             remaining windows are cancelled; a request may ask for less with ``timeout_s``.
+        body_timeout_s: a request whose body has not all arrived within this time gets 408 and its connection
+            is closed (a client trickling its body cannot hold a connection open for ever).
         model_name: the model reported by ``/health``.
         api_key: when set, compression endpoints need ``Authorization: Bearer <api_key>`` (else 401).
     """
@@ -42,6 +44,7 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 64
     request_timeout_s: float = 300.0
+    body_timeout_s: float = 60.0
     model_name: str = "cprs"
     api_key: str | None = None
 
@@ -51,8 +54,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def windows_per_step(self, device_type: str) -> int:
         """:attr:`step_windows`, or its default for a critic on ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
