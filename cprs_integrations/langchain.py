@@ -16,6 +16,8 @@ from typing import Sequence
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 
+from cprs_core.errors import ContextTypeError
+
 from ._shared import DocumentSettings
 
 
@@ -44,8 +46,14 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
         """The documents' query-relevant text, with compression metadata; empty results dropped.
 
         Raises:
-            cprs_core.CPRSError: an invalid option (e.g. both budgets) or a document too large.
+            cprs_core.CPRSError: an invalid option (e.g. both budgets) or a document too large;
+                :class:`~cprs_core.errors.ContextTypeError` for an item that is not a ``Document``.
         """
+        for index, document in enumerate(documents):
+            if not isinstance(document, Document):
+                raise ContextTypeError(
+                    f"documents[{index}] is a {type(document).__name__}, not a langchain Document; wrap text as "
+                    "Document(page_content=text)")
         kept = self.compress_texts([document.page_content for document in documents], query)
         return [
             document.model_copy(

@@ -13,6 +13,8 @@ from typing import List, Optional
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from cprs_core.errors import ContextTypeError, QueryError
+
 from ._shared import DocumentSettings
 
 
@@ -40,7 +42,12 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
         if query_bundle is None:
-            raise ValueError("CPRSNodePostprocessor compresses for a query: pass query_bundle or query_str")
+            raise QueryError("CPRSNodePostprocessor compresses for a query: pass query_bundle or query_str")
+        for index, item in enumerate(nodes):
+            if not isinstance(item, NodeWithScore):
+                raise ContextTypeError(
+                    f"nodes[{index}] is a {type(item).__name__}, not a NodeWithScore; wrap a node as "
+                    "NodeWithScore(node=node)")
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
         processed = []
         for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str)):

@@ -18,7 +18,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import CharacterTextSplitter
 from pydantic import ValidationError
 
-from cprs_core import BudgetError, CompressionRequest, CompressionResult, CPRSCompressor, CPRSError
+from cprs_core import BudgetError, CompressionRequest, CompressionResult, ContextTypeError, CPRSCompressor, CPRSError
 from cprs_integrations.langchain import CPRSDocumentCompressor
 
 from .event_loop import ticks_while
@@ -143,6 +143,8 @@ def test_options_are_passed_to_the_compressor_and_errors_raised(digit_compressor
     with pytest.raises(BudgetError):  # when the adapter is built, not on its first call
         CPRSDocumentCompressor(compressor=digit_compressor, target_ratio=0.5, target_tokens=3)
     assert paragraph.compress_documents([], QUERY) == []
+    with pytest.raises(ContextTypeError, match=r"documents\[1\] is a str, not a langchain Document"):
+        paragraph.compress_documents([document, "The code is 4471."], QUERY)  # type: ignore[list-item]
 
 
 def test_compressor_and_remote_settings_are_exclusive(digit_compressor: CPRSCompressor) -> None:

@@ -21,7 +21,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from cprs_core import CPRSCompressor
+from cprs_core import ContextTypeError, CPRSCompressor, QueryError
 from cprs_integrations.llamaindex import CPRSNodePostprocessor
 
 from .event_loop import ticks_while
@@ -95,8 +95,10 @@ def test_joint_mode_and_missing_query(digit_compressor: CPRSCompressor) -> None:
     kept = [(item.node.node_id, item.node.get_content()) for item in processed]
     assert kept == [("node-a", "4471"), ("node-b", "12")]
     assert processed[0].node.metadata["cprs"]["mode"] == "joint"
-    with pytest.raises(ValueError, match="query"):
+    with pytest.raises(QueryError, match="pass query_bundle or query_str"):
         joint.postprocess_nodes(_nodes())
+    with pytest.raises(ContextTypeError, match=r"nodes\[0\] is a TextNode, not a NodeWithScore"):
+        joint.postprocess_nodes([item.node for item in _nodes()], QueryBundle(QUERY))  # type: ignore[misc]
 
 
 def _index() -> VectorStoreIndex:
