@@ -26,19 +26,13 @@ async def read_json(request: Request, max_bytes: int, max_seconds: float, conten
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
     chunks: list[bytes] = []
-    size = 0
     try:
-        async with asyncio.timeout(max_seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise _too_large(size, max_bytes)
-                chunks.append(chunk)
-    except TimeoutError:
+        await asyncio.wait_for(_read_chunks(request, chunks, max_bytes), max_seconds)
+    except asyncio.TimeoutError:  # not the built-in TimeoutError before Python 3.11
         raise ApiError(
             408, "RequestTimeout",
-            f"the request body did not arrive within {max_seconds:g} s ({size} bytes came); send it at once, or "
-            "start the server with a larger --body-timeout-s",
+            f"the request body did not arrive within {max_seconds:g} s ({sum(map(len, chunks))} bytes came); send "
+            "it at once, or start the server with a larger --body-timeout-s",
         ) from None
     raw = b"".join(chunks)
     try:
@@ -62,6 +56,16 @@ async def read_json(request: Request, max_bytes: int, max_seconds: float, conten
         raise ApiError(400, "MalformedJSON", "request body is JSON nested too deeply to read") from error
     except ValueError as error:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise ApiError(400, "MalformedJSON", f"request body is JSON this server cannot read: {error}") from error
+
+
+async def _read_chunks(request: Request, chunks: list[bytes], max_bytes: int) -> None:
+    """Append the body's chunks to ``chunks`` as they come; 413 once they pass ``max_bytes``."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
 
 
 def validate(model: type[Model], data: Any) -> Model:
