@@ -29,6 +29,19 @@ def latest_human_message(state: Mapping[str, Any]) -> str:
     return next((message.text for message in reversed(messages) if isinstance(message, HumanMessage)), "")
 
 
+def text_content(content: Any) -> str | None:
+    """A tool result's content as text: a string, or a non-empty list of only text blocks (strings or
+    ``{"type": "text", "text": ...}``) joined by newlines; ``None`` for anything else (images, files)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [block if isinstance(block, str) else
+             block.get("text") if isinstance(block, dict) and block.get("type") == "text" else None
+             for block in content]
+    return "\n".join(texts) if all(isinstance(text, str) for text in texts) else None
+
+
 class CPRSToolOutputMiddleware(AgentMiddleware):
     """Compresses each tool result of a ``create_agent`` agent to what its current question needs.
 
@@ -36,8 +49,10 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
     whose content is the kept text (JSON text is pruned structure-preserving: the kept JSON, then a line saying
     what was dropped) and whose ``artifact`` is ``{"cprs": summary, "full_output": the original content,
     "tool_artifact": the tool's own artifact}``, so the full output stays retrievable but never reaches the
-    model. ``summary`` is that of :func:`cprs_integrations.tools.pruned_tool`. Short results, error results,
-    non-text content, ``Command`` results and excluded tools pass unchanged. Works with ``invoke`` and
+    model. ``summary`` is that of :func:`cprs_integrations.tools.pruned_tool`. Text content is a string, or a
+    list of text blocks (as MCP tools answer), which are joined by newlines and pruned as one text. Short
+    results, error results, other content (images, files), ``Command`` results and excluded tools pass
+    unchanged. Works with ``invoke`` and
     ``ainvoke`` (the async path compresses in a worker thread).
 
     Args:
@@ -78,13 +93,13 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
 
     def pruned(self, result: Any, state: Mapping[str, Any]) -> Any:
         """``result`` with its content pruned against the state's question (see the class docstring)."""
-        if (not isinstance(result, ToolMessage) or result.status == "error" or result.name in self.exclude_tools
-                or not isinstance(result.content, str)):
+        if not isinstance(result, ToolMessage) or result.status == "error" or result.name in self.exclude_tools:
             return result
+        text = text_content(result.content)
         question = self.question(state)
-        if not question.strip():
+        if text is None or not question.strip():
             return result
-        content, summary = prune(result.content, question, self.settings, self.min_tokens)
+        content, summary = prune(text, question, self.settings, self.min_tokens)
         if summary is None:
             return result
         artifact = {"cprs": summary, "full_output": result.content, "tool_artifact": result.artifact}

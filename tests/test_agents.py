@@ -151,3 +151,16 @@ async def test_llamaindex_function_agent_prunes_with_the_user_message(digit_comp
         pruned.call(customer="ann")
     fixed = CPRSPrunedTool(orders, QUESTION, digit_compressor, instruction="needle", min_tokens=50)
     assert "row-refund" in fixed.call(customer="ann").content
+
+
+def test_middleware_prunes_text_blocks_and_leaves_other_content(digit_compressor: CPRSCompressor) -> None:
+    middleware = CPRSToolOutputMiddleware(digit_compressor, instruction="needle", min_tokens=50)
+    state = {"messages": [HumanMessage(QUESTION)]}
+    filler = "Nothing here is a number at all. " * 30
+    blocks = [{"type": "text", "text": filler}, {"type": "text", "text": f"The code is 4471. {filler}"}]
+    message = ToolMessage(content=blocks, tool_call_id="c1", name="search")  # as an MCP tool answers
+    pruned = middleware.pruned(message, state)
+    assert pruned.content == "The code is 4471." and pruned.artifact["full_output"] == blocks
+    with_image = [*blocks, {"type": "image", "url": "https://example.com/a.png"}]
+    image_message = ToolMessage(content=with_image, tool_call_id="c2", name="search")
+    assert middleware.pruned(image_message, state) is image_message
