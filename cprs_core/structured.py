@@ -134,6 +134,11 @@ def prune_json(
     """
     if options.get("keep_spans"):
         raise KeepError("keep_spans are offsets into a text; for JSON use keep=[...] patterns over its records")
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise ContextTypeError(
+            f"the JSON value nests {depth} levels deep, more than the {MAX_JSON_DEPTH} that JSON pruning splits; "
+            "compress its text instead")
     options = {**options, "granularity": "line"}
     options.pop("keep_spans", None)
     return prune_json_with(lambda lines: compressor.compress(lines, query, instruction, **options), value, unit_chars)
@@ -143,16 +148,8 @@ def prune_json_with(
     compress_lines: Callable[[str], CompressionResult], value: Any, unit_chars: int = DEFAULT_UNIT_CHARS
 ) -> PrunedJSON:
     """:func:`prune_json` with the compression given as a function of the units' lines (one per line, joined by
-    newlines), which must compress at ``"line"`` granularity.
-
-    Raises:
-        ContextTypeError: ``value`` nests deeper than :data:`MAX_JSON_DEPTH` levels.
-    """
-    depth = json_depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise ContextTypeError(
-            f"the JSON value nests {depth} levels deep, more than the {MAX_JSON_DEPTH} that JSON pruning splits; "
-            "compress its text instead")
+    newlines), which must compress at ``"line"`` granularity. ``value`` must nest at most :data:`MAX_JSON_DEPTH`
+    levels (:func:`prune_json` and :func:`parse_json_container` see to it)."""
     units, split = json_units(value, unit_chars)
     lines = [unit.line for unit in units]
     result = compress_lines("\n".join(lines))

@@ -17,7 +17,7 @@ from ..devices import resolve_device
 from ..errors import ModelLoadError, QueryTruncatedWarning, WindowSizeError
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .checkpoint import CRITIC_RANGES, EMBEDDER_RANGES, SHIPPED_DIR, MiniConfig, read_checkpoint, read_int8_ranges
-from .inputs import MAX_PREFIX_TOKENS, assemble, encode_prefix, prefix_words, special_id
+from .inputs import MAX_PREFIX_TOKENS, assemble, framed_prefix, prefix_words, special_id
 from .lora import merge_adapter
 from .model import MiniCriticModel
 from .precision import INT8, quantize_linears, resolve_precision
@@ -100,16 +100,16 @@ class MiniCritic:
     def encode_prefix(self, instruction: str, query: str) -> list[int]:
         """``[CLS] tags: query [SEP]``: the instruction's tag words and the query, at most ``max_prefix_tokens``;
         a :class:`QueryTruncatedWarning` when the query is cut."""
-        words, room = len(prefix_words(self.tokenizer, instruction, query)), self.max_prefix_tokens - 2
-        if words > room:
+        words, room = prefix_words(self.tokenizer, instruction, query), self.max_prefix_tokens - 2
+        if len(words) > room:
             warnings.warn(
                 f"cprs-mini's critic reads only the first {room} tokens of the tag words and the query; this query "
-                f"makes {words}, so its end is not read (the sentence ranking still compares sentences with up to "
+                f"makes {len(words)}, so its end is not read (the sentence ranking still compares sentences with up to "
                 f"{EMBEDDER_MAX_TOKENS} tokens of it). Put the question first, or shorten it",
                 QueryTruncatedWarning,
                 stacklevel=3,
             )
-        return encode_prefix(self.tokenizer, instruction, query, self.max_prefix_tokens)
+        return framed_prefix(self.tokenizer, words, self.max_prefix_tokens)
 
     @torch.inference_mode()
     def score_windows(

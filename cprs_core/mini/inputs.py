@@ -30,8 +30,12 @@ def prefix_words(tokenizer: Tokenizer, instruction: str, query: str) -> list[int
 
 def encode_prefix(tokenizer: Tokenizer, instruction: str, query: str, max_tokens: int = MAX_PREFIX_TOKENS) -> list[int]:
     """``[CLS] tags: query [SEP]`` as token ids, the words cut to fit ``max_tokens``."""
-    words = prefix_words(tokenizer, instruction, query)[: max_tokens - 2]
-    return [special_id(tokenizer, "[CLS]"), *words, special_id(tokenizer, "[SEP]")]
+    return framed_prefix(tokenizer, prefix_words(tokenizer, instruction, query), max_tokens)
+
+
+def framed_prefix(tokenizer: Tokenizer, words: Sequence[int], max_tokens: int) -> list[int]:
+    """``[CLS] words [SEP]``, the words cut to fit ``max_tokens``."""
+    return [special_id(tokenizer, "[CLS]"), *words[: max_tokens - 2], special_id(tokenizer, "[SEP]")]
 
 
 def special_id(tokenizer: Tokenizer, token: str) -> int:
