@@ -39,7 +39,7 @@ from .spans import (
     select_by_budget,
 )
 from .text_checks import refuse_bad_characters
-from .text_units import segment
+from .text_units import paragraph_starts, segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
 from .validation import DEFAULT_GRANULARITY, Granularity, check_request
@@ -462,7 +462,8 @@ class WindowParallelEngine:
     ) -> SentenceScores:
         """Sentence scores from the critic's relevance logits; under a ``budget``, ranked together with its
         query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``), for the
-        critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one."""
+        critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one, each sentence
+        helped by its best neighbour in its paragraph when the critic sets a ``neighbour_weight``."""
         weight = getattr(self.critic, "similarity_weight", None)
         similarity_of = getattr(self.critic, "sentence_similarity", None)
         if budget is None or not weight or similarity_of is None:
@@ -473,7 +474,11 @@ class WindowParallelEngine:
 
         factor = getattr(self.critic, "similarity_shortlist", None)
         shortlist = None if factor is None else int(np.ceil(factor * budget))
-        return SentenceScores.from_relevance(relevance, sentences, token_ends, similarity, weight, shortlist)
+        neighbours = getattr(self.critic, "neighbour_weight", None) or 0.0
+        starts = paragraph_starts(text, sentences) if neighbours else None
+        return SentenceScores.from_relevance(
+            relevance, sentences, token_ends, similarity, weight, shortlist, neighbours, starts
+        )
 
 
 def _holding(units: list[Unit], marked: np.ndarray) -> list[Unit]:

@@ -138,6 +138,8 @@ class SentenceScores:
         similarity: Callable[[list[int]], np.ndarray] | None = None,
         similarity_weight: float = 0.0,
         shortlist_tokens: int | None = None,
+        neighbour_weight: float = 0.0,
+        paragraph_starts: Sequence[bool] | None = None,
     ) -> SentenceScores:
         """Pool ``relevance`` over each sentence's tokens (owned as in :func:`units_from_char_ranges`).
 
@@ -145,7 +147,10 @@ class SentenceScores:
         each), the ranking score is ``z(mean logit) + similarity_weight * z(similarity)``, z-scores taken over
         the context's sentences. With ``shortlist_tokens``, only the sentences of highest mean logit that
         together hold that many tokens are compared (and z-scored among themselves); the others rank below them
-        all, in the order of their mean logit.
+        all, in the order of their mean logit. With ``neighbour_weight``, each sentence's ranking score then gains
+        that weight times the better score of its neighbours in the same paragraph (``paragraph_starts``: per
+        sentence, whether it opens one; ``None``: one paragraph), 0 (the mean z-score) when it has none: evidence
+        comes in runs of sentences, so a sentence beside a strong one is likelier to matter than an isolated one.
         """
         ranges = [
             (index, bisect.bisect_right(token_ends, start), bisect.bisect_right(token_ends, end))
@@ -166,10 +171,34 @@ class SentenceScores:
         if len(shortlist) < len(ranges):
             combined += compared.min() - 1.0 - combined.max()
         combined[shortlist] = compared
+        if neighbour_weight:
+            opens = _opens_paragraph([index for index, _, _ in ranges], paragraph_starts)
+            combined = combined + neighbour_weight * best_neighbour(combined, opens)
         rank = np.full(len(relevance), combined.min(), dtype=np.float64)
         for (_, first, last), score in zip(ranges, combined):
             rank[first:last] = score
         return cls(keep, rank)
+
+
+def best_neighbour(scores: np.ndarray, opens: np.ndarray) -> np.ndarray:
+    """For each score, the higher of its two neighbours' within its paragraph (``opens[i]``: score ``i`` starts a
+    paragraph), 0 where it has neither."""
+    before = np.concatenate(([-np.inf], scores[:-1]))
+    before[opens] = -np.inf
+    after = np.concatenate((scores[1:], [-np.inf]))
+    after[np.concatenate((opens[1:], [True]))] = -np.inf
+    best = np.maximum(before, after)
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def _opens_paragraph(indices: list[int], paragraph_starts: Sequence[bool] | None) -> np.ndarray:
+    """Whether each of the sentences numbered ``indices`` (ascending; some sentences may be skipped) starts a
+    paragraph among them: it is the first, or a paragraph opens at it or at a skipped sentence before it."""
+    if paragraph_starts is None:
+        return np.arange(len(indices)) == 0
+    opened_by = np.cumsum(np.asarray(paragraph_starts, dtype=np.int64))
+    counts = opened_by[np.asarray(indices, dtype=np.int64)]
+    return np.concatenate(([True], counts[1:] > counts[:-1])) if len(indices) else np.zeros(0, dtype=bool)
 
 
 def _shortlist(means: np.ndarray, sizes: np.ndarray, tokens: int | None) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 UnitKind = Literal["sentence", "paragraph", "line"]
 
@@ -35,6 +35,7 @@ SENTENCE_PIECE_CHARS = 300
 """The longest piece of a cut sentence."""
 _CLAUSE_BREAK = re.compile(r"[,;:](?=\s)|\s[-–—](?=\s)")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _LINE = re.compile(r"[^\n]*\n?")
 _FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r"[ \t]{0,3}(#{1,6})[ \t]+\S")
@@ -151,6 +152,15 @@ def lower_words(text: str) -> list[str]:
 def paragraph_ranges(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every paragraph (blocks separated by blank lines), whitespace trimmed, in order."""
     return _ranges_between(text, [match.end() for match in _PARAGRAPH_BREAK.finditer(text)])
+
+
+def paragraph_starts(text: str, ranges: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each of ``ranges`` (in order, not overlapping), whether it opens a paragraph: it is the first, or a
+    blank line lies between it and the range before it."""
+    return [
+        index == 0 or _BLANK_LINE.search(text, ranges[index - 1][1], start) is not None
+        for index, (start, _) in enumerate(ranges)
+    ]
 
 
 def line_ranges(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:

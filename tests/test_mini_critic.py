@@ -179,6 +179,7 @@ def test_the_shipped_ranking_uses_the_tuned_similarity_and_threshold(critic: Min
     assert critic.embedder.per_question_z is config["similarity_per_question_z"] is True
     assert critic.similarity_shortlist == config["similarity_shortlist"] == 6.0
     assert critic.rank_without_budget is config["rank_without_budget"] is True
+    assert critic.neighbour_weight == config["neighbour_weight"] == 0.25
     similarity = critic.sentence_similarity(
         "Who built the lighthouse? When was the pier repaired?",
         ["The harbour board built the lighthouse.", "The pier was repaired in 1901.", "Sheep graze on the hills."],

@@ -216,15 +216,16 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     realeval.main([
         "--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1", "2", "--samples", "4",
         "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule", "--weights", "1",
-        "--json", str(output), "--markdown", str(tmp_path / "table.md"),
+        "--neighbour-weights", "0.25", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
     ])
 
     results = json.loads(output.read_text())["results"]
     one, two = results["0K/1"], results["0K/2"]
     assert {"cprs-mini@none/t=0.5", "cprs-mini@none/rwb", "cprs-mini@10%/s=0", "embed@5%", "bm25@10%"} <= set(one)
-    for budget in ("10%", "5%", "none"):  # the shipped weight as a variant: the same choices (one critic pass shared)
-        variant, shipped = one[f"cprs-mini@{budget}/w=1"], one[f"cprs-mini@{budget}"]
-        assert [variant[key] for key in ("kept", "ratio", "answers")] == [shipped[key] for key in ("kept", "ratio", "answers")]
+    for budget in ("10%", "5%", "none"):  # the shipped settings as variants: the same choices (one critic pass shared)
+        for variant in (one[f"cprs-mini@{budget}/w=1"], one[f"cprs-mini@{budget}/n=0.25"]):
+            shipped = one[f"cprs-mini@{budget}"]
+            assert [variant[key] for key in ("kept", "ratio", "answers")] == [shipped[key] for key in ("kept", "ratio", "answers")]
     ranked, threshold = one["cprs-mini@none"]["ratio"], one["cprs-mini@none/rwb"]["ratio"]
     assert threshold <= ranked <= 1.05 * threshold  # the ranking fills the threshold's size (whole sentences: <=)
     assert not any(name.startswith(("embed-max", "embed-zmax")) or name.endswith("/pqz") for name in one)

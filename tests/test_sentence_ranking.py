@@ -32,7 +32,9 @@ class KeywordCritic:
     def __init__(
         self, relevance_threshold: float | None = None, similarity_weight: float | None = None,
         similarity_shortlist: float | None = None, rank_without_budget: bool = False,
+        neighbour_weight: float | None = None,
     ) -> None:
+        self.neighbour_weight = neighbour_weight
         self.relevance_threshold = relevance_threshold
         self.similarity_weight = similarity_weight
         self.similarity_shortlist = similarity_shortlist
@@ -141,6 +143,52 @@ def test_the_engine_shortlists_a_multiple_of_the_budget() -> None:
     critic.similarity_shortlist = 3.0  # 21 tokens: every sentence, so the similarity finds the beta sentence
     result = CPRSCompressor(critic).compress(CONTEXT, query="which?", granularity="sentence", target_tokens=7)
     assert len(critic.similarity_calls[-1]) == 5 and result.text == "beta is the other key today."
+
+
+def test_a_neighbour_weight_adds_the_best_neighbours_score_within_its_paragraph() -> None:
+    relevance = np.array([3.0, -1.0, 0.0, 2.0, 1.0], dtype=np.float32)  # one token per sentence
+    token_ends = [1, 3, 5, 7, 9]
+    sentences = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    plain = SentenceScores.from_relevance(relevance, sentences, token_ends, lambda idx: np.zeros(len(idx)), 1.0)
+    z = plain.rank.copy()  # the similarity is constant, so these are the z-scores of the means
+    starts = [True, False, True, False, False]  # paragraphs: sentences 0-1 and 2-4
+    helped = SentenceScores.from_relevance(
+        relevance, sentences, token_ends, lambda idx: np.zeros(len(idx)), 1.0,
+        neighbour_weight=0.5, paragraph_starts=starts,
+    )
+    best = [z[1], z[0], z[3], max(z[2], z[4]), z[3]]  # sentence 2's neighbour in the paragraph before does not count
+    np.testing.assert_allclose(helped.rank, z + 0.5 * np.array(best))
+    alone = SentenceScores.from_relevance(
+        relevance, sentences, token_ends, lambda idx: np.zeros(len(idx)), 1.0,
+        neighbour_weight=0.5, paragraph_starts=[True] * 5,
+    )
+    np.testing.assert_allclose(alone.rank, z)  # no sentence has a neighbour in its paragraph: 0 is added
+    np.testing.assert_array_equal(helped.keep, plain.keep)  # the no-budget threshold reads the critic alone
+
+
+def test_a_sentence_without_tokens_still_ends_its_paragraph_for_the_neighbours() -> None:
+    relevance = np.array([3.0, 0.0, -1.0], dtype=np.float32)
+    token_ends = [1, 3, 5]
+    sentences = [(0, 1), (1, 1), (2, 3), (4, 5)]  # the empty second sentence holds no token but opens a paragraph
+    helped = SentenceScores.from_relevance(
+        relevance, sentences, token_ends, lambda idx: np.zeros(len(idx)), 1.0,
+        neighbour_weight=1.0, paragraph_starts=[True, True, False, False],
+    )
+    z = (relevance - relevance.mean()) / relevance.std()
+    np.testing.assert_allclose(helped.rank, [z[0], z[1] + z[2], z[2] + z[1]])
+
+
+def test_with_a_neighbour_weight_a_sentence_beside_the_evidence_outranks_an_isolated_one() -> None:
+    context = (
+        "beta stands alone here.\n\nplain words fill this paragraph first. alpha alpha alpha marks it. "
+        "beta is the other key today."
+    )
+    critic = KeywordCritic(similarity_weight=1.0)
+    alone = CPRSCompressor(critic).compress(context, query="which?", granularity="sentence", target_tokens=11)
+    assert alone.text.split("\n")[0] == "beta stands alone here."  # a tie with the later beta: position decides
+    critic.neighbour_weight = 0.5
+    helped = CPRSCompressor(critic).compress(context, query="which?", granularity="sentence", target_tokens=11)
+    assert [span.text for span in helped.spans] == ["alpha alpha alpha marks it. beta is the other key today."]
 
 
 def test_ranking_without_a_budget_keeps_the_thresholds_size_but_the_rankings_choice() -> None:

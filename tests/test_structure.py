@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cprs_core import BudgetError, BudgetTokenizerError, CompressionRequest, CPRSCompressor, KeepError
 from cprs_core.keep import join_patterns
 from cprs_core.remote import RemoteCompressor
-from cprs_core.text_units import segment
+from cprs_core.text_units import paragraph_starts, segment
 from cprs_integrations.cli import main
 
 from .live_server import serve
@@ -46,6 +46,14 @@ def test_every_unit_is_a_trimmed_substring_at_its_offsets_in_order(lines: list[s
     assert all(first.end <= second.start for first, second in zip(units, units[1:]))
     covered = "".join(text[unit.start : unit.end] for unit in units)
     assert re.sub(r"\s", "", covered) == re.sub(r"\s", "", text)  # no text is lost between units
+
+
+def test_paragraph_starts_follow_blank_lines_even_with_spaces_on_them() -> None:
+    text = "One. Two.\n \t\nThree.\nFour.\r\n\r\nFive."
+    ranges = [(unit.start, unit.end) for unit in segment(text, "sentence")]
+    assert [text[a:b] for a, b in ranges] == ["One.", "Two.", "Three.", "Four.", "Five."]
+    assert paragraph_starts(text, ranges) == [True, False, True, False, True]
+    assert paragraph_starts(text, []) == []
 
 
 @settings(max_examples=50, deadline=None)

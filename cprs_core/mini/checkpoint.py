@@ -49,6 +49,9 @@ class MiniConfig:
     similarity_shortlist: float | None = None
     """Under a budget, the similarity is computed for the critic's best sentences covering this many times the
     budget's tokens only; ``None``: for every sentence."""
+    neighbour_weight: float | None = None
+    """Where the similarity ranks, each sentence gains this weight times its best neighbour's score in the same
+    paragraph; ``None``: sentences are ranked alone."""
     int8_smoothing: float | None = None
     """SmoothQuant's ``alpha`` for the int8 path, used with ``int8_ranges.safetensors``; ``None``: plain int8."""
     training: dict[str, Any] = field(default_factory=dict)

@@ -46,6 +46,8 @@ class MiniCritic:
             covering this many times the budget's tokens (``None``: for every sentence).
         rank_without_budget: without a budget, keep as many tokens as the threshold rule keeps, chosen by the
             budget ranking (critic and similarity) instead of by the threshold.
+        neighbour_weight: in that ranking, each sentence gains this weight times the better score of its
+            neighbours in the same paragraph (``None``: unused).
     """
 
     suffix_tokens = 1
@@ -63,8 +65,10 @@ class MiniCritic:
         similarity_weight: float | None = None,
         similarity_shortlist: float | None = None,
         rank_without_budget: bool = False,
+        neighbour_weight: float | None = None,
     ) -> None:
         self.model = model
+        self.neighbour_weight = neighbour_weight
         self.similarity_shortlist = similarity_shortlist
         self.rank_without_budget = rank_without_budget and embedder is not None
         self.embedder = embedder
@@ -210,4 +214,5 @@ def load_mini_critic(
     return MiniCritic(
         model, tokenizer, name, config.max_prefix_tokens, max_batch_tokens, config.relevance_threshold,
         embedder, config.similarity_weight, config.similarity_shortlist, config.rank_without_budget,
+        config.neighbour_weight,
     )

@@ -205,6 +205,7 @@ def evaluate(
     shortlists: Sequence[float] = (),
     other_keep_rule: bool = False,
     without_punctuation: bool = False,
+    neighbour_weights: Sequence[float] = (),
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -214,12 +215,14 @@ def evaluate(
     ``shortlists`` as the similarity shortlist under the budgets (``cprs-mini@10%/s=<f>``; ``s=0``: no
     shortlist); with ``per_question_z``, the other setting of the embedder's question pooling under the budgets
     (``cprs-mini@10%/pqz``); with ``other_keep_rule``, the other setting of ``rank_without_budget``
-    (``cprs-mini@none/rwb``). Each query's windows are scored once for all of these variants. With
+    (``cprs-mini@none/rwb``); each of ``neighbour_weights`` as the neighbour lift of the ranking, under the budgets
+    and without one (``cprs-mini@10%/n=<w>``). Each query's windows are scored once for all of these variants. With
     ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
-    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget")
+    settings_names = ("relevance_threshold", "similarity_weight", "similarity_shortlist", "rank_without_budget",
+                      "neighbour_weight")
     defaults = {name: getattr(critic, name, None) for name in settings_names}
 
     def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
@@ -242,6 +245,8 @@ def evaluate(
             run(f"cprs-mini@none/w={weight:g}", document, total, None, similarity_weight=weight)
         for threshold in thresholds:
             run(f"cprs-mini@none/t={threshold:g}", document, total, None, relevance_threshold=threshold)
+        for lift in neighbour_weights:
+            run(f"cprs-mini@none/n={lift:g}", document, total, None, neighbour_weight=lift or None)
         if other_keep_rule:
             run("cprs-mini@none/rwb", document, total, None, rank_without_budget=not defaults["rank_without_budget"])
         for budget in BUDGETS:
@@ -250,6 +255,9 @@ def evaluate(
                 run(f"cprs-mini@{budget_name(budget)}", document, total, budget)
                 for weight in weights:
                     run(f"cprs-mini@{budget_name(budget)}/w={weight:g}", document, total, budget, similarity_weight=weight)
+                for lift in neighbour_weights:
+                    run(f"cprs-mini@{budget_name(budget)}/n={lift:g}", document, total, budget,
+                        neighbour_weight=lift or None)
                 for factor in shortlists:
                     run(f"cprs-mini@{budget_name(budget)}/s={factor:g}", document, total, budget,
                         similarity_shortlist=factor or None)
@@ -332,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try the other question pooling of the similarity (two-question queries)")
     parser.add_argument("--shortlists", type=float, nargs="*", default=[],
                         help="also try these similarity shortlists (multiples of the budget; 0: none)")
+    parser.add_argument("--neighbour-weights", type=float, nargs="*", default=[],
+                        help="also try these neighbour lifts in the ranking (0: none)")
     parser.add_argument("--other-keep-rule", action="store_true",
                         help="also try the other no-budget rule (rank_without_budget on or off)")
     parser.add_argument("--unpunctuated", action="store_true",
@@ -383,7 +393,8 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     args = _WORKER["args"]
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
-                    args.shortlists, args.other_keep_rule, args.unpunctuated)  # type: ignore[attr-defined]
+                    args.shortlists, args.other_keep_rule, args.unpunctuated,  # type: ignore[attr-defined]
+                    args.neighbour_weights)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
