@@ -429,9 +429,10 @@ class WindowParallelEngine:
         else:
             sentence_units = text_units if granularity == "sentence" else segment(text, "sentence")
             sentences = [(unit.start, unit.end) for unit in sentence_units]
-            scores = self._sentence_scores(text, query, relevance, sentences, token_ends, budget)
+            prose = granularity != "line"  # the keep threshold and the neighbour lift were tuned on prose
+            scores = self._sentence_scores(text, query, relevance, sentences, token_ends, budget, prose)
             candidates, anchors = anchored_units(text_units, token_ends, np.where(forced.mask, np.inf, scores.rank))
-            if granularity != "line":  # tuned on prose sentences; lines (records, code, logs) keep what is tagged
+            if prose:  # lines (records, code, logs) keep what is tagged
                 above_threshold = scores.keep >= _logit(getattr(self.critic, "relevance_threshold", None))
         if budget is not None:  # a share (target_ratio) that no whole unit fits in keeps the best unit alone
             chosen = select_by_budget(candidates, budget, granularity, anchors, best_if_none_fits)
@@ -459,11 +460,13 @@ class WindowParallelEngine:
         sentences: list[tuple[int, int]],
         token_ends: list[int],
         budget: int | None,
+        lift_neighbours: bool = True,
     ) -> SentenceScores:
         """Sentence scores from the critic's relevance logits; under a ``budget``, ranked together with its
         query–sentence similarity where it has one (``sentence_similarity`` and a ``similarity_weight``), for the
         critic's best sentences covering ``similarity_shortlist`` times the budget when it sets one, each sentence
-        helped by its best neighbour in its paragraph when the critic sets a ``neighbour_weight``."""
+        helped by its best neighbour in its paragraph when the critic sets a ``neighbour_weight`` and
+        ``lift_neighbours`` (prose: neighbouring records or lines need not share a topic)."""
         weight = getattr(self.critic, "similarity_weight", None)
         similarity_of = getattr(self.critic, "sentence_similarity", None)
         if budget is None or not weight or similarity_of is None:
@@ -474,7 +477,7 @@ class WindowParallelEngine:
 
         factor = getattr(self.critic, "similarity_shortlist", None)
         shortlist = None if factor is None else int(np.ceil(factor * budget))
-        neighbours = getattr(self.critic, "neighbour_weight", None) or 0.0
+        neighbours = (getattr(self.critic, "neighbour_weight", None) or 0.0) if lift_neighbours else 0.0
         starts = paragraph_starts(text, sentences) if neighbours else None
         return SentenceScores.from_relevance(
             relevance, sentences, token_ends, similarity, weight, shortlist, neighbours, starts

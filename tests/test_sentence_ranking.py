@@ -189,6 +189,9 @@ def test_with_a_neighbour_weight_a_sentence_beside_the_evidence_outranks_an_isol
     critic.neighbour_weight = 0.5
     helped = CPRSCompressor(critic).compress(context, query="which?", granularity="sentence", target_tokens=11)
     assert [span.text for span in helped.spans] == ["alpha alpha alpha marks it. beta is the other key today."]
+    lines = context.replace("\n\n", "\n").replace(". ", ".\n")  # records or log lines: neighbours need not relate
+    by_line = CPRSCompressor(critic).compress(lines, query="which?", granularity="line", target_tokens=11)
+    assert [span.text for span in by_line.spans] == ["beta stands alone here.", "alpha alpha alpha marks it."]
 
 
 def test_ranking_without_a_budget_keeps_the_thresholds_size_but_the_rankings_choice() -> None:
