@@ -173,14 +173,14 @@ class SentenceScores:
         combined[shortlist] = compared
         if neighbour_weight:
             opens = _opens_paragraph([index for index, _, _ in ranges], paragraph_starts)
-            combined = combined + neighbour_weight * best_neighbour(combined, opens)
+            combined = combined + neighbour_weight * _best_neighbour(combined, opens)
         rank = np.full(len(relevance), combined.min(), dtype=np.float64)
         for (_, first, last), score in zip(ranges, combined):
             rank[first:last] = score
         return cls(keep, rank)
 
 
-def best_neighbour(scores: np.ndarray, opens: np.ndarray) -> np.ndarray:
+def _best_neighbour(scores: np.ndarray, opens: np.ndarray) -> np.ndarray:
     """For each score, the higher of its two neighbours' within its paragraph (``opens[i]``: score ``i`` starts a
     paragraph), 0 where it has neither."""
     before = np.concatenate(([-np.inf], scores[:-1]))
