@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cprs_core.mini.backbone import backbone_dir, load_tokenizer
+from cprs_core.mini.checkpoint import SHIPPED_DIR
 from cprs_core.mini.examples import sentence_units
 from cprs_core.mini.realeval import bootstrap_interval, covered, unpunctuated
 from cprs_core.mini.realqa import (
@@ -213,9 +214,11 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     (tmp_path / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
     (tmp_path / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
     output = tmp_path / "results.json"
+    shipped_weight = json.loads((SHIPPED_DIR / "config.json").read_text())["similarity_weight"]
     realeval.main([
         "--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1", "2", "--samples", "4",
-        "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule", "--weights", "1",
+        "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule",
+        "--weights", str(shipped_weight),
         "--neighbour-weights", "0.25", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
     ])
 
@@ -223,7 +226,7 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     one, two = results["0K/1"], results["0K/2"]
     assert {"cprs-mini@none/t=0.5", "cprs-mini@none/rwb", "cprs-mini@10%/s=0", "embed@5%", "bm25@10%"} <= set(one)
     for budget in ("10%", "5%", "none"):  # the shipped settings as variants: the same choices (one critic pass shared)
-        for variant in (one[f"cprs-mini@{budget}/w=1"], one[f"cprs-mini@{budget}/n=0.25"]):
+        for variant in (one[f"cprs-mini@{budget}/w={shipped_weight:g}"], one[f"cprs-mini@{budget}/n=0.25"]):
             shipped = one[f"cprs-mini@{budget}"]
             assert [variant[key] for key in ("kept", "ratio", "answers")] == [shipped[key] for key in ("kept", "ratio", "answers")]
     ranked, threshold = one["cprs-mini@none"]["ratio"], one["cprs-mini@none/rwb"]["ratio"]
