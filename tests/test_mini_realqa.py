@@ -219,7 +219,7 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
         "--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1", "2", "--samples", "4",
         "--per-question-z", "--thresholds", "0.5", "--shortlists", "0", "--other-keep-rule",
         "--weights", str(shipped_weight),
-        "--neighbour-weights", "0.25", "--json", str(output), "--markdown", str(tmp_path / "table.md"),
+        "--neighbour-weights", "0.25", "--json", str(output), "--markdown", str(tmp_path / "table.md"), "--by-source",
     ])
 
     results = json.loads(output.read_text())["results"]
@@ -238,7 +238,19 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
         assert 0.0 <= row["low"] <= row["kept"] <= row["high"] <= 1.0
     assert one["cprs-mini@10%"]["ratio"] >= 5  # a 10% budget keeps about a tenth of the tokens
     table = (tmp_path / "table.md").read_text()
-    assert "| embed-zmax |" in table and table.count("\n| 0K | 2 |") == 3
+    assert "| embed-zmax |" in table and table.count("\n| 0K | 2 |") == 3 + 3 * 2  # + a row per budget and source
+    for name, row in one.items():  # per source: the same figures, split (queries alternate SQuAD and CoQA)
+        parts = row["by_source"]
+        assert {source: part["queries"] for source, part in parts.items()} == {"coqa-cnn": 2, "wikipedia-squad": 2}
+        assert sum(part["kept"] * part["queries"] for part in parts.values()) / 4 == pytest.approx(row["kept"])
+        assert parts["wikipedia-squad"]["kept"] == pytest.approx(row["kept_wikipedia"])
+        ratios = [part["ratio"] for part in parts.values()]  # a ratio of sums lies between its parts' ratios
+        assert min(ratios) - 1e-9 <= row["ratio"] <= max(ratios) + 1e-9
+        if "gap" in row:
+            assert sum(part["gap"] for part in parts.values()) / 2 == pytest.approx(row["gap"])
+            assert all(part["gap_low"] <= part["gap"] <= part["gap_high"] for part in parts.values())
+    assert "| 0K | 1 | 5% | coqa-cnn | 2 |" in table
+    assert f"| 0K | 1 | none ({one['cprs-mini@none']['by_source']['coqa-cnn']['ratio']:.0f}x) | coqa-cnn | 2 |" in table
 
 
 def test_evaluation_queries_take_turns_over_the_pools_source_families(data_dir: Path) -> None:

@@ -33,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,8 +70,9 @@ class Cell:
         values = [np.mean(row) for row, on in zip(self.kept, self._mask(mask)) if on]
         return float(np.mean(values)) if values else float("nan")
 
-    def ratio(self) -> float:
-        return float(np.sum(self.original_tokens) / max(1, np.sum(self.kept_tokens)))
+    def ratio(self, mask: np.ndarray | None = None) -> float:
+        on = self._mask(mask)
+        return float(np.sum(np.array(self.original_tokens)[on]) / max(1, np.sum(np.array(self.kept_tokens)[on])))
 
     def per_query(self) -> np.ndarray:
         """Each query's share of its answers kept (what the bootstrap resamples)."""
@@ -280,46 +281,89 @@ def _record(cells: dict[str, Cell], name: str, document: RealDocument, spans: li
     cells.setdefault(name, Cell()).add([covered(spans, answer) for answer in document.answers], kept, total, document.source)
 
 
-def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict[str, float]]:
-    """Mean, interval, ratio and per-source means of each cell, and the paired cprs-mini minus baseline gaps."""
+def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
+    """Mean, interval, ratio and per-source means of each cell, and the paired cprs-mini minus baseline gaps.
+
+    ``by_source`` gives the same per source (e.g. ``coqa-reddit``), its intervals drawn from a generator of
+    their own, so that adding them left every overall interval as it was.
+    """
     rng = np.random.default_rng(seed)
-    summary: dict[str, dict[str, float]] = {}
+    source_rng = np.random.default_rng([seed, 1])
+    summary: dict[str, dict] = {}
     for name, cell in cells.items():
         low, high = bootstrap_interval(cell.per_query(), rng)
-        wikipedia = np.array([source == "wikipedia-squad" for source in cell.sources])
+        sources = np.array(cell.sources)
+        wikipedia = sources == "wikipedia-squad"
         summary[name] = {
             "kept": cell.rate(), "low": low, "high": high, "ratio": cell.ratio(), "queries": len(cell.kept),
             "answers": int(sum(len(row) for row in cell.kept)),
             "kept_wikipedia": cell.rate(wikipedia), "kept_other": cell.rate(~wikipedia),
+            "by_source": {source: {"kept": cell.rate(sources == source), "queries": int(np.sum(sources == source)),
+                                   "ratio": cell.ratio(sources == source)}
+                          for source in sorted(set(cell.sources))},
         }
         method, budget = name.split("@", 1)
         if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
             difference = cells[f"cprs-mini@{budget}"].per_query() - cell.per_query()
             low, high = bootstrap_interval(difference, rng)
             summary[name].update(gap=float(difference.mean()), gap_low=low, gap_high=high)
+            for source, row in summary[name]["by_source"].items():
+                on = difference[sources == source]
+                low, high = bootstrap_interval(on, source_rng)
+                row.update(gap=float(on.mean()), gap_low=low, gap_high=high)
     return summary
 
 
-def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One table row per (context, questions, budget): each method's kept share [95% CI] and the gaps."""
-    header = ("| context | questions | budget | n answers | cprs-mini | embed | embed-max | embed-zmax | bm25 "
-              "| cprs-mini minus embed (best) |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+def _budget_rows(results: dict[str, dict[str, dict]]) -> Iterator[tuple[str, str, str, dict, dict, dict]]:
+    """(context, questions, budget, cprs-mini's row, the best embedding baseline's row, the setting's summary) for
+    each measured budget; the best embedding baseline is the one that kept most answers over all sources."""
     for setting, summary in results.items():
         size, questions = setting.split("/")
         for budget in (budget_name(b) for b in BUDGETS):
             cprs = summary.get(f"cprs-mini@{budget}")
             if cprs is None:
                 continue
-            cells = []
-            for method in ("cprs-mini", *EMBEDDINGS, "bm25"):
-                row = summary.get(f"{method}@{budget}")
-                cells.append("–" if row is None else f"{row['kept']:.1%} [{row['low']:.1%}, {row['high']:.1%}]")
             best = max((summary[f"{m}@{budget}"] for m in EMBEDDINGS if f"{m}@{budget}" in summary),
                        key=lambda row: row["kept"])
-            gap = f"{best['gap'] * 100:+.1f} [{best['gap_low'] * 100:+.1f}, {best['gap_high'] * 100:+.1f}] pts"
-            label = f"{budget} ({cprs['ratio']:.0f}x)" if budget == "none" else budget
-            lines.append(f"| {size} | {questions} | {label} | {cprs['answers']} | " + " | ".join(cells) + f" | {gap} |")
+            yield size, questions, budget, cprs, best, summary
+
+
+def _gap(row: dict) -> str:
+    return f"{row['gap'] * 100:+.1f} [{row['gap_low'] * 100:+.1f}, {row['gap_high'] * 100:+.1f}] pts"
+
+
+def _budget_label(budget: str, ratio: float) -> str:
+    return f"{budget} ({ratio:.0f}x)" if budget == "none" else budget
+
+
+def markdown(results: dict[str, dict[str, dict]]) -> str:
+    """One table row per (context, questions, budget): each method's kept share [95% CI] and the gaps."""
+    header = ("| context | questions | budget | n answers | cprs-mini | embed | embed-max | embed-zmax | bm25 "
+              "| cprs-mini minus embed (best) |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for size, questions, budget, cprs, best, summary in _budget_rows(results):
+        cells = []
+        for method in ("cprs-mini", *EMBEDDINGS, "bm25"):
+            row = summary.get(f"{method}@{budget}")
+            cells.append("–" if row is None else f"{row['kept']:.1%} [{row['low']:.1%}, {row['high']:.1%}]")
+        lines.append(f"| {size} | {questions} | {_budget_label(budget, cprs['ratio'])} | {cprs['answers']} | "
+                     + " | ".join(cells) + f" | {_gap(best)} |")
+    return "\n".join(lines)
+
+
+def markdown_by_source(results: dict[str, dict[str, dict]]) -> str:
+    """One table row per (context, questions, budget, source): queries, cprs-mini's kept share, the best embedding
+    baseline's (chosen over all sources, as in :func:`markdown`), BM25's, and cprs-mini minus that baseline; without a
+    budget, how many times smaller cprs-mini made that source's contexts (the baselines keep as much per context)."""
+    header = "| context | questions | budget | source | queries | cprs-mini | best embed | bm25 | cprs-mini minus best embed |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for size, questions, budget, cprs, best, summary in _budget_rows(results):
+        bm25 = summary.get(f"bm25@{budget}", {}).get("by_source", {})
+        for source, row in cprs["by_source"].items():
+            other = best["by_source"][source]
+            lexical = f"{bm25[source]['kept']:.1%}" if source in bm25 else "–"
+            lines.append(f"| {size} | {questions} | {_budget_label(budget, row['ratio'])} | {source} | {row['queries']} | "
+                         f"{row['kept']:.1%} | {other['kept']:.1%} | {lexical} | {_gap(other)} |")
     return "\n".join(lines)
 
 
@@ -355,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--by-source", action="store_true",
+                        help="also print a table per source (CoQA by domain: coqa-cnn, coqa-reddit, ...)")
     return parser.parse_args(argv)
 
 
@@ -430,12 +476,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         _load(args, args.device)
         parts = [_evaluate_chunk(task) for task in tasks]
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict]] = {}
     for size, questions in settings:
         key = f"{size // 1000}K/{questions}"
         chosen = [part for task, part in zip(tasks, parts) if task[:2] == (size, questions)]
         results[key] = summarize(_merge(chosen), args.seed)
     table = markdown(results)
+    if args.by_source:
+        table += "\n\n" + markdown_by_source(results)
     print(table)
     print(f"({time.perf_counter() - started:.0f} s; split {args.split}; sources {' '.join(args.sources)}; seed {args.seed}; "
           f"checkpoint {args.checkpoint or 'shipped'})")
