@@ -294,13 +294,13 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
         low, high = bootstrap_interval(cell.per_query(), rng)
         sources = np.array(cell.sources)
         wikipedia = sources == "wikipedia-squad"
+        masks = {source: sources == source for source in sorted(set(cell.sources))}
         summary[name] = {
             "kept": cell.rate(), "low": low, "high": high, "ratio": cell.ratio(), "queries": len(cell.kept),
             "answers": int(sum(len(row) for row in cell.kept)),
             "kept_wikipedia": cell.rate(wikipedia), "kept_other": cell.rate(~wikipedia),
-            "by_source": {source: {"kept": cell.rate(sources == source), "queries": int(np.sum(sources == source)),
-                                   "ratio": cell.ratio(sources == source)}
-                          for source in sorted(set(cell.sources))},
+            "by_source": {source: {"kept": cell.rate(on), "queries": int(on.sum()), "ratio": cell.ratio(on)}
+                          for source, on in masks.items()},
         }
         method, budget = name.split("@", 1)
         if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
@@ -308,9 +308,9 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
             low, high = bootstrap_interval(difference, rng)
             summary[name].update(gap=float(difference.mean()), gap_low=low, gap_high=high)
             for source, row in summary[name]["by_source"].items():
-                on = difference[sources == source]
-                low, high = bootstrap_interval(on, source_rng)
-                row.update(gap=float(on.mean()), gap_low=low, gap_high=high)
+                part = difference[masks[source]]
+                low, high = bootstrap_interval(part, source_rng)
+                row.update(gap=float(part.mean()), gap_low=low, gap_high=high)
     return summary
 
 
