@@ -130,7 +130,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
         data: Any = None
         try:
             authorize(request)
-            data = await read_json(request, settings.max_body_bytes, settings.body_timeout_s, content_type_optional=True)
+            data = await read_json(request, settings.max_body_bytes, settings.body_timeout_s, any_content_type=True)
             body = validate(UpstreamRequest, data)
             outcome = _raise_for((await run(request, [(upstream.to_request(body), None)]))[0])
             return JSONAnswer(upstream.success(data, outcome, body.payload.parameters))
