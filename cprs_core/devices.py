@@ -15,6 +15,8 @@ _DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
+DTYPE_NAMES = sorted(set(_DTYPES))
+"""The dtype names every critic accepts."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -41,7 +43,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise DeviceError(f"unknown dtype {dtype!r}: use one of {sorted(set(_DTYPES))}")
+            raise DeviceError(f"unknown dtype {dtype!r}: use one of {DTYPE_NAMES}")
         dtype = _DTYPES[dtype]
     if dtype not in _DTYPES.values():
         raise DeviceError(f"dtype {dtype} is not supported: use float32, bfloat16 or float16")

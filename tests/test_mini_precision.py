@@ -110,11 +110,18 @@ def test_without_a_quantized_engine_int8_is_refused(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     ("dtype", "device", "message"),
-    [("int8", "cuda", "CPU only"), ("int4", "cpu", "unknown dtype 'int4'"), ("float16", "cpu", "not supported on CPU")],
+    [("int8", "cuda", "CPU only"), ("int4", "cpu", r"unknown dtype 'int4' \(dtype\): .*'int8'"),
+     ("float16", "cpu", "not supported on CPU")],
 )
 def test_bad_precisions_are_device_errors(dtype: str, device: str, message: str) -> None:
     with pytest.raises(DeviceError, match=message):
         resolve_precision(dtype, torch.device(device))
+
+
+def test_a_bad_dtype_in_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DTYPE_ENV, "float8")
+    with pytest.raises(DeviceError, match=r"unknown dtype 'float8' \(\$CPRS_MINI_DTYPE\)"):
+        resolve_precision(None, CPU)
 
 
 def test_int8_quantizes_every_encoder_linear_and_keeps_the_head_float(

@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..devices import resolve_dtype
+from ..devices import DTYPE_NAMES, resolve_dtype
 from ..errors import DeviceError
 
 INT8 = "int8"
@@ -41,8 +41,12 @@ def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> 
     Raises:
         DeviceError: an unknown dtype, or int8 on CUDA, or int8 asked for without a quantized engine.
     """
+    source = "dtype"
     if dtype is None and device.type == "cpu":
-        dtype = os.environ.get(DTYPE_ENV) or default_cpu_precision()
+        source, dtype = f"${DTYPE_ENV}", os.environ.get(DTYPE_ENV) or default_cpu_precision()
+    if isinstance(dtype, str) and dtype != INT8 and dtype not in DTYPE_NAMES:
+        raise DeviceError(f"unknown dtype {dtype!r} ({source}): cprs-mini takes one of {[*DTYPE_NAMES, INT8]} "
+                          f"({INT8!r} on CPU only)")
     if dtype == INT8:
         if device.type != "cpu":
             raise DeviceError("int8 runs on CPU only; on CUDA use bfloat16 (the default) or float32")
