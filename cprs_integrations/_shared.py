@@ -7,6 +7,7 @@ choice of compressor, the per-document/joint compression and the metadata schema
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import threading
@@ -15,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cprs_core import (
     DEFAULT_MODEL,
@@ -41,8 +42,6 @@ from cprs_core.validation import (
 SERVER_URL_ENV = "CPRS_SERVER_URL"
 """When no compressor, ``server_url`` or local model setting is configured, a server URL in this variable is used."""
 
-"""The server's API key when ``api_key`` is not given."""
-
 DEFAULT_TIMEOUT = 120.0
 """Seconds a remote compression may take."""
 
@@ -58,6 +57,25 @@ _local_compressors: dict[tuple[str, str | None, str | None, int | None], CPRSCom
 _remote_compressors: dict[tuple[str, float, str | None], Compressor] = {}
 _call_locks_lock = threading.Lock()
 _call_locks: "weakref.WeakKeyDictionary[CPRSCompressor, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _problems(error: ValidationError) -> str:
+    """Each of pydantic's complaints as ``field: message (got value)``."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or 'settings'}: {item['msg']}"
+        + (f" (got {item['input']!r})" if item["loc"] else "")
+        for item in error.errors()
+    )
+
+
+def check_known_options(given: dict[str, Any], known: dict[str, Any]) -> None:
+    """An :class:`OptionError` naming the first of ``given``'s keys that is not in ``known`` (a mistyped option
+    would otherwise be ignored, e.g. ``target_ratoi=0.1`` compressing without a budget)."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise OptionError(f"unknown option {name!r}: {hint}The options are {', '.join(sorted(known))}")
 
 
 def local_compressor(
@@ -166,8 +184,10 @@ class CompressorSettings(BaseModel):
     window_size: int | None = Field(default=None, description="Tokens per window of a local model.")
 
     def __init__(self, **data: Any) -> None:
-        """Check the compression options as the core does (a :class:`cprs_core.CPRSError`, not a pydantic error)."""
+        """Check the options as the core does: an unknown or wrong one is an :class:`~cprs_core.OptionError` (or
+        the core's own :class:`cprs_core.CPRSError` for it), not a pydantic error."""
         fields = type(self).model_fields
+        check_known_options(data, fields)
 
         def given(name: str) -> Any:
             return data[name] if name in data else fields[name].default
@@ -177,7 +197,10 @@ class CompressorSettings(BaseModel):
         timeout = given("timeout")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise OptionError(f"invalid options for {type(self).__name__}: {_problems(error)}") from error
 
     @model_validator(mode="after")
     def _one_source(self) -> "CompressorSettings":

@@ -16,9 +16,16 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import CharacterTextSplitter
-from pydantic import ValidationError
 
-from cprs_core import BudgetError, CompressionRequest, CompressionResult, ContextTypeError, CPRSCompressor, CPRSError
+from cprs_core import (
+    BudgetError,
+    CompressionRequest,
+    CompressionResult,
+    ContextTypeError,
+    CPRSCompressor,
+    CPRSError,
+    OptionError,
+)
 from cprs_integrations.langchain import CPRSDocumentCompressor
 
 from .event_loop import ticks_while
@@ -62,8 +69,10 @@ def test_is_a_langchain_document_compressor_with_pydantic_fields(compressor: CPR
     assert compressor.granularity == "sentence" and compressor.mode == "per_document"
     assert compressor.metadata_key == "cprs"
     assert "compressor" not in compressor.model_dump()
-    with pytest.raises(ValidationError):
+    with pytest.raises(OptionError, match=r"mode: Input should be 'per_document' or 'joint' \(got 'sideways'\)"):
         CPRSDocumentCompressor(mode="sideways")
+    with pytest.raises(OptionError, match="unknown option 'target_ratoi': did you mean 'target_ratio'"):
+        CPRSDocumentCompressor(target_ratoi=0.1)  # a typo must not silently compress without a budget
 
 
 def test_per_document_keeps_id_and_metadata_adds_cprs_metadata_and_drops_empty(
@@ -148,11 +157,11 @@ def test_options_are_passed_to_the_compressor_and_errors_raised(digit_compressor
 
 
 def test_compressor_and_remote_settings_are_exclusive(digit_compressor: CPRSCompressor) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(OptionError, match="not both"):
         CPRSDocumentCompressor(compressor=digit_compressor, server_url="http://127.0.0.1:9")
-    with pytest.raises(ValidationError):
+    with pytest.raises(OptionError, match="only configure a local model"):
         CPRSDocumentCompressor(server_url="http://127.0.0.1:9", device="cpu")
-    with pytest.raises(ValidationError):
+    with pytest.raises(OptionError, match="must implement cprs_core.Compressor"):
         CPRSDocumentCompressor(compressor=object())
 
 
