@@ -19,6 +19,7 @@ from .errors import (
     EmptyContextError,
     GranularityError,
     KeepError,
+    OptionError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -42,7 +43,7 @@ from .text_checks import refuse_bad_characters
 from .text_units import paragraph_starts, segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
-from .validation import DEFAULT_GRANULARITY, Granularity, check_request
+from .validation import DEFAULT_GRANULARITY, Granularity, check_progress, check_request
 
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
@@ -173,6 +174,7 @@ class WindowParallelEngine:
         With a :class:`~cprs_core.critic.StreamingTokenCritic`, the first windows are scored while the rest of
         the context is tokenized; the result is the same as :meth:`compress_batch`'s.
         """
+        check_progress(progress)
         if isinstance(self.critic, StreamingTokenCritic) and not _sentence_windowed(request):
             return self._compress_streaming(self.critic, request, progress)
         outcome = self.compress_batch([request], progress)[0]
@@ -240,6 +242,7 @@ class WindowParallelEngine:
         given, is called with (windows scored, windows total) as scoring advances. A failure caused by one
         request (even an unexpected one, as :class:`CompressionFailedError`) fails that request only.
         """
+        check_progress(progress)
         return WindowScheduler(self, PROGRESS_CHUNK_WINDOWS if progress is not None else None).run(requests, progress)
 
     def _prepare(self, request: CompressionRequest) -> _Prepared:
@@ -268,6 +271,11 @@ class WindowParallelEngine:
     @staticmethod
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
+        if not isinstance(request, CompressionRequest):
+            raise OptionError(
+                f"a request must be a CompressionRequest, got {type(request).__name__}; build "
+                "CompressionRequest(context, query, ...) or, for plain texts, call compress_many(contexts, query)"
+            )
         text = decode_text(request.context)
         for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction),
                              ("separator", request.separator)):

@@ -130,6 +130,14 @@ def check_request(request: "CompressionRequest") -> None:
     )
 
 
+def check_progress(progress: Any) -> None:
+    """``progress`` must be ``None`` or a callable taking (windows scored, windows total)."""
+    if progress is not None and not callable(progress):
+        raise OptionError(
+            f"progress must be a function of (windows scored, windows total) or None, got {_describe(progress)}"
+        )
+
+
 def check_int(name: str, value: Any, minimum: int, error: type[CPRSError] = OptionError) -> None:
     """``value`` must be an integer (not a bool) of at least ``minimum``; raises ``error`` naming ``name``."""
     if not _is_int(value) or value < minimum:

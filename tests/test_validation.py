@@ -95,6 +95,13 @@ def test_the_compressor_refuses_an_empty_query_unless_asked_and_defaults_to_sent
     outcomes = digit_compressor.compress_batch([request(), request(query=""), request(instruction="needles")])
     assert outcomes[0].text == result.text
     assert isinstance(outcomes[1], QueryError) and isinstance(outcomes[2], InstructionError)
+    plain_texts = digit_compressor.compress_batch([request(), CONTEXT])  # type: ignore[list-item]
+    assert plain_texts[0].text == result.text
+    assert isinstance(plain_texts[1], OptionError) and "compress_many(contexts, query)" in str(plain_texts[1])
+    with pytest.raises(OptionError, match="progress must be a function"):
+        digit_compressor.compress_batch([request()], QUERY)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="progress must be a function"):
+        digit_compressor.compress(CONTEXT, QUERY, progress=3)  # type: ignore[arg-type]
 
 
 def test_one_default_granularity_in_every_signature() -> None:
