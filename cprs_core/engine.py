@@ -19,7 +19,6 @@ from .errors import (
     EmptyContextError,
     GranularityError,
     KeepError,
-    OptionError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -43,7 +42,7 @@ from .text_checks import refuse_bad_characters
 from .text_units import paragraph_starts, segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
-from .validation import DEFAULT_GRANULARITY, Granularity, check_progress, check_request
+from .validation import DEFAULT_GRANULARITY, Granularity, check_progress, check_request, check_request_type
 
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
@@ -271,11 +270,7 @@ class WindowParallelEngine:
     @staticmethod
     def _checked_text(request: CompressionRequest) -> tuple[str, str]:
         """The request's text and resolved instruction, after every check that needs no tokens."""
-        if not isinstance(request, CompressionRequest):
-            raise OptionError(
-                f"a request must be a CompressionRequest, got {type(request).__name__}; build "
-                "CompressionRequest(context, query, ...) or, for plain texts, call compress_many(contexts, query)"
-            )
+        check_request_type(request)
         text = decode_text(request.context)
         for field, value in (("context", text), ("query", request.query), ("instruction", request.instruction),
                              ("separator", request.separator)):

@@ -23,7 +23,7 @@ from .engine import CompressionRequest, Granularity, decode_text
 from .errors import BudgetTokenizerError, CPRSError
 from .keep import KeepPattern, check_keep, split_patterns
 from .result import CompressionResult, Span
-from .validation import DEFAULT_GRANULARITY, check_request
+from .validation import DEFAULT_GRANULARITY, check_request, check_request_type
 
 API_KEY_ENV = "CPRS_API_KEY"
 """Environment variable holding a cprs server's API key (read by the CLI and the framework adapters)."""
@@ -47,7 +47,8 @@ class RemoteError(CPRSError):
 
     Attributes:
         kind: the server's error type (``"ServerBusy"``, ``"Timeout"``, ``"RequestTooLarge"``, ...), or
-            ``"ConnectionError"`` / ``"ClientTimeout"`` when no answer came.
+            ``"ConnectionError"`` / ``"ClientTimeout"`` when no answer came, ``"NotFound"`` for a URL with no cprs
+            endpoint (HTTP 404).
         status: the HTTP status, ``None`` when no answer came.
         retry_after: the seconds of the server's ``Retry-After`` header, if it sent one.
     """
@@ -143,6 +144,7 @@ class RemoteCompressor:
         outcomes: list[CompressionResult | CPRSError | None] = [None] * len(requests)
         for index, request in enumerate(requests):
             try:
+                check_request_type(request)
                 check_request(request)
             except CPRSError as error:
                 outcomes[index] = error
@@ -197,6 +199,11 @@ class RemoteCompressor:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
+            if error.code == 404:
+                raise RemoteError(
+                    f"no cprs endpoint at {request.full_url} (HTTP 404): give the server's base URL, e.g. "
+                    "http://gpu-box:8091, without an endpoint path", "NotFound", 404,
+                ) from None
             raise _error_from_response(error) from None
         except (TimeoutError, socket.timeout) as error:
             raise RemoteError(

@@ -121,6 +121,17 @@ def check_settings(
         raise OptionError(f"separator must be a string (placed between kept spans), got {_describe(separator)}")
 
 
+def check_request_type(request: Any) -> None:
+    """``request`` must be a :class:`~cprs_core.CompressionRequest` (an item of a ``compress_batch`` list)."""
+    from .engine import CompressionRequest  # the engine imports this module
+
+    if not isinstance(request, CompressionRequest):
+        raise OptionError(
+            f"a request must be a CompressionRequest, got {type(request).__name__}: build one per text, "
+            "CompressionRequest(context, query, ...)"
+        )
+
+
 def check_request(request: "CompressionRequest") -> None:
     """Every argument of ``request`` except the context (checked when it is decoded): query and options."""
     check_query(request.query, request.allow_empty_query)

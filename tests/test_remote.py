@@ -105,8 +105,9 @@ def test_refusals_become_remote_errors(server: BackgroundServer, remote: RemoteC
     with pytest.raises(RemoteError, match="Unauthorized") as unauthorized:
         RemoteCompressor(server.url).compress(CONTEXT, QUERY)
     assert unauthorized.value.status == 401
-    with pytest.raises(RemoteError, match="HTTP 404"):
+    with pytest.raises(RemoteError, match=r"/nowhere/v1/compress \(HTTP 404\): give the server's base URL") as missing:
         RemoteCompressor(server.url + "/nowhere", api_key="key-1").compress(CONTEXT, QUERY)
+    assert (missing.value.kind, missing.value.status) == ("NotFound", 404)
 
 
 def test_unreachable_server_is_a_clear_error() -> None:

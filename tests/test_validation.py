@@ -97,7 +97,7 @@ def test_the_compressor_refuses_an_empty_query_unless_asked_and_defaults_to_sent
     assert isinstance(outcomes[1], QueryError) and isinstance(outcomes[2], InstructionError)
     plain_texts = digit_compressor.compress_batch([request(), CONTEXT])  # type: ignore[list-item]
     assert plain_texts[0].text == result.text
-    assert isinstance(plain_texts[1], OptionError) and "compress_many(contexts, query)" in str(plain_texts[1])
+    assert isinstance(plain_texts[1], OptionError) and "got str: build one per text" in str(plain_texts[1])
     with pytest.raises(OptionError, match="progress must be a function"):
         digit_compressor.compress_batch([request()], QUERY)  # type: ignore[arg-type]
     with pytest.raises(OptionError, match="progress must be a function"):
@@ -173,9 +173,12 @@ def test_server_refuses_an_empty_query_on_v1_but_not_on_upstreams_endpoint(digit
             {"payload": {"input": {"messages": messages}, "parameters": {"min_keyword_len": 0}}}), timeout=60)
         assert upstream.status_code == 200
         assert upstream.json()["payload"]["output"]["text"] == ["1984", "42", "7"]  # upstream's token spans
-        batch = RemoteCompressor(server.url).compress_batch([request(), request(query=None)])  # type: ignore[arg-type]
+        batch = RemoteCompressor(server.url).compress_batch(
+            [request(), request(query=None), CONTEXT]  # type: ignore[arg-type,list-item]
+        )
         assert batch[0].text == "The year was 1984.\nWe counted 42 cats and 7 dogs."
         assert isinstance(batch[1], QueryError)
+        assert isinstance(batch[2], OptionError) and "got str: build one per text" in str(batch[2])
 
 
 def run_cli(*argv: str, stdin: bytes | None = b"") -> subprocess.CompletedProcess[str]:
