@@ -14,10 +14,10 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 
-from cprs_core import Compressor, CPRSError
+from cprs_core import Compressor, OptionError
 
 from ._shared import CompressorSettings
-from .tools import DEFAULT_MIN_TOKENS, prune
+from .tools import DEFAULT_MIN_TOKENS, check_wrapper_options, prune
 
 StateQuestion = Callable[[Mapping[str, Any]], str]
 """Returns the question to prune against from the agent's state (``state["messages"]``, custom keys, ...)."""
@@ -57,8 +57,8 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
 
     Args:
         compressor: any :class:`cprs_core.Compressor`; ``None`` = configured by ``options`` or cprs-mini.
-        question: a function of the agent state returning the question; default: the latest human message.
-            A state without a question leaves results unchanged.
+        question: a function of the agent state returning the question (default: the latest human message), or
+            a fixed string. A state without a question leaves results unchanged.
         min_tokens: results of at most this many tokens pass unchanged.
         exclude_tools: names of tools whose results are never pruned.
         options: :class:`~cprs_integrations._shared.CompressorSettings` fields (``instruction``,
@@ -69,16 +69,17 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
         self,
         compressor: Compressor | None = None,
         *,
-        question: StateQuestion = latest_human_message,
+        question: StateQuestion | str = latest_human_message,
         min_tokens: int = DEFAULT_MIN_TOKENS,
         exclude_tools: Sequence[str] = (),
         **options: Any,
     ) -> None:
         super().__init__()
+        check_wrapper_options(question, min_tokens)
         if isinstance(exclude_tools, str):
-            raise CPRSError("exclude_tools is a list of tool names, not one string")
+            raise OptionError("exclude_tools is a list of tool names, not one string")
         self.settings = CompressorSettings(compressor=compressor, **options)
-        self.question = question
+        self.question: StateQuestion = (lambda state: question) if isinstance(question, str) else question
         self.min_tokens = min_tokens
         self.exclude_tools = frozenset(exclude_tools)
 

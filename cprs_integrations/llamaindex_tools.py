@@ -18,10 +18,10 @@ from llama_index.core.base.llms.types import MessageRole
 from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput, adapt_to_async_tool
 from llama_index.core.workflow import Context
 
-from cprs_core import Compressor, CPRSError
+from cprs_core import Compressor, OptionError, QueryError
 
 from ._shared import CompressorSettings
-from .tools import DEFAULT_MIN_TOKENS, prune
+from .tools import DEFAULT_MIN_TOKENS, check_wrapper_options, prune
 
 Question = Union[str, Callable[[Dict[str, Any]], str]]
 """A fixed question, or a function of the tool's keyword arguments that returns it."""
@@ -71,6 +71,12 @@ class CPRSPrunedTool(FunctionTool):
         min_tokens: int = DEFAULT_MIN_TOKENS,
         **options: Any,
     ) -> None:
+        if not isinstance(tool, BaseTool):
+            raise OptionError(
+                f"tool must be a LlamaIndex tool (BaseTool), got {type(tool).__name__}; make one from a function "
+                "with FunctionTool.from_defaults(fn)"
+            )
+        check_wrapper_options(question, min_tokens, question_may_be_none=True)
         super().__init__(fn=_context_signature, metadata=tool.metadata)
         self.inner: AsyncBaseTool = adapt_to_async_tool(tool)
         self.question = question
@@ -93,7 +99,7 @@ class CPRSPrunedTool(FunctionTool):
 
     def _fixed_question(self, arguments: Dict[str, Any]) -> str:
         if self.question is None:
-            raise CPRSError(
+            raise QueryError(
                 f"{self.metadata.get_name()} was called without an agent Context, so there is no agent memory to "
                 "read the question from: give CPRSPrunedTool(question=...)"
             )

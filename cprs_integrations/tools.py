@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cprs_core import CompressionResult, Compressor
-from cprs_core.errors import ContextTypeError
+from cprs_core.errors import ContextTypeError, OptionError, QueryError
 from cprs_core.structured import DEFAULT_UNIT_CHARS, MAX_JSON_DEPTH, json_depth, parse_json_container, prune_json_with
 from cprs_core.validation import check_int, check_query
 
@@ -29,6 +29,20 @@ ToolInput = str | Mapping[str, Any]
 
 Question = str | Callable[[ToolInput], str]
 """The question to prune against: a fixed string, or a function of the tool's input that returns it."""
+
+
+def check_wrapper_options(question: Any, min_tokens: Any, question_may_be_none: bool = False) -> None:
+    """What every tool wrapper checks when it is built: ``question`` a string or a function returning one
+    (or ``None`` where the wrapper reads it from the agent), ``min_tokens`` an integer >= 0.
+
+    Raises:
+        QueryError: a ``question`` of another type. OptionError: a wrong ``min_tokens``.
+    """
+    if not (isinstance(question, str) or callable(question) or (question is None and question_may_be_none)):
+        raise QueryError(
+            f"question must be a string or a function returning one, got {type(question).__name__} {question!r:.60}"
+        )
+    check_int("min_tokens", min_tokens, 0)
 
 
 def prune(
@@ -149,7 +163,14 @@ def pruned_tool(
         compressor, min_tokens, options: as for :func:`prune_tool_output`.
     """
     from langchain_core.runnables import RunnableConfig
-    from langchain_core.tools import StructuredTool, Tool
+    from langchain_core.tools import BaseTool, StructuredTool, Tool
+
+    if not isinstance(tool, BaseTool):
+        raise OptionError(
+            f"tool must be a LangChain tool (BaseTool), got {type(tool).__name__}; make one from a function with "
+            "langchain_core.tools.tool or StructuredTool.from_function"
+        )
+    check_wrapper_options(question, min_tokens)
 
     # This module has no ``from __future__ import annotations``: StructuredTool finds the ``config`` parameter
     # of ``run``/``arun`` by its evaluated annotation, RunnableConfig, imported here so LangChain stays optional.

@@ -11,7 +11,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from cprs_core import CPRSCompressor, CPRSError
+from cprs_core import CPRSCompressor, CPRSError, OptionError, QueryError
 from cprs_core.structured import prune_json
 from cprs_integrations.langchain_middleware import CPRSToolOutputMiddleware
 from cprs_integrations.tools import prune_tool_output
@@ -116,6 +116,53 @@ def test_middleware_excludes_tools_and_takes_the_question_from_state(digit_compr
     custom = CPRSToolOutputMiddleware(digit_compressor, question=question, instruction="needle", min_tokens=50)
     state = agent_run(custom, CALLS[:1]).invoke({"messages": [HumanMessage("hello")]})
     assert asked == [2] and "row-refund" in tool_messages(state)["list_orders"].content
+    fixed = CPRSToolOutputMiddleware(digit_compressor, question="What is the code of the refund?",
+                                     instruction="needle", min_tokens=50)
+    state = agent_run(fixed, CALLS[:1]).invoke({"messages": [HumanMessage("hello")]})
+    assert "row-refund" in tool_messages(state)["list_orders"].content
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"question": 5}, QueryError, "question must be a string or a function returning one, got int"),
+        ({"min_tokens": -1}, OptionError, "min_tokens must be an integer >= 0"),
+        ({"min_tokens": "5"}, OptionError, "min_tokens must be an integer >= 0"),
+        ({"exclude_tools": "calculator"}, OptionError, "a list of tool names, not one string"),
+    ],
+)
+def test_wrong_wrapper_arguments_are_named_when_built(
+    digit_compressor: CPRSCompressor, arguments: dict[str, Any], error: type[CPRSError], message: str
+) -> None:
+    from llama_index.core.tools import FunctionTool
+
+    from cprs_integrations.llamaindex_tools import CPRSPrunedTool
+    from cprs_integrations.tools import pruned_tool
+
+    @tool
+    def orders(customer: str) -> str:
+        """List orders."""
+        return json.dumps(records())
+
+    with pytest.raises(error, match=message):
+        CPRSToolOutputMiddleware(digit_compressor, **arguments)
+    if "exclude_tools" in arguments:
+        return
+    with pytest.raises(error, match=message):
+        pruned_tool(orders, **{"question": QUESTION, **arguments}, compressor=digit_compressor)
+    with pytest.raises(error, match=message):
+        CPRSPrunedTool(FunctionTool.from_defaults(fn=records, name="orders"), compressor=digit_compressor,
+                       **arguments)
+
+
+def test_wrappers_refuse_what_is_not_a_tool_of_their_framework(digit_compressor: CPRSCompressor) -> None:
+    from cprs_integrations.llamaindex_tools import CPRSPrunedTool
+    from cprs_integrations.tools import pruned_tool
+
+    with pytest.raises(OptionError, match=r"a LangChain tool \(BaseTool\), got function"):
+        pruned_tool(records, QUESTION, digit_compressor)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match=r"a LlamaIndex tool \(BaseTool\), got function"):
+        CPRSPrunedTool(records, QUESTION, digit_compressor)  # type: ignore[arg-type]
 
 
 async def test_llamaindex_function_agent_prunes_with_the_user_message(digit_compressor: CPRSCompressor) -> None:
