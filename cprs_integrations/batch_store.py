@@ -79,7 +79,7 @@ def plan_blocks(path: str | os.PathLike[str], id_field: str, block_size: int) ->
         for line_number, line in enumerate(file, start=1):
             digest.update(line)
             if line.strip():
-                record_id = _record_id(line, line_number, id_field)
+                record_id = _record_id(line, f"{path}:{line_number}", id_field)
                 key = id_key(record_id)
                 if key in seen:
                     raise BatchInputError(f"{path}:{line_number}: id {key} repeats line {seen[key]}; ids must be unique")
@@ -174,15 +174,16 @@ class PartStore:
         return self.directory / f"{_PART_PREFIX}{index:08d}{_PART_SUFFIX}"
 
 
-def _record_id(line: bytes, line_number: int, id_field: str) -> Any:
+def _record_id(line: bytes, where: str, id_field: str) -> Any:
+    """The id of the record on ``line`` (``where``: its ``path:line``, named in every error)."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than Python's JSON reader goes
-        raise BatchInputError(f"line {line_number} is not valid JSON: {error}") from None
+        raise BatchInputError(f"{where}: not valid JSON: {error}") from None
     if not isinstance(record, dict):
-        raise BatchInputError(f"line {line_number} is a JSON {type(record).__name__}, not an object")
+        raise BatchInputError(f"{where}: a JSON {type(record).__name__}, not an object")
     if record.get(id_field) is None:
-        raise BatchInputError(f"line {line_number} has no {id_field!r} field; every record needs a unique id")
+        raise BatchInputError(f"{where}: no {id_field!r} field; every record needs a unique id")
     return record[id_field]
 
 

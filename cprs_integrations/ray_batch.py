@@ -237,6 +237,9 @@ def compress_jsonl(
     gpus_per_actor = num_gpus / actors
     model_spec = ModelSpec.for_actors(model, device, dtype, window_size, gpus_per_actor, cpus_per_actor)
     store = PartStore(output)
+    source = Path(input).resolve()
+    if source == store.output.resolve() or store.directory.resolve() in source.parents:
+        raise BatchInputError(f"the output {store.output} would replace the input {input}; write it elsewhere")
     if store.output.exists() and not store.directory.exists() and not overwrite:
         raise BatchInputError(f"{store.output} already exists; pass overwrite=True (--overwrite) to replace it")
     plan = plan_blocks(input, id_field, batch_size)

@@ -30,15 +30,15 @@ def test_blocks_cover_every_record_once_by_byte_range(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"id": 1}\n{"id": 1}\n', "repeats line 1"),
-        ('{"id": 1}\n{"text": "no id"}\n', "line 2 has no 'id'"),
-        ('{"id": 1}\nnot json\n', "line 2 is not valid JSON"),
-        ('{"id": 1}\n{"id": 2, "x": ' + "[" * 5000 + "]" * 5000 + '}\n', "line 2 is not valid JSON: maximum recursion"),
-        ('{"id": ' + "9" * 5000 + '}\n', "line 1 is not valid JSON: Exceeds the limit"),
-        ('[1, 2]\n', "line 1 is a JSON list"),
+        ('{"id": 1}\n{"id": 1}\n', "in.jsonl:2: id 1 repeats line 1"),
+        ('{"id": 1}\n{"text": "no id"}\n', "in.jsonl:2: no 'id' field"),
+        ('{"id": 1}\nnot json\n', "in.jsonl:2: not valid JSON"),
+        ('{"id": 1}\n{"id": 2, "x": ' + "[" * 5000 + "]" * 5000 + '}\n', "in.jsonl:2: not valid JSON: maximum recursion"),
+        ('{"id": ' + "9" * 5000 + '}\n', "in.jsonl:1: not valid JSON: Exceeds the limit"),
+        ('[1, 2]\n', "in.jsonl:1: a JSON list"),
     ],
 )
-def test_bad_input_is_refused_with_its_line(tmp_path: Path, line: str, message: str) -> None:
+def test_bad_input_is_refused_with_its_file_and_line(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text(line, encoding="utf-8")
     with pytest.raises(BatchInputError, match=message):

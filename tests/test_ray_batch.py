@@ -171,6 +171,22 @@ def test_cli_reports_bad_input_without_starting_workers(tmp_path: Path, capsys: 
     assert "repeats line 1" in capsys.readouterr().err
 
 
+def test_the_output_never_replaces_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", digit_records(2))
+    before = source.read_bytes()
+    parser = argparse.ArgumentParser()
+    ray_batch.add_arguments(parser)
+    for output in (source, tmp_path / "sub" / ".." / "docs.jsonl"):  # also when spelled differently
+        arguments = ["--input", str(source), "--output", str(output), "--query", QUERY, "--overwrite"]
+        assert ray_batch.run(parser.parse_args(arguments)) == 1
+        assert "would replace the input" in capsys.readouterr().err
+    (tmp_path / "out.jsonl.parts").mkdir()
+    inside = write_jsonl(tmp_path / "out.jsonl.parts" / "docs.jsonl", digit_records(2))
+    arguments = ["--input", str(inside), "--output", str(tmp_path / "out.jsonl"), "--query", QUERY]
+    assert ray_batch.run(parser.parse_args(arguments)) == 1  # the parts folder is removed when the job ends
+    assert source.read_bytes() == before and inside.exists()
+
+
 def batch_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "cprs_integrations.cli", "batch", *arguments]
 
