@@ -165,12 +165,17 @@ def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("--progress needs a local model; a server does not report progress")
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+"""The byte-order mark some editors (Windows Notepad) put at the start of a UTF-8 file; not part of the text."""
+
+
 def _compress(args: argparse.Namespace) -> int:
     try:
         context = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as error:
         print(f"cprs compress: error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return 1
+    context = context.removeprefix(UTF8_BOM)  # as Python's "utf-8-sig": offsets count from the text's first character
     compressor: Compressor
     if args.server:
         from cprs_core.remote import RemoteCompressor

@@ -68,6 +68,17 @@ def test_compress_file_prints_the_kept_text(
     assert err == ""  # no progress bar when stderr is not a terminal
 
 
+def test_a_utf8_byte_order_mark_is_not_part_of_the_text(
+    tmp_path: Path, mini: CPRSCompressor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notepad.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + VERSES.encode())
+    assert main(["compress", "-q", QUERY, "--format", "json", str(path)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["spans"][0]["text"].startswith("And Abraham") and answer["spans"][0]["start"] == 0
+    assert answer == json.loads(json.dumps(mini.compress(VERSES, QUERY).to_dict()))
+
+
 def test_stdin_with_json_output_and_local_model_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
