@@ -103,6 +103,20 @@ def parse_json_container(text: str) -> Any:
     return value if isinstance(value, (dict, list)) and json_depth(value) <= MAX_JSON_DEPTH else None
 
 
+def plain_json(value: Any) -> Any:
+    """``value`` as the JSON it is written as: tuples become lists, keys strings, and what JSON cannot hold (sets,
+    bytes, dates, other objects) its ``str()``, so that a tool's output of Python values prunes as its JSON would.
+
+    Raises:
+        ContextTypeError: ``value`` nests deeper than Python's ``json`` writes.
+    """
+    try:
+        return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+    except RecursionError:
+        raise ContextTypeError(
+            f"the value nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
+
+
 def json_depth(value: Any) -> int:
     """How many levels of containers ``value`` nests (0 for a scalar, 1 for a flat list), without recursing."""
     depth, level = 0, [value]
@@ -120,7 +134,8 @@ def prune_json(
 
     Args:
         compressor: any :class:`cprs_core.Compressor`.
-        value: parsed JSON (dicts, lists, strings, numbers, booleans, ``None``).
+        value: a dict or list of parsed JSON (dicts, lists, strings, numbers, booleans, ``None``); tuples,
+            non-string keys and values JSON cannot hold are taken as they are written (:func:`plain_json`).
         query, instruction: as for ``compress``.
         unit_chars: containers longer than this (compact JSON) are split into their members.
         options: ``compress`` options applied to the units' lines: ``target_ratio``/``target_tokens`` (then the
@@ -130,15 +145,20 @@ def prune_json(
 
     Raises:
         CPRSError: as ``compress`` (e.g. :class:`~cprs_core.errors.EmptyContextError` for an empty container);
-            :class:`~cprs_core.errors.ContextTypeError` for a value nested deeper than :data:`MAX_JSON_DEPTH`.
+            :class:`~cprs_core.errors.ContextTypeError` for a value that is not a dict or list, or nests deeper
+            than :data:`MAX_JSON_DEPTH`.
     """
     if options.get("keep_spans"):
         raise KeepError("keep_spans are offsets into a text; for JSON use keep=[...] patterns over its records")
+    if not isinstance(value, (dict, list, tuple)):
+        raise ContextTypeError(
+            f"prune_json prunes a dict or list, got {type(value).__name__}; compress a text with compress()")
     depth = json_depth(value)
     if depth > MAX_JSON_DEPTH:
         raise ContextTypeError(
             f"the JSON value nests {depth} levels deep, more than the {MAX_JSON_DEPTH} that JSON pruning splits; "
             "compress its text instead")
+    value = plain_json(value)
     options = {**options, "granularity": "line"}
     options.pop("keep_spans", None)
     return prune_json_with(lambda lines: compressor.compress(lines, query, instruction, **options), value, unit_chars)

@@ -9,8 +9,15 @@ import json
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cprs_core import CompressionResult, Compressor
-from cprs_core.errors import ContextTypeError, OptionError, QueryError
-from cprs_core.structured import DEFAULT_UNIT_CHARS, MAX_JSON_DEPTH, json_depth, parse_json_container, prune_json_with
+from cprs_core.errors import OptionError, QueryError
+from cprs_core.structured import (
+    DEFAULT_UNIT_CHARS,
+    MAX_JSON_DEPTH,
+    json_depth,
+    parse_json_container,
+    plain_json,
+    prune_json_with,
+)
 from cprs_core.validation import check_int, check_query
 
 from ._shared import CompressorSettings
@@ -51,8 +58,8 @@ def prune(
 ) -> tuple[Any, dict[str, Any] | None]:
     """The content to put in the agent's context for ``output``, and the compression summary (``None``: unpruned).
 
-    A string is compressed as text, unless it is a JSON object or array; JSON (a dict or list, or such a string)
-    is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
+    A string is compressed as text, unless it is a JSON object or array; JSON (a dict, list or tuple, or such a
+    string; values JSON cannot hold, such as dates or sets, count as their ``str()``) is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
     followed by a line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
     ``total_units``, ``note``). JSON nested deeper than :data:`~cprs_core.structured.MAX_JSON_DEPTH` levels is
     compressed as text. Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
@@ -67,16 +74,17 @@ def prune(
     """
     check_query(question, settings.allow_empty_query, name="question")
     check_int("min_tokens", min_tokens, 0)
-    value = output if isinstance(output, (dict, list)) else None
     if isinstance(output, str):
         if not output.strip():
             return output, None
-        value = parse_json_container(output)
-    elif value is None or not value:
+        value, text = parse_json_container(output), output
+    elif isinstance(output, (dict, list, tuple)) and output:
+        value = plain_json(output)
+        text = json.dumps(value, ensure_ascii=False)
+        if json_depth(value) > MAX_JSON_DEPTH:
+            value = None  # too deep to prune by its structure: pruned as its JSON text
+    else:
         return output, None
-    elif json_depth(value) > MAX_JSON_DEPTH:
-        value = None  # too deep to prune by its structure: pruned as its JSON text
-    text = output if isinstance(output, str) else _json_text(output)
     compressor = settings.resolve_compressor()
     count_tokens = getattr(compressor, "count_tokens", None)
     if count_tokens is not None and count_tokens(text) <= min_tokens:
@@ -203,15 +211,6 @@ def pruned_tool(
     if tool.args_schema is None:
         return Tool(**fields)
     return StructuredTool(args_schema=tool.args_schema, **fields)
-
-
-def _json_text(value: Any) -> str:
-    """``value`` as JSON text, or a :class:`ContextTypeError` where it nests deeper than ``json`` writes."""
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except RecursionError:
-        raise ContextTypeError(
-            f"the tool output nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
 
 
 def _summary(result: CompressionResult) -> dict[str, Any]:

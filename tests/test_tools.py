@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from cprs_core import CPRSCompressor
 from cprs_core.errors import ContextTypeError
-from cprs_core.structured import MAX_JSON_DEPTH, json_depth, parse_json_container, prune_json
+from cprs_core.structured import MAX_JSON_DEPTH, json_depth, parse_json_container, plain_json, prune_json
 from cprs_integrations.tools import NOTHING_KEPT, prune_tool_output, pruned_tool
 
 from .event_loop import ticks_while
@@ -116,6 +117,21 @@ def test_json_output_is_pruned_structurally_other_values_pass_through(digit_comp
     assert pruned_tool(stats, QUESTION, digit_compressor, min_tokens=50).invoke({"path": "x"}) == {"path": "x", "size": 12}
     number = StructuredTool.from_function(lambda path: 42, name="size", description="A size.")
     assert pruned_tool(number, QUESTION, digit_compressor, min_tokens=1).invoke({"path": "x"}) == 42
+
+
+def test_python_values_json_cannot_hold_prune_as_their_json_text(digit_compressor: CPRSCompressor) -> None:
+    """Tuples, non-string keys, dates and sets (what API clients return) prune as they are written as JSON."""
+    rows = [{"note": FILLER[:60], "tags": {"plain"}} for _ in range(20)]
+    rows[11] = {"note": "The code is 4471.", "day": datetime.date(2026, 1, 5), "tags": {"refund"}}
+    output = {7: tuple(rows)}
+    refund = {"note": "The code is 4471.", "day": "2026-01-05", "tags": "{'refund'}"}
+    options = {"compressor": digit_compressor, "instruction": "needle", "min_tokens": 50}
+    kept, note = prune_tool_output(output, QUESTION, **options).split("\n")
+    assert json.loads(kept) == {"7": [refund]} and note.startswith("[cprs: JSON pruned")
+    assert prune_json(digit_compressor, output, QUESTION, "needle").value == {"7": [refund]}
+    assert plain_json(output)["7"][11] == refund
+    with pytest.raises(ContextTypeError, match="prune_json prunes a dict or list, got str"):
+        prune_json(digit_compressor, LONG_OUTPUT, QUESTION, "needle")
 
 
 def test_remote_mode_prunes_on_a_running_cprs_server(digit_compressor: CPRSCompressor) -> None:
