@@ -125,13 +125,21 @@ class CPRSCompressor:
             ModelLoadError: missing path or a directory that is not a CPRS critic.
             DeviceError: unknown/unavailable device or unsupported dtype.
             WindowSizeError: ``window_size`` below 2 (checked before loading) or larger than the model allows.
-            OptionError: ``max_batch_tokens`` / ``max_context_tokens`` not a positive integer (before loading).
+            OptionError: ``max_batch_tokens`` / ``max_context_tokens`` not a positive integer, or
+                ``truncate_over_length`` / ``compile`` not a bool (before loading).
         """
         from .mini import is_mini_checkpoint, load_mini_critic
 
         check_optional_int("window_size", window_size, 2, WindowSizeError)
         check_optional_int("max_batch_tokens", max_batch_tokens, 1, OptionError)
         check_int("max_context_tokens", max_context_tokens, 1, OptionError)
+        for name, flag in (("truncate_over_length", truncate_over_length), ("compile", compile)):
+            if not isinstance(flag, bool):
+                raise OptionError(f"{name} must be True or False, got {flag!r} ({type(flag).__name__})")
+        if path_or_id is not None and not isinstance(path_or_id, (str, os.PathLike)):
+            raise ModelLoadError(
+                f"path_or_id must be a directory, a hub id or 'cprs-mini', got {type(path_or_id).__name__} {path_or_id!r}"
+            )
         critic: TokenCritic
         if path_or_id is None or str(path_or_id) == DEFAULT_MODEL:
             critic = load_mini_critic(None, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)

@@ -118,6 +118,10 @@ def test_bad_precisions_are_device_errors(dtype: str, device: str, message: str)
         resolve_precision(dtype, torch.device(device))
 
 
+def test_torch_int8_means_int8() -> None:
+    assert resolve_precision(torch.int8, CPU) == "int8"
+
+
 def test_a_bad_dtype_in_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DTYPE_ENV, "float8")
     with pytest.raises(DeviceError, match=r"unknown dtype 'float8' \(\$CPRS_MINI_DTYPE\)"):

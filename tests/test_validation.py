@@ -22,6 +22,7 @@ from cprs_core import (
     CPRSError,
     GranularityError,
     InstructionError,
+    ModelLoadError,
     OptionError,
     QueryError,
     WindowSizeError,
@@ -123,6 +124,10 @@ def test_model_options_are_checked_before_anything_loads(tmp_path: Path) -> None
         CPRSCompressor.from_pretrained(missing, window_size=1)
     with pytest.raises(OptionError, match="max_batch_tokens"):
         CPRSCompressor.from_pretrained(missing, max_batch_tokens=0)
+    with pytest.raises(OptionError, match="truncate_over_length must be True or False, got 'yes'"):
+        CPRSCompressor.from_pretrained(missing, truncate_over_length="yes")  # type: ignore[arg-type]
+    with pytest.raises(ModelLoadError, match="path_or_id must be a directory, a hub id or 'cprs-mini', got int 5"):
+        CPRSCompressor.from_pretrained(5)  # type: ignore[arg-type]
 
 
 def test_adapters_raise_the_core_errors_when_built() -> None:

@@ -42,6 +42,8 @@ def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> 
         DeviceError: an unknown dtype, or int8 on CUDA, or int8 asked for without a quantized engine.
     """
     source = "dtype"
+    if dtype is torch.int8:
+        dtype = INT8
     if dtype is None and device.type == "cpu":
         source, dtype = f"${DTYPE_ENV}", os.environ.get(DTYPE_ENV) or default_cpu_precision()
     if isinstance(dtype, str) and dtype != INT8 and dtype not in DTYPE_NAMES:
