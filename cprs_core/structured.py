@@ -103,18 +103,23 @@ def parse_json_container(text: str) -> Any:
     return value if isinstance(value, (dict, list)) and json_depth(value) <= MAX_JSON_DEPTH else None
 
 
-def plain_json(value: Any) -> Any:
-    """``value`` as the JSON it is written as: tuples become lists, keys strings, and what JSON cannot hold (sets,
-    bytes, dates, other objects) its ``str()``, so that a tool's output of Python values prunes as its JSON would.
+def plain_json_text(value: Any) -> str:
+    """``value`` written as JSON: tuples as lists, keys as strings, and what JSON cannot hold (sets, bytes, dates,
+    other objects) as its ``str()``, so that a tool's output of Python values prunes as its JSON would.
 
     Raises:
         ContextTypeError: ``value`` nests deeper than Python's ``json`` writes.
     """
     try:
-        return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+        return json.dumps(value, ensure_ascii=False, default=str)
     except RecursionError:
         raise ContextTypeError(
             f"the value nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as the JSON :func:`plain_json_text` writes, read back (plain dicts, lists and scalars)."""
+    return json.loads(plain_json_text(value))
 
 
 def json_depth(value: Any) -> int:

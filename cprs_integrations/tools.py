@@ -15,7 +15,7 @@ from cprs_core.structured import (
     MAX_JSON_DEPTH,
     json_depth,
     parse_json_container,
-    plain_json,
+    plain_json_text,
     prune_json_with,
 )
 from cprs_core.validation import check_int, check_query
@@ -59,8 +59,9 @@ def prune(
     """The content to put in the agent's context for ``output``, and the compression summary (``None``: unpruned).
 
     A string is compressed as text, unless it is a JSON object or array; JSON (a dict, list or tuple, or such a
-    string; values JSON cannot hold, such as dates or sets, count as their ``str()``) is pruned structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON
-    followed by a line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
+    string; values JSON cannot hold, such as dates or sets, count as their ``str()``) is pruned
+    structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON followed by a
+    line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
     ``total_units``, ``note``). JSON nested deeper than :data:`~cprs_core.structured.MAX_JSON_DEPTH` levels is
     compressed as text. Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
     long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
@@ -79,8 +80,8 @@ def prune(
             return output, None
         value, text = parse_json_container(output), output
     elif isinstance(output, (dict, list, tuple)) and output:
-        value = plain_json(output)
-        text = json.dumps(value, ensure_ascii=False)
+        text = plain_json_text(output)
+        value = json.loads(text)
         if json_depth(value) > MAX_JSON_DEPTH:
             value = None  # too deep to prune by its structure: pruned as its JSON text
     else:
