@@ -14,7 +14,7 @@ from .errors import CPRSError, ModelLoadError, OptionError, WindowSizeError
 from .keep import KeepPattern
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
-from .validation import DEFAULT_GRANULARITY, DEFAULT_MODEL, check_int, check_optional_int
+from .validation import DEFAULT_GRANULARITY, DEFAULT_MODEL, check_bool, check_int, check_optional_int
 
 
 def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
@@ -133,9 +133,8 @@ class CPRSCompressor:
         check_optional_int("window_size", window_size, 2, WindowSizeError)
         check_optional_int("max_batch_tokens", max_batch_tokens, 1, OptionError)
         check_int("max_context_tokens", max_context_tokens, 1, OptionError)
-        for name, flag in (("truncate_over_length", truncate_over_length), ("compile", compile)):
-            if not isinstance(flag, bool):
-                raise OptionError(f"{name} must be True or False, got {flag!r} ({type(flag).__name__})")
+        check_bool("truncate_over_length", truncate_over_length)
+        check_bool("compile", compile)
         if path_or_id is not None and not isinstance(path_or_id, (str, os.PathLike)):
             raise ModelLoadError(
                 f"path_or_id must be a directory, a hub id or 'cprs-mini', got {type(path_or_id).__name__} {path_or_id!r}"

@@ -39,8 +39,7 @@ def check_query(query: Any, allow_empty_query: Any = False, name: str = "query")
         QueryError: ``query`` is not a string, or is empty/whitespace without the opt-in.
         OptionError: ``allow_empty_query`` is not a bool.
     """
-    if not isinstance(allow_empty_query, bool):
-        raise OptionError(f"allow_empty_query must be True or False, got {_describe(allow_empty_query)}")
+    check_bool("allow_empty_query", allow_empty_query)
     if not isinstance(query, str):
         raise QueryError(f"{name} must be a string (the question the kept text must answer), got {_describe(query)}")
     if not query.strip() and not allow_empty_query:
@@ -147,6 +146,12 @@ def check_progress(progress: Any) -> None:
         raise OptionError(
             f"progress must be a function of (windows scored, windows total) or None, got {_describe(progress)}"
         )
+
+
+def check_bool(name: str, value: Any) -> None:
+    """``value`` must be ``True`` or ``False`` (not a truthy string or number); an :class:`OptionError` naming ``name``."""
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, got {_describe(value)}")
 
 
 def check_int(name: str, value: Any, minimum: int, error: type[CPRSError] = OptionError) -> None:
