@@ -59,11 +59,12 @@ _call_locks_lock = threading.Lock()
 _call_locks: "weakref.WeakKeyDictionary[CPRSCompressor, threading.Lock]" = weakref.WeakKeyDictionary()
 
 
-def _problems(error: ValidationError) -> str:
-    """Each of pydantic's complaints as ``field: message (got value)``."""
+def pydantic_problems(error: ValidationError, root: str, with_input: bool = False) -> str:
+    """Each of pydantic's complaints as ``field: message``, ``root`` naming the whole object; ``with_input`` adds
+    ``(got value)`` to each complaint about a field."""
     return "; ".join(
-        f"{'.'.join(map(str, item['loc'])) or 'settings'}: {item['msg']}"
-        + (f" (got {item['input']!r})" if item["loc"] else "")
+        f"{'.'.join(map(str, item['loc'])) or root}: {item['msg']}"
+        + (f" (got {item['input']!r})" if with_input and item["loc"] else "")
         for item in error.errors()
     )
 
@@ -200,7 +201,9 @@ class CompressorSettings(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as error:
-            raise OptionError(f"invalid options for {type(self).__name__}: {_problems(error)}") from error
+            raise OptionError(
+                f"invalid options for {type(self).__name__}: {pydantic_problems(error, 'settings', with_input=True)}"
+            ) from error
 
     @model_validator(mode="after")
     def _one_source(self) -> "CompressorSettings":

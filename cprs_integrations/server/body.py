@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from .._shared import pydantic_problems
 from .errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -74,10 +75,7 @@ def validate(model: type[Model], data: Any) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()
-        )
-        raise ApiError(422, "ValidationError", f"invalid request: {problems}") from error
+        raise ApiError(422, "ValidationError", f"invalid request: {pydantic_problems(error, 'body')}") from error
 
 
 def _check_content_type(declared: str | None) -> None:
