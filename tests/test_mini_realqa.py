@@ -322,3 +322,149 @@ def test_calibration_writes_ranges_that_the_int8_loader_smooths_with(tmp_path: P
     assert sum(hasattr(module, "int8_input_scale") for module in critic.model.encoder.modules()) == 3 * 6
     with pytest.raises(SystemExit, match="alpha"):
         calibrate.main(["--checkpoint", str(checkpoint), "--real-data", str(data), "--alpha", "1.5"])
+
+
+def _reviews(products: int) -> dict:
+    """A SQuAD v2-format file of product reviews: one answerable question per product, plus an unanswerable one
+    and one whose answer text is not at its offset (both left out)."""
+    data = []
+    for index in range(products):
+        context = (f"I bought the kettle model K{index} last spring. The lid broke after {index + 2} weeks of use. "
+                   "Otherwise it boils water fast.")
+        answer = f"after {index + 2} weeks"
+        data.append({"title": f"K{index}", "paragraphs": [{"context": context, "qas": [
+            {"question": f"When did the lid of K{index} break?", "id": f"q{index}",
+             "answers": [{"text": answer, "answer_start": context.index(answer)}]},
+            {"question": "Is it dishwasher safe?", "id": f"u{index}", "answers": [], "is_impossible": True},
+            {"question": "How fast does it boil?", "id": f"m{index}", "answers": [{"text": "fast", "answer_start": 0}]},
+        ]}]})
+    return {"version": "v2.0", "data": data}
+
+
+def test_own_squad_format_files_are_loaded_whole_as_a_source_named_by_the_file(tmp_path: Path) -> None:
+    import lzma
+
+    from cprs_core.mini.realqa import load_own_squad, own_source_name
+
+    plain = tmp_path / "kettle_reviews.json"
+    plain.write_text(json.dumps(_reviews(5)))
+    packed = tmp_path / "packed.json.xz"
+    packed.write_bytes(lzma.compress(json.dumps(_reviews(3)).encode()))
+    passages = load_own_squad(plain)
+    assert [p.group for p in passages] == [f"kettle_reviews:K{i}" for i in range(5)]  # every article, no split
+    assert {p.source for p in passages} == {"kettle_reviews"} == {own_source_name(plain)}
+    for passage in passages:
+        [question] = passage.questions  # the unanswerable and the misplaced answer are left out
+        [(start, end)] = question.answers
+        assert passage.text[start:end].startswith("after ") and question.text.startswith("When did the lid")
+    assert own_source_name(packed) == "packed" and len(load_own_squad(packed)) == 3
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("{not json", "cannot read"),
+    ('{"version": "1.1"}', "not in SQuAD format.*KeyError.*data"),
+    ('{"data": [{"title": "a", "paragraphs": [{"context": "x", "qas": [{"question": "q", "answers": [{"text": "x", '
+     '"answer_start": "0"}]}]}]}]}', "not in SQuAD format.*TypeError"),
+    ('{"data": [{"title": "a", "paragraphs": []}]}', "no answerable question"),
+])
+def test_own_squad_files_that_cannot_be_used_are_refused_naming_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    from cprs_core.mini.realqa import load_own_squad
+
+    path = tmp_path / "mine.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=problem):
+        load_own_squad(path)
+
+
+def test_the_evaluation_runs_on_own_squad_files_and_says_when_contexts_are_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cprs_core.mini import realeval
+
+    reviews = tmp_path / "kettle_reviews.json"
+    reviews.write_text(json.dumps(_reviews(30)))
+    output = tmp_path / "results.json"
+    realeval.main(["--squad-file", str(reviews), "--tokens", "400", "2000", "--questions", "1", "2", "--samples", "4",
+                   "--json", str(output), "--by-source"])
+
+    printed = capsys.readouterr().out
+    results = json.loads(output.read_text())["results"]
+    for setting in ("0K/1", "0K/2", "2K/1", "2K/2"):
+        for name in ("cprs-mini@10%", "embed@5%", "bm25@none"):
+            row = results[setting][name]
+            assert set(row["by_source"]) == {"kettle_reviews"} and 0.0 <= row["kept"] <= 1.0
+    assert results["0K/2"]["cprs-mini@5%"]["answers"] == 4  # 2 queries x 2 questions, from two products each
+    assert 380 <= results["0K/1"]["cprs-mini@none"]["context_tokens"] < 500
+    full = results["2K/1"]["cprs-mini@none"]["context_tokens"]  # 30 short reviews make ~1,000 tokens, not 2,000
+    assert full < 1800 and f"contexts of 1 question(s) averaged {full:.0f} tokens, not 2000" in printed
+    assert "not 400" not in printed  # contexts of the size asked for get no note
+    assert "| 2K | 1 | 5% | kettle_reviews | 4 |" in printed and f"files {reviews}" in printed
+
+
+@pytest.mark.parametrize(("arguments", "problem"), [
+    ([], "either --real-data"),
+    (["--real-data", "DATA", "--squad-file", "OWN"], "either --real-data"),
+    (["--squad-file", "OWN", "OWN"], "share a name"),
+    (["--squad-file", "missing.json"], "no such file: missing.json"),
+    (["--squad-file", "BAD"], "--squad-file: .*not in SQuAD format"),
+])
+def test_the_evaluation_refuses_wrong_question_sources_naming_the_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], arguments: list[str],
+    problem: str,
+) -> None:
+    from cprs_core.mini import realeval
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "own.json").write_text(json.dumps(_reviews(2)))
+    (tmp_path / "bad.json").write_text('{"data": 5}')
+    names = {"DATA": str(tmp_path), "OWN": "own.json", "BAD": "bad.json"}
+    with pytest.raises(SystemExit) as stopped:
+        realeval.parse_args([names.get(argument, argument) for argument in arguments])
+    assert stopped.value.code == 2 and re.search(problem, capsys.readouterr().err)
+
+
+def test_a_document_without_its_gold_passages_asks_the_same_questions_of_other_passages(data_dir: Path) -> None:
+    from cprs_core.mini.realeval import query_document
+
+    (data_dir / "coqa.test.json").write_text(json.dumps(_coqa_stories(30)))
+    pool = PassagePool(load_passages(data_dir), load_tokenizer(backbone_dir()))
+    for questions in (1, 2):
+        for sample in range(4):
+            present = query_document(pool, 1, 300, questions, sample)
+            absent = query_document(pool, 1, 300, questions, sample, with_gold=False)
+            assert absent.query == present.query and absent.source == present.source
+            assert absent.answers == absent.relevant == () and len(present.answers) == questions
+            gold = [present.text[start:end] for start, end in present.answers]
+            assert not any(answer in absent.text for answer in gold)  # each answer is unique to its passage
+            assert len(absent.text) >= 0.7 * len(present.text)  # other passages fill the size
+
+
+def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path) -> None:
+    from cprs_core.mini import realeval
+
+    (tmp_path / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
+    (tmp_path / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
+    output, table = tmp_path / "results.json", tmp_path / "table.md"
+    realeval.main(["--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1",
+                   "--samples", "4", "--no-answer", "--other-keep-rule", "--json", str(output), "--markdown", str(table)])
+
+    results = json.loads(output.read_text())["results"]["0K/1"]
+    absent = results["cprs-mini@none/no-answer"]
+    assert absent["queries"] == 4 and absent["answers"] == 4 and 0.0 <= absent["kept"] <= 1.0
+    assert "gap" not in absent and results["cprs-mini@none"]["answers"] == 4
+    assert absent["ratio"] >= 1.0 and 350 <= absent["context_tokens"] < 500
+    assert f"| 0K | 1 | {results['cprs-mini@none']['kept']:.1%} at " in table.read_text()
+    assert f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of 4 |" in table.read_text()
+    assert 0.0 <= absent["best_score_median"] <= 1.0 and 0.0 <= results["cprs-mini@none"]["best_score_median"] <= 1.0
+    assert 0.0 <= absent["score_auc"] <= 1.0 and f"| {absent['score_auc']:.3f} |" in table.read_text()
+
+
+def test_the_score_auc_is_the_chance_that_a_context_with_the_answer_scores_higher() -> None:
+    from cprs_core.mini.realeval import score_auc
+
+    assert score_auc([0.9, 0.8], [0.1, 0.2, 0.0]) == 1.0
+    assert score_auc([0.1], [0.9, 0.2]) == 0.0
+    assert score_auc([0.5, 0.5], [0.5]) == 0.5  # ties count half
+    assert score_auc([0.3, 0.7], [0.5]) == 0.5

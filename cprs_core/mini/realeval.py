@@ -6,6 +6,8 @@ question, or two questions of passages from different groups; its gold passages 
 other groups of the same source until the context holds ``--tokens`` MiniLM tokens. Half the queries come from
 SQuAD (Wikipedia), half from CoQA (news, Reddit, exams, fiction, science, Wikipedia); ``--sources multirc`` or
 ``--sources nq`` asks MultiRC's or Natural Questions' instead (see :mod:`cprs_core.mini.realqa`).
+``--squad-file FILE ...`` (instead of ``--real-data``) asks the questions of your own SQuAD-format files, each
+file a source: every answerable question of it, among passages of the same file's other articles.
 
 Every method keeps whole sentences (the engine's sentence units) under the same rule, the engine's own
 :func:`~cprs_core.spans.select_by_budget`: the best-scoring sentences that fit in ``ratio x context`` tokens.
@@ -37,14 +39,19 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from ..compressor import CPRSCompressor
+from ..result import CompressionResult
 from ..spans import Unit, merge_adjacent, select_by_budget, units_from_char_ranges, zscore
 from ..text_units import lower_words, sentence_ranges
 from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
-from .realqa import DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_passages, passages_of
+from .realqa import (
+    DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_own_squad, load_passages, own_source_name,
+    passages_of,
+)
 from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
@@ -59,12 +66,17 @@ class Cell:
     kept_tokens: list[int] = field(default_factory=list)
     original_tokens: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    best_scores: list[float] = field(default_factory=list)
+    """With ``--no-answer``, cprs-mini's best kept span score per context without a budget (0: nothing kept)."""
 
-    def add(self, kept: list[bool], kept_tokens: int, original_tokens: int, source: str) -> None:
+    def add(self, kept: list[bool], kept_tokens: int, original_tokens: int, source: str,
+            best_score: float | None = None) -> None:
         self.kept.append(kept)
         self.kept_tokens.append(kept_tokens)
         self.original_tokens.append(original_tokens)
         self.sources.append(source)
+        if best_score is not None:
+            self.best_scores.append(best_score)
 
     def rate(self, mask: np.ndarray | None = None) -> float:
         values = [np.mean(row) for row, on in zip(self.kept, self._mask(mask)) if on]
@@ -176,11 +188,15 @@ def unpunctuated(document: RealDocument) -> RealDocument:
     return dataclasses.replace(document, text=_SENTENCE_PUNCTUATION.sub(" ", document.text))
 
 
-def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sample: int) -> RealDocument:
+def query_document(
+    pool: PassagePool, seed: int, tokens: int, questions: int, sample: int, with_gold: bool = True
+) -> RealDocument:
     """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
-    ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context."""
+    ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context.
+    ``with_gold=False``: the same query over a context of the same size without its gold passages."""
     rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
     families = [family for family in SOURCE_FAMILIES if family in pool.families]
+    families += sorted(family for family in pool.families if family not in SOURCE_FAMILIES)  # --squad-file sources
     family = families[sample % len(families)]
     if family == "wikipedia-squad":
         source = family
@@ -189,7 +205,7 @@ def query_document(pool: PassagePool, seed: int, tokens: int, questions: int, sa
             name for name in pool.families[family]
             if len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
         ])
-    return pool.document(rng, pool.sample_gold(rng, source, questions), tokens)
+    return pool.document(rng, pool.sample_gold(rng, source, questions), tokens, with_gold=with_gold)
 
 
 def evaluate(
@@ -207,6 +223,7 @@ def evaluate(
     other_keep_rule: bool = False,
     without_punctuation: bool = False,
     neighbour_weights: Sequence[float] = (),
+    without_answer: bool = False,
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -218,7 +235,10 @@ def evaluate(
     (``cprs-mini@10%/pqz``); with ``other_keep_rule``, the other setting of ``rank_without_budget``
     (``cprs-mini@none/rwb``); each of ``neighbour_weights`` as the neighbour lift of the ranking, under the budgets
     and without one (``cprs-mini@10%/n=<w>``). Each query's windows are scored once for all of these variants. With
-    ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test).
+    ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test). With ``without_answer``,
+    each query is also asked of a context of the same size without its gold passages, with no budget: the cell
+    ``cprs-mini@none/no-answer`` records for each such context whether nothing at all was kept (its "kept" share),
+    how many tokens were and the best kept span's score (which ``cprs-mini@none`` then records too).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
@@ -226,11 +246,15 @@ def evaluate(
                       "neighbour_weight")
     defaults = {name: getattr(critic, name, None) for name in settings_names}
 
-    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
+    def configure(**settings: float | bool | None) -> None:
         for setting, value in {**defaults, **settings}.items():
             setattr(critic, setting, value)
+
+    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
+        configure(**settings)
         result = compressor.compress(document.text, query=document.query, granularity="sentence", target_ratio=budget)
-        _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total)
+        best = best_span_score(result) if without_answer and name == "cprs-mini@none" else None
+        _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total, best)
         return result.compressed_tokens
 
     forget = remember_window_scores(critic)
@@ -250,6 +274,15 @@ def evaluate(
             run(f"cprs-mini@none/n={lift:g}", document, total, None, neighbour_weight=lift or None)
         if other_keep_rule:
             run("cprs-mini@none/rwb", document, total, None, rank_without_budget=not defaults["rank_without_budget"])
+        if without_answer:
+            absent = query_document(pool, seed, tokens, questions, sample, with_gold=False)
+            if without_punctuation:
+                absent = unpunctuated(absent)
+            configure()
+            result = compressor.compress(absent.text, query=absent.query, granularity="sentence")
+            cells.setdefault("cprs-mini@none/no-answer", Cell()).add(
+                [not result.spans], result.compressed_tokens, result.original_tokens, absent.source,
+                best_span_score(result))
         for budget in BUDGETS:
             limit = same_size if budget is None else max(1, int(total * budget))
             if budget is not None:
@@ -271,14 +304,27 @@ def evaluate(
                     continue
                 spans, kept = keep_spans(units, scores, limit)
                 _record(cells, f"{method}@{budget_name(budget)}", document, spans, kept, total)
-    for setting, value in defaults.items():
-        setattr(critic, setting, value)
+    configure()
     del critic.score_windows
     return cells
 
 
-def _record(cells: dict[str, Cell], name: str, document: RealDocument, spans: list[tuple[int, int]], kept: int, total: int) -> None:
-    cells.setdefault(name, Cell()).add([covered(spans, answer) for answer in document.answers], kept, total, document.source)
+def best_span_score(result: CompressionResult) -> float:
+    """The highest score of the result's spans (what LlamaIndex nodes get as their score), 0 when nothing is kept."""
+    return max((span.score for span in result.spans), default=0.0)
+
+
+def score_auc(present: Sequence[float], absent: Sequence[float]) -> float:
+    """The chance that a context holding the answer has a higher best span score than one without it (ties: half):
+    how well that score tells the two apart (0.5: not at all, 1: perfectly)."""
+    high, low = np.asarray(present)[:, None], np.asarray(absent)[None, :]
+    return float(np.mean((high > low) + 0.5 * (high == low)))
+
+
+def _record(cells: dict[str, Cell], name: str, document: RealDocument, spans: list[tuple[int, int]], kept: int, total: int,
+            best_score: float | None = None) -> None:
+    cells.setdefault(name, Cell()).add([covered(spans, answer) for answer in document.answers], kept, total, document.source,
+                                       best_score)
 
 
 def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
@@ -297,11 +343,16 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
         masks = {source: sources == source for source in sorted(set(cell.sources))}
         summary[name] = {
             "kept": cell.rate(), "low": low, "high": high, "ratio": cell.ratio(), "queries": len(cell.kept),
+            "context_tokens": float(np.mean(cell.original_tokens)),
             "answers": int(sum(len(row) for row in cell.kept)),
             "kept_wikipedia": cell.rate(wikipedia), "kept_other": cell.rate(~wikipedia),
             "by_source": {source: {"kept": cell.rate(on), "queries": int(on.sum()), "ratio": cell.ratio(on)}
                           for source, on in masks.items()},
         }
+        if cell.best_scores:
+            summary[name]["best_score_median"] = float(np.median(cell.best_scores))
+        if name == "cprs-mini@none/no-answer" and cells.get("cprs-mini@none", Cell()).best_scores:
+            summary[name]["score_auc"] = score_auc(cells["cprs-mini@none"].best_scores, cell.best_scores)
         method, budget = name.split("@", 1)
         if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
             difference = cells[f"cprs-mini@{budget}"].per_query() - cell.per_query()
@@ -367,10 +418,34 @@ def markdown_by_source(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
+    """One row per (context, questions) measured ``--no-answer``: without a budget, cprs-mini's kept share and size
+    on the queries' own contexts, and on contexts without their gold passages, the share of contexts of which
+    nothing was kept [95% CI] and the share of tokens kept; then how well the best kept span's score (a LlamaIndex
+    node's score) tells the two kinds of context apart."""
+    header = ("| context | questions | with the answer: kept, size | without it: nothing kept | "
+              "without it: tokens kept | best span score, median with / without | AUC of that score |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for setting, summary in results.items():
+        absent = summary.get("cprs-mini@none/no-answer")
+        if absent is None:
+            continue
+        size, questions = setting.split("/")
+        present = summary["cprs-mini@none"]
+        lines.append(f"| {size} | {questions} | {present['kept']:.1%} at {present['ratio']:.0f}x | "
+                     f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of {absent['queries']} | "
+                     f"{1 / absent['ratio']:.2%} ({absent['ratio']:.0f}x) | "
+                     f"{present['best_score_median']:.3f} / {absent['best_score_median']:.3f} | {absent['score_auc']:.3f} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real-data", type=Path, required=True,
+    parser.add_argument("--real-data", type=Path, default=None,
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
+    parser.add_argument("--squad-file", type=Path, nargs="+", default=[],
+                        help="instead of --real-data: your own questions, SQuAD-format files (each its own source, "
+                             "named by its file; all of each is used, --split does not apply)")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(DEFAULT_SOURCES),
                         help="where the questions come from (multirc, nq: their files must be in --real-data too)")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
@@ -390,6 +465,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try the other no-budget rule (rank_without_budget on or off)")
     parser.add_argument("--unpunctuated", action="store_true",
                         help="stress test: drop the sentence punctuation of every context (see unpunctuated)")
+    parser.add_argument("--no-answer", action="store_true",
+                        help="also ask each query of a context without its gold passages (no budget): how often "
+                             "nothing is kept, and how much is")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -401,7 +479,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--by-source", action="store_true",
                         help="also print a table per source (CoQA by domain: coqa-cnn, coqa-reddit, ...)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.real_data is None) == (not args.squad_file):
+        parser.error("give either --real-data (the built-in held-out questions) or --squad-file (your own)")
+    names = [own_source_name(path) for path in args.squad_file]
+    if len(set(names)) < len(names):
+        parser.error(f"--squad-file: two files share a name ({', '.join(names)}); each file is a source named by it")
+    missing = [str(path) for path in args.squad_file if not path.is_file()]
+    if missing:
+        parser.error(f"--squad-file: no such file: {', '.join(missing)}")
+    for path in args.squad_file:
+        try:
+            load_own_squad(path)
+        except ValueError as error:
+            parser.error(f"--squad-file: {error}")
+    return args
+
+
+def question_pool(args: argparse.Namespace, tokenizer: Tokenizer) -> PassagePool:
+    """The passages queries are drawn from: every question of the ``--squad-file`` files, or else the
+    ``--split`` of the built-in ``--sources``."""
+    if args.squad_file:
+        passages = [passage for path in args.squad_file for passage in load_own_squad(path)]
+    else:
+        passages = passages_of(load_passages(args.real_data, args.sources), args.split)
+    return PassagePool(passages, tokenizer)
 
 
 _WORKER: dict[str, object] = {}
@@ -424,7 +526,7 @@ def _load(args: argparse.Namespace, device: str) -> None:
         critic.embedder = embedder.embedder  # lets --weights try the similarity on a checkpoint without it
     compressor = CPRSCompressor(critic, window_size=args.window_size)
     _WORKER.update(args=args, compressor=compressor, baselines=SentenceBaselines(compressor, embedder),
-                   pool=PassagePool(passages_of(load_passages(args.real_data, args.sources), args.split), tokenizer))
+                   pool=question_pool(args, tokenizer))
 
 
 def _init_worker(args: argparse.Namespace, devices: list[str]) -> None:
@@ -440,7 +542,7 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
                     args.shortlists, args.other_keep_rule, args.unpunctuated,  # type: ignore[attr-defined]
-                    args.neighbour_weights)  # type: ignore[attr-defined]
+                    args.neighbour_weights, args.no_answer)  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
@@ -448,8 +550,8 @@ def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
     for part in parts:
         for name, cell in part.items():
             target = merged.setdefault(name, Cell())
-            for kept, kept_tokens, original, source in zip(cell.kept, cell.kept_tokens, cell.original_tokens, cell.sources):
-                target.add(kept, kept_tokens, original, source)
+            for column in dataclasses.fields(Cell):
+                getattr(target, column.name).extend(getattr(cell, column.name))
     return merged
 
 
@@ -484,9 +586,17 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown(results)
     if args.by_source:
         table += "\n\n" + markdown_by_source(results)
+    if args.no_answer:
+        table += "\n\n" + markdown_no_answer(results)
     print(table)
-    print(f"({time.perf_counter() - started:.0f} s; split {args.split}; sources {' '.join(args.sources)}; seed {args.seed}; "
-          f"checkpoint {args.checkpoint or 'shipped'})")
+    data = (f"files {' '.join(str(path) for path in args.squad_file)}" if args.squad_file
+            else f"split {args.split}; sources {' '.join(args.sources)}")
+    print(f"({time.perf_counter() - started:.0f} s; {data}; seed {args.seed}; checkpoint {args.checkpoint or 'shipped'})")
+    for size, questions in settings:
+        tokens = results[f"{size // 1000}K/{questions}"]["cprs-mini@none"]["context_tokens"]
+        if tokens < 0.9 * size:
+            print(f"(contexts of {questions} question(s) averaged {tokens:.0f} tokens, not {size}: the data has too "
+                  f"few passages to fill them)")
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")
     if args.json:

@@ -94,6 +94,10 @@ def split_of(group: str) -> str:
 def _read_json(path: Path) -> dict:
     if any(name in path.name for name in RESERVED_NAMES):
         raise ValueError(f"{path.name} is a SQuADShifts file, reserved for independent evaluation")
+    return _read_any_json(path)
+
+
+def _read_any_json(path: Path) -> dict:
     opener = lzma.open if path.suffix == ".xz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         return json.load(handle)
@@ -108,19 +112,61 @@ def _evidence(text: str, answer: tuple[int, int]) -> tuple[tuple[int, int], ...]
 
 def load_squad(path: Path) -> list[Passage]:
     """SQuAD v1.1 paragraphs (source ``wikipedia-squad``), one passage each, grouped by article."""
+    return _squad_passages(_read_json(path)["data"], "wikipedia-squad", "squad")
+
+
+def _squad_passages(articles: list[dict], source: str, prefix: str) -> list[Passage]:
+    """The paragraphs of SQuAD-format ``articles`` with their answerable questions, each question answered by its
+    first answer (skipped where that text is not at its offset), grouped by article as ``prefix:title``."""
     passages = []
-    for article in _read_json(path)["data"]:
+    for number, article in enumerate(articles):
         for paragraph in article["paragraphs"]:
             text = paragraph["context"]
             questions = []
             for qa in paragraph["qas"]:
+                if not qa.get("answers") or qa.get("is_impossible"):
+                    continue
                 answer = qa["answers"][0]
                 span = (answer["answer_start"], answer["answer_start"] + len(answer["text"]))
                 if text[span[0] : span[1]] != answer["text"]:
                     continue
                 questions.append(Question(qa["question"].strip(), (span,), _evidence(text, span)))
             if questions:
-                passages.append(Passage("wikipedia-squad", "squad:" + article["title"], text, tuple(questions)))
+                group = f"{prefix}:{article.get('title') or number}"
+                passages.append(Passage(source, group, text, tuple(questions)))
+    return passages
+
+
+def own_source_name(path: str | Path) -> str:
+    """The source name of a question file given by a user: its file name without ``.json`` / ``.json.xz``."""
+    name = Path(path).name
+    for suffix in (".xz", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def load_own_squad(path: str | Path) -> list[Passage]:
+    """Every answerable question of a SQuAD-format file of one's own (v1.1, or v2 whose unanswerable questions
+    are left out; ``.json`` or ``.json.xz``), as passages of the source :func:`own_source_name` grouped by article.
+    Unlike the built-in sources it is not split: all of it is for evaluation.
+
+    Raises:
+        ValueError: the file cannot be read as SQuAD-format JSON, or holds no answerable question.
+    """
+    path = Path(path)
+    source = own_source_name(path)
+    try:
+        articles = _read_any_json(path)["data"]
+        passages = _squad_passages(articles, source, source)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, lzma.LZMAError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(
+            f"{path} is not in SQuAD format (data > paragraphs > context and qas > question and answers > text and "
+            f"answer_start): {type(error).__name__}: {error}"
+        ) from error
+    if not passages:
+        raise ValueError(f"{path} has no answerable question whose answer text lies at its answer_start")
     return passages
 
 
@@ -318,12 +364,15 @@ class PassagePool:
         return chosen
 
     def document(
-        self, rng: random.Random, gold: Sequence[tuple[int, Question]], n_tokens: int, near: int = 0
+        self, rng: random.Random, gold: Sequence[tuple[int, Question]], n_tokens: int, near: int = 0,
+        with_gold: bool = True,
     ) -> RealDocument:
         """The gold passages among distractors of the same source from other groups, ~``n_tokens`` in all.
 
         Distractors come from the gold's source first; if it runs out, from the other sources. ``near`` > 0
         first adds up to that many other passages of the gold's own groups (hard negatives, for training).
+        ``with_gold=False`` leaves the gold passages out (the same distractors, and more in their place; the
+        questions are still asked, and the document has no answers): a context without what the query asks for.
         """
         source = self.passages[gold[0][0]].source
         pieces = [index for index, _ in gold]
@@ -333,6 +382,8 @@ class PassagePool:
         other = [i for i in range(len(self.passages)) if self.passages[i].source != source]
         for candidates in (siblings, same, other):
             rng.shuffle(candidates)
+        if not with_gold:
+            pieces = []
         total = sum(self.tokens[index] for index in pieces)
         for index in siblings[:near] + same + other:
             if total >= n_tokens:
@@ -355,6 +406,8 @@ class PassagePool:
             length += len(self.passages[index].text)
         answers, relevant = [], []
         for index, question in gold:
+            if index not in offsets:
+                continue  # left out (``with_gold=False``)
             base = offsets[index]
             answers.extend((base + start, base + end) for start, end in question.answers)
             relevant.extend((base + start, base + end) for start, end in question.evidence)
