@@ -349,6 +349,8 @@ class WindowParallelEngine:
             ]
             compressed_tokens = sum(unit.tokens for group in groups for unit in group)
             metadata["forced_tokens"] = int(forced.mask.sum())
+            if relevance is not None:
+                metadata["best_relevance"] = _best_sentence_relevance(text, tokens, relevance)
         kept_text = request.separator.join(span.text for span in spans)
         metadata["budget"] = budget
         if reader is not None:
@@ -485,6 +487,16 @@ class WindowParallelEngine:
         return SentenceScores.from_relevance(
             relevance, sentences, token_ends, similarity, weight, shortlist, neighbours, starts
         )
+
+
+def _best_sentence_relevance(text: str, tokens: TokenizedText, relevance: np.ndarray) -> float:
+    """The highest relevance probability of any sentence of ``text`` (its tokens' mean logit, as the keep rule reads
+    it); 0 for a text without tokens."""
+    if not len(relevance):
+        return 0.0
+    sentences = [(unit.start, unit.end) for unit in segment(text, "sentence")]
+    keep = SentenceScores.from_relevance(relevance, sentences, [end for _, end in tokens.offsets]).keep
+    return float(1.0 / (1.0 + np.exp(-float(np.max(keep)))))
 
 
 def _holding(units: list[Unit], marked: np.ndarray) -> list[Unit]:

@@ -286,11 +286,14 @@ class DocumentSettings(CompressorSettings):
         ``windows`` and ``granularity`` describe the compressed context: the text itself in per-document mode,
         all texts together in joint mode. ``spans`` are this text's kept spans (``start``/``end`` character
         offsets into the original text, ``text``, ``score``, ``tag``); ``score`` is the highest span score.
+        ``best_relevance`` is the compressed context's highest sentence relevance probability (cprs-mini; ``None``
+        for a critic without a relevance head): how likely it holds what the query asks at all.
         """
         summary = kept.result.to_dict()
         return {
             "mode": self.mode,
             **{key: summary[key] for key in SUMMARY_KEYS},
+            "best_relevance": summary["metadata"].get("best_relevance"),
             "score": kept.score,
             "spans": [span.to_dict() for span in kept.spans],
         }

@@ -91,6 +91,7 @@ def test_per_document_keeps_id_and_metadata_adds_cprs_metadata_and_drops_empty(
     assert cprs["ratio"] == pytest.approx(cprs["original_tokens"] / cprs["compressed_tokens"])
     assert cprs["keep_ratio"] == pytest.approx(1 / cprs["ratio"])
     assert cprs["score"] == max(span["score"] for span in cprs["spans"]) > 0.5
+    assert cprs["best_relevance"] is None  # a critic without a relevance head (the 7B format) has none
     for document, source in ((first, DOCUMENTS[0]), (second, DOCUMENTS[3])):
         for span in document.metadata["cprs"]["spans"]:
             assert source.page_content[span["start"] : span["end"]] == span["text"]
@@ -213,3 +214,18 @@ def test_remote_mode_calls_a_running_cprs_server(
     assert [(d.id, d.page_content, d.metadata) for d in compressed] == [
         (d.id, d.page_content, d.metadata) for d in local
     ]
+
+
+def test_cprs_mini_metadata_carries_the_best_sentence_relevance_of_each_document() -> None:
+    from cprs_core import CPRSCompressor
+
+    core = CPRSCompressor.from_pretrained()
+    answer = Document(page_content="The ferry to Skye leaves from Mallaig at nine. Tickets are sold on board.")
+    other = Document(page_content="Basalt columns form when lava cools slowly. The island has many of them.")
+    query = "Where does the ferry to Skye leave from?"
+    kept = CPRSDocumentCompressor(compressor=core).compress_documents([answer, other], query)
+    expected = [core.compress(document.page_content, query=query).metadata["best_relevance"] for document in (answer, other)]
+    assert expected[0] > 0.5 > expected[1]  # the document that answers, and the one that does not
+    assert kept[0].page_content.startswith("The ferry") and kept[0].metadata["cprs"]["best_relevance"] == pytest.approx(expected[0])
+    for document in kept[1:]:  # kept only if something of it passed the keep rule
+        assert document.metadata["cprs"]["best_relevance"] == pytest.approx(expected[1])

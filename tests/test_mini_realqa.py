@@ -457,8 +457,9 @@ def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path)
     assert absent["ratio"] >= 1.0 and 350 <= absent["context_tokens"] < 500
     assert f"| 0K | 1 | {results['cprs-mini@none']['kept']:.1%} at " in table.read_text()
     assert f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of 4 |" in table.read_text()
-    assert 0.0 <= absent["best_score_median"] <= 1.0 and 0.0 <= results["cprs-mini@none"]["best_score_median"] <= 1.0
-    assert 0.0 <= absent["score_auc"] <= 1.0 and f"| {absent['score_auc']:.3f} |" in table.read_text()
+    for signal in ("best_scores", "best_relevance"):
+        assert 0.0 <= absent[f"{signal}_median"] <= 1.0 and 0.0 <= results["cprs-mini@none"][f"{signal}_median"] <= 1.0
+        assert 0.0 <= absent[f"{signal}_auc"] <= 1.0 and f", {absent[f'{signal}_auc']:.3f} |" in table.read_text()
 
 
 def test_the_score_auc_is_the_chance_that_a_context_with_the_answer_scores_higher() -> None:

@@ -269,3 +269,19 @@ def test_a_budget_smaller_than_a_run_on_paragraph_keeps_its_relevant_piece() -> 
     result = CPRSCompressor(KeywordCritic()).compress(text, query="which?", granularity="sentence", target_tokens=80)
     assert len(result.spans) == 1 and "alpha alpha" in result.spans[0].text  # the piece holding most of them
     assert 0 < result.compressed_tokens <= 80
+
+
+def test_the_best_sentence_relevance_is_reported_whatever_the_granularity_or_budget() -> None:
+    compressor = CPRSCompressor(KeywordCritic(relevance_threshold=0.5))
+    best = 1 / (1 + np.exp(-2.0))  # "alpha alpha alpha one.": logits +4 +4 +4 -4, mean 2
+    for settings in ({}, {"granularity": "token"}, {"granularity": "paragraph"}, {"target_ratio": 0.5}):
+        result = compressor.compress(CONTEXT, query="which?", **{"granularity": "sentence", **settings})
+        assert result.metadata["best_relevance"] == pytest.approx(best)
+    nothing = compressor.compress("plain words here. more filler now.", query="which?")
+    assert nothing.spans == [] and nothing.metadata["best_relevance"] == pytest.approx(1 / (1 + np.exp(4.0)))
+
+    class TagsOnly(KeywordCritic):  # a critic without a relevance head (as the 7B) reports none
+        def score_windows(self, prefix_ids, windows, tags):  # type: ignore[no-untyped-def]
+            return [WindowScores(score.bioe) for score in super().score_windows(prefix_ids, windows, tags)]
+
+    assert "best_relevance" not in CPRSCompressor(TagsOnly()).compress(CONTEXT, query="which?").metadata

@@ -68,15 +68,18 @@ class Cell:
     sources: list[str] = field(default_factory=list)
     best_scores: list[float] = field(default_factory=list)
     """With ``--no-answer``, cprs-mini's best kept span score per context without a budget (0: nothing kept)."""
+    best_relevance: list[float] = field(default_factory=list)
+    """With ``--no-answer``, the result's ``metadata["best_relevance"]`` per context without a budget."""
 
     def add(self, kept: list[bool], kept_tokens: int, original_tokens: int, source: str,
-            best_score: float | None = None) -> None:
+            signals: tuple[float, float] | None = None) -> None:
         self.kept.append(kept)
         self.kept_tokens.append(kept_tokens)
         self.original_tokens.append(original_tokens)
         self.sources.append(source)
-        if best_score is not None:
-            self.best_scores.append(best_score)
+        if signals is not None:
+            self.best_scores.append(signals[0])
+            self.best_relevance.append(signals[1])
 
     def rate(self, mask: np.ndarray | None = None) -> float:
         values = [np.mean(row) for row, on in zip(self.kept, self._mask(mask)) if on]
@@ -238,7 +241,7 @@ def evaluate(
     ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test). With ``without_answer``,
     each query is also asked of a context of the same size without its gold passages, with no budget: the cell
     ``cprs-mini@none/no-answer`` records for each such context whether nothing at all was kept (its "kept" share),
-    how many tokens were and the best kept span's score (which ``cprs-mini@none`` then records too).
+    how many tokens were, and its :func:`answer_signals` (which ``cprs-mini@none`` then records too).
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
@@ -253,8 +256,8 @@ def evaluate(
     def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
         configure(**settings)
         result = compressor.compress(document.text, query=document.query, granularity="sentence", target_ratio=budget)
-        best = best_span_score(result) if without_answer and name == "cprs-mini@none" else None
-        _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total, best)
+        signals = answer_signals(result) if without_answer and name == "cprs-mini@none" else None
+        _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total, signals)
         return result.compressed_tokens
 
     forget = remember_window_scores(critic)
@@ -282,7 +285,7 @@ def evaluate(
             result = compressor.compress(absent.text, query=absent.query, granularity="sentence")
             cells.setdefault("cprs-mini@none/no-answer", Cell()).add(
                 [not result.spans], result.compressed_tokens, result.original_tokens, absent.source,
-                best_span_score(result))
+                answer_signals(result))
         for budget in BUDGETS:
             limit = same_size if budget is None else max(1, int(total * budget))
             if budget is not None:
@@ -309,9 +312,10 @@ def evaluate(
     return cells
 
 
-def best_span_score(result: CompressionResult) -> float:
-    """The highest score of the result's spans (what LlamaIndex nodes get as their score), 0 when nothing is kept."""
-    return max((span.score for span in result.spans), default=0.0)
+def answer_signals(result: CompressionResult) -> tuple[float, float]:
+    """Two signals that the context holds what was asked: the highest score of the result's spans (what LlamaIndex
+    nodes get as their score; 0 when nothing is kept) and ``metadata["best_relevance"]``."""
+    return max((span.score for span in result.spans), default=0.0), float(result.metadata["best_relevance"])
 
 
 def score_auc(present: Sequence[float], absent: Sequence[float]) -> float:
@@ -322,9 +326,9 @@ def score_auc(present: Sequence[float], absent: Sequence[float]) -> float:
 
 
 def _record(cells: dict[str, Cell], name: str, document: RealDocument, spans: list[tuple[int, int]], kept: int, total: int,
-            best_score: float | None = None) -> None:
+            signals: tuple[float, float] | None = None) -> None:
     cells.setdefault(name, Cell()).add([covered(spans, answer) for answer in document.answers], kept, total, document.source,
-                                       best_score)
+                                       signals)
 
 
 def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
@@ -349,10 +353,12 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
             "by_source": {source: {"kept": cell.rate(on), "queries": int(on.sum()), "ratio": cell.ratio(on)}
                           for source, on in masks.items()},
         }
-        if cell.best_scores:
-            summary[name]["best_score_median"] = float(np.median(cell.best_scores))
-        if name == "cprs-mini@none/no-answer" and cells.get("cprs-mini@none", Cell()).best_scores:
-            summary[name]["score_auc"] = score_auc(cells["cprs-mini@none"].best_scores, cell.best_scores)
+        present = cells.get("cprs-mini@none", Cell())
+        for signal in ("best_scores", "best_relevance"):
+            if getattr(cell, signal):
+                summary[name][f"{signal}_median"] = float(np.median(getattr(cell, signal)))
+            if name == "cprs-mini@none/no-answer" and getattr(present, signal):
+                summary[name][f"{signal}_auc"] = score_auc(getattr(present, signal), getattr(cell, signal))
         method, budget = name.split("@", 1)
         if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
             difference = cells[f"cprs-mini@{budget}"].per_query() - cell.per_query()
@@ -422,9 +428,11 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
     """One row per (context, questions) measured ``--no-answer``: without a budget, cprs-mini's kept share and size
     on the queries' own contexts, and on contexts without their gold passages, the share of contexts of which
     nothing was kept [95% CI] and the share of tokens kept; then how well the best kept span's score (a LlamaIndex
-    node's score) tells the two kinds of context apart."""
+    node's score) and the best sentence relevance (``metadata["best_relevance"]``) tell the two kinds of context
+    apart (medians, and the chance that a context with the answer scores higher: AUC)."""
     header = ("| context | questions | with the answer: kept, size | without it: nothing kept | "
-              "without it: tokens kept | best span score, median with / without | AUC of that score |")
+              "without it: tokens kept | best span score, median with / without, AUC | "
+              "best sentence relevance, median with / without, AUC |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for setting, summary in results.items():
         absent = summary.get("cprs-mini@none/no-answer")
@@ -435,7 +443,9 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
         lines.append(f"| {size} | {questions} | {present['kept']:.1%} at {present['ratio']:.0f}x | "
                      f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of {absent['queries']} | "
                      f"{1 / absent['ratio']:.2%} ({absent['ratio']:.0f}x) | "
-                     f"{present['best_score_median']:.3f} / {absent['best_score_median']:.3f} | {absent['score_auc']:.3f} |")
+                     + " | ".join(f"{present[f'{signal}_median']:.3f} / {absent[f'{signal}_median']:.3f}, "
+                                  f"{absent[f'{signal}_auc']:.3f}" for signal in ("best_scores", "best_relevance"))
+                     + " |")
     return "\n".join(lines)
 
 
