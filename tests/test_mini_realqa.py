@@ -457,6 +457,11 @@ def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path)
     assert absent["ratio"] >= 1.0 and 350 <= absent["context_tokens"] < 500
     assert f"| 0K | 1 | {results['cprs-mini@none']['kept']:.1%} at " in table.read_text()
     assert f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of 4 |" in table.read_text()
+    cutoffs = absent["relevance_cutoffs"]
+    assert list(cutoffs) == ["0.1", "0.2", "0.3", "0.5", "0.7", "0.9"]
+    for low, high in zip(list(cutoffs.values()), list(cutoffs.values())[1:]):  # a higher cut-off passes fewer
+        assert low["with"] >= high["with"] and low["without"] >= high["without"]
+    assert "| best relevance >= 0.5: with / without |" in table.read_text()
     for signal in ("best_scores", "best_relevance"):
         assert 0.0 <= absent[f"{signal}_median"] <= 1.0 and 0.0 <= results["cprs-mini@none"][f"{signal}_median"] <= 1.0
         assert 0.0 <= absent[f"{signal}_auc"] <= 1.0 and f", {absent[f'{signal}_auc']:.3f} |" in table.read_text()

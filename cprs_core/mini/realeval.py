@@ -55,6 +55,8 @@ from .realqa import (
 from .similarity import questions_of
 
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
+RELEVANCE_CUTOFFS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+"""``--no-answer`` reports the share of contexts, with and without the answer, whose best relevance reaches these."""
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -359,6 +361,12 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
                 summary[name][f"{signal}_median"] = float(np.median(getattr(cell, signal)))
             if name == "cprs-mini@none/no-answer" and getattr(present, signal):
                 summary[name][f"{signal}_auc"] = score_auc(getattr(present, signal), getattr(cell, signal))
+        if name == "cprs-mini@none/no-answer" and present.best_relevance:
+            with_answer, without = np.asarray(present.best_relevance), np.asarray(cell.best_relevance)
+            summary[name]["relevance_cutoffs"] = {
+                f"{cutoff:g}": {"with": float(np.mean(with_answer >= cutoff)), "without": float(np.mean(without >= cutoff))}
+                for cutoff in RELEVANCE_CUTOFFS
+            }
         method, budget = name.split("@", 1)
         if method != "cprs-mini" and "/" not in budget and f"cprs-mini@{budget}" in cells:
             difference = cells[f"cprs-mini@{budget}"].per_query() - cell.per_query()
@@ -446,6 +454,14 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
                      + " | ".join(f"{present[f'{signal}_median']:.3f} / {absent[f'{signal}_median']:.3f}, "
                                   f"{absent[f'{signal}_auc']:.3f}" for signal in ("best_scores", "best_relevance"))
                      + " |")
+    header = "| context | questions | " + " | ".join(f"best relevance >= {c:g}: with / without" for c in RELEVANCE_CUTOFFS) + " |"
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for setting, summary in results.items():
+        cutoffs = summary.get("cprs-mini@none/no-answer", {}).get("relevance_cutoffs")
+        if cutoffs:
+            size, questions = setting.split("/")
+            lines.append(f"| {size} | {questions} | " + " | ".join(
+                f"{row['with']:.1%} / {row['without']:.1%}" for row in cutoffs.values()) + " |")
     return "\n".join(lines)
 
 
