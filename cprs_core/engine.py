@@ -496,7 +496,7 @@ def _best_sentence_relevance(text: str, tokens: TokenizedText, relevance: np.nda
         return 0.0
     sentences = [(unit.start, unit.end) for unit in segment(text, "sentence")]
     keep = SentenceScores.from_relevance(relevance, sentences, [end for _, end in tokens.offsets]).keep
-    return float(1.0 / (1.0 + np.exp(-float(np.max(keep)))))
+    return float(0.5 * (1.0 + np.tanh(0.5 * float(np.max(keep)))))  # the logistic function, without overflow
 
 
 def _holding(units: list[Unit], marked: np.ndarray) -> list[Unit]:
