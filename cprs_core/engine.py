@@ -39,7 +39,7 @@ from .spans import (
     select_by_budget,
 )
 from .text_checks import refuse_bad_characters
-from .text_units import paragraph_starts, segment
+from .text_units import TextUnit, paragraph_starts, segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
 from .validation import DEFAULT_GRANULARITY, Granularity, check_progress, check_request, check_request_type
@@ -327,17 +327,19 @@ class WindowParallelEngine:
         else:
             forced = item.forced
             relevance = _concat_relevance(scores)
+            sentence_units = None if relevance is None else segment(text, "sentence")  # split once, used below
             if request.budget_tokenizer is not None:
                 reader = reader_tokenizer(request.budget_tokenizer)
                 if budget is not None:
                     target = reader_budget(reader.count(text), request.target_ratio, request.target_tokens)
                     budget = fit_budget(
-                        lambda critic_budget: self._kept_text(item, bioe, labels, forced, relevance, critic_budget),
+                        lambda critic_budget: self._kept_text(
+                            item, bioe, labels, forced, relevance, sentence_units, critic_budget),
                         reader.count, target, len(tokens.ids), at_least_one=request.keeps_best_if_none_fits,
                     )
             kept = self._kept_groups(
-                text, request.query, tokens, bioe, labels, forced, relevance, request.granularity, budget,
-                request.min_span_tokens, best_if_none_fits=request.keeps_best_if_none_fits,
+                text, request.query, tokens, bioe, labels, forced, relevance, sentence_units, request.granularity,
+                budget, request.min_span_tokens, best_if_none_fits=request.keeps_best_if_none_fits,
             )
             groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
             token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
@@ -350,7 +352,7 @@ class WindowParallelEngine:
             compressed_tokens = sum(unit.tokens for group in groups for unit in group)
             metadata["forced_tokens"] = int(forced.mask.sum())
             if relevance is not None:
-                metadata["best_relevance"] = _best_sentence_relevance(text, tokens, relevance)
+                metadata["best_relevance"] = _best_sentence_relevance(tokens, relevance, sentence_units)
         kept_text = request.separator.join(span.text for span in spans)
         metadata["budget"] = budget
         if reader is not None:
@@ -374,13 +376,14 @@ class WindowParallelEngine:
         labels: np.ndarray,
         forced: Forced,
         relevance: np.ndarray | None,
+        sentence_units: list[TextUnit] | None,
         budget: int,
     ) -> str | None:
         """The text kept under a critic-token ``budget`` (``None`` when the budget cannot be met)."""
         request, text = item.request, item.text
         try:
             groups = self._kept_groups(text, request.query, item.tokens, bioe, labels, forced, relevance,
-                                       request.granularity, budget, request.min_span_tokens,
+                                       sentence_units, request.granularity, budget, request.min_span_tokens,
                                        best_if_none_fits=request.keeps_best_if_none_fits)
         except BudgetError:
             return None
@@ -396,12 +399,14 @@ class WindowParallelEngine:
         labels: np.ndarray,
         forced: Forced,
         relevance: np.ndarray | None,
+        sentence_units: list[TextUnit] | None,
         granularity: str,
         budget: int | None,
         min_span_tokens: int,
         best_if_none_fits: bool = False,
     ) -> list[list[Unit]]:
         """The kept units, grouped into output spans (a decoded span, or a run of neighbouring kept units).
+        ``sentence_units`` are the text's sentences (``segment(text, "sentence")``), given whenever ``relevance`` is.
 
         Forced tokens (see :mod:`cprs_core.keep`) are kept on top of the critic's tags, and first under a budget.
         Sentences and paragraphs are scored by their best token's keep probability, or, when the critic gives
@@ -427,12 +432,13 @@ class WindowParallelEngine:
                 for i, (start, end) in enumerate(decoded)
             ]
         token_ends = [end for _, end in tokens.offsets]
-        text_units = segment(text, granularity)
+        reuse = granularity == "sentence" and sentence_units is not None
+        text_units = sentence_units if reuse else segment(text, granularity)
         above_threshold = None  # tokens whose sentence's mean logit reaches the critic's keep threshold
         if relevance is None:
             candidates, anchors = anchored_units(text_units, token_ends, keep_scores)
         else:
-            sentence_units = text_units if granularity == "sentence" else segment(text, "sentence")
+            assert sentence_units is not None
             sentences = [(unit.start, unit.end) for unit in sentence_units]
             prose = granularity != "line"  # the keep threshold and the neighbour lift were tuned on prose
             scores = self._sentence_scores(text, query, relevance, sentences, token_ends, budget, prose)
@@ -489,12 +495,12 @@ class WindowParallelEngine:
         )
 
 
-def _best_sentence_relevance(text: str, tokens: TokenizedText, relevance: np.ndarray) -> float:
-    """The highest relevance probability of any sentence of ``text`` (its tokens' mean logit, as the keep rule reads
-    it); 0 for a text without tokens."""
+def _best_sentence_relevance(tokens: TokenizedText, relevance: np.ndarray, sentence_units: list[TextUnit]) -> float:
+    """The highest relevance probability of any of the text's sentences (its tokens' mean logit, as the keep rule
+    reads it); 0 for a text without tokens."""
     if not len(relevance):
         return 0.0
-    sentences = [(unit.start, unit.end) for unit in segment(text, "sentence")]
+    sentences = [(unit.start, unit.end) for unit in sentence_units]
     keep = SentenceScores.from_relevance(relevance, sentences, [end for _, end in tokens.offsets]).keep
     return float(0.5 * (1.0 + np.tanh(0.5 * float(np.max(keep)))))  # the logistic function, without overflow
 
