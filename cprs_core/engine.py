@@ -344,15 +344,20 @@ class WindowParallelEngine:
             groups = [group for group in kept if text[group[0].char_start : group[-1].char_end].strip()]
             token_starts = np.array([group[0].token_start for group in groups], dtype=np.int64)
             token_ends = np.array([group[-1].token_end for group in groups], dtype=np.int64)
+            span_scores = sums.mean_keep(token_starts, token_ends)
+            if relevance is not None:
+                assert sentence_units is not None
+                sentence_logits = _sentence_logits(tokens, relevance, sentence_units)
+                metadata["best_relevance"] = _probability(float(np.max(sentence_logits, initial=-np.inf)))
+                if request.granularity in ("sentence", "paragraph"):  # the units the relevance ranks
+                    span_scores = [_probability(float(np.max(sentence_logits[start:end])))
+                                   for start, end in zip(token_starts, token_ends)]
             spans = [
                 _span(text, group, float(score), tags[tag])
-                for group, score, tag in zip(groups, sums.mean_keep(token_starts, token_ends),
-                                             sums.majority_tag(token_starts, token_ends))
+                for group, score, tag in zip(groups, span_scores, sums.majority_tag(token_starts, token_ends))
             ]
             compressed_tokens = sum(unit.tokens for group in groups for unit in group)
             metadata["forced_tokens"] = int(forced.mask.sum())
-            if relevance is not None:
-                metadata["best_relevance"] = _best_sentence_relevance(tokens, relevance, sentence_units)
         kept_text = request.separator.join(span.text for span in spans)
         metadata["budget"] = budget
         if reader is not None:
@@ -495,14 +500,15 @@ class WindowParallelEngine:
         )
 
 
-def _best_sentence_relevance(tokens: TokenizedText, relevance: np.ndarray, sentence_units: list[TextUnit]) -> float:
-    """The highest relevance probability of any of the text's sentences (its tokens' mean logit, as the keep rule
-    reads it); 0 for a text without tokens."""
-    if not len(relevance):
-        return 0.0
+def _sentence_logits(tokens: TokenizedText, relevance: np.ndarray, sentence_units: list[TextUnit]) -> np.ndarray:
+    """Per token, the relevance logit of its sentence (its tokens' mean logit, as the keep rule reads it)."""
     sentences = [(unit.start, unit.end) for unit in sentence_units]
-    keep = SentenceScores.from_relevance(relevance, sentences, [end for _, end in tokens.offsets]).keep
-    return float(0.5 * (1.0 + np.tanh(0.5 * float(np.max(keep)))))  # the logistic function, without overflow
+    return SentenceScores.from_relevance(relevance, sentences, [end for _, end in tokens.offsets]).keep
+
+
+def _probability(logit: float) -> float:
+    """The logistic function, without overflow (0 for a logit of minus infinity)."""
+    return float(0.5 * (1.0 + np.tanh(0.5 * logit)))
 
 
 def _holding(units: list[Unit], marked: np.ndarray) -> list[Unit]:

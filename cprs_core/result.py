@@ -13,6 +13,11 @@ class Span:
 
     ``context[start:end] == text`` always holds: offsets are character offsets into the
     original (decoded) context string.
+
+    ``score`` (0..1) is how strongly the critic marks the piece as what the query asks: for a critic with a
+    relevance head (cprs-mini) at sentence or paragraph granularity, the highest relevance probability of the
+    sentences it holds (the number the no-budget keep threshold reads); otherwise (token granularity, or the 7B
+    critic) the mean keep probability, 1 - P(outside), of its tokens.
     """
 
     start: int

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from cprs_core import (
     DEFAULT_MODEL,
@@ -265,9 +265,22 @@ class DocumentSettings(CompressorSettings):
     )
     document_separator: str = Field(default="\n\n", description="Joins the texts into one context in joint mode.")
     metadata_key: str = Field(default="cprs", description="Metadata key of the compression metadata.")
+    min_score: float | None = Field(
+        default=None,
+        description="Drop a document whose best kept span scores below this (0..1; with cprs-mini, the relevance "
+        "probability of its best kept sentence). None: keep every document with something kept.",
+    )
+
+    @field_validator("min_score", mode="before")
+    @classmethod
+    def _score_in_range(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ValueError("min_score must be a span score between 0 and 1, or None")
+        return value
 
     def compress_texts(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
-        """What was kept of each text for ``query``; ``None`` for a text that is empty or had nothing kept.
+        """What was kept of each text for ``query``; ``None`` for a text that is empty, had nothing kept, or
+        whose best span scored below ``min_score``.
 
         Raises:
             CPRSError: any error other than an empty text (an empty query, a context too large, ...).
@@ -276,8 +289,12 @@ class DocumentSettings(CompressorSettings):
         if not texts:
             return []
         if self.mode == "joint":
-            return self._compress_jointly(texts, query)
-        return [_kept(outcome) for outcome in self.compress_batch(texts, query)]
+            kept = self._compress_jointly(texts, query)
+        else:
+            kept = [_kept(outcome) for outcome in self.compress_batch(texts, query)]
+        if self.min_score is None:
+            return kept
+        return [item if item is not None and item.score >= self.min_score else None for item in kept]
 
     def compression_metadata(self, kept: KeptText) -> dict[str, Any]:
         """The compression metadata of one kept text (stored under ``metadata_key``).

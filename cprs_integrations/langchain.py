@@ -26,8 +26,9 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
 
     Each returned document is a copy of its source (same ``id``, same metadata) whose ``page_content`` is the
     kept text, with the compression metadata added under ``metadata_key`` (default ``"cprs"``; schema in
-    :meth:`~cprs_integrations._shared.DocumentSettings.compression_metadata`). Documents that are empty or had
-    nothing kept are dropped; the others keep their order. ``callbacks`` are accepted as the interface asks;
+    :meth:`~cprs_integrations._shared.DocumentSettings.compression_metadata`). Documents that are empty, had
+    nothing kept, or whose best kept span scored below ``min_score`` (when set) are dropped; the others keep their
+    order. ``callbacks`` are accepted as the interface asks;
     compression reports no callback events.
 
     In ``mode="per_document"`` (default) every document is compressed on its own, all in one batch call so

@@ -26,7 +26,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
     :meth:`~cprs_integrations._shared.DocumentSettings.compression_metadata`, plus ``retrieval_score``, the
     node's score before compression); that key is left out of the metadata the LLM and the embedding see.
     The node's score becomes the highest critic score of its kept spans (0..1: how confidently query-relevant
-    text was found in it); nodes keep their retrieval order. Nodes that are empty or had nothing kept are
+    text was found in it; with cprs-mini, the relevance probability of its best kept sentence); nodes keep their
+    retrieval order. Nodes that are empty, had nothing kept, or scored below ``min_score`` (when set) are
     dropped.
 
     ``mode``, the compressor source and the compression options are those of

@@ -1,10 +1,11 @@
-"""How adapters find their compressor: an object, a server URL (argument or environment), or a shared local model."""
+"""How adapters find their compressor (an object, a server URL, argument or environment, or a shared local model),
+and the settings both document adapters share."""
 
 from __future__ import annotations
 
 import pytest
 
-from cprs_core import CPRSCompressor
+from cprs_core import CPRSCompressor, OptionError
 from cprs_core.remote import RemoteCompressor
 from cprs_integrations._shared import API_KEY_ENV, SERVER_URL_ENV, CompressorSettings, exclusive
 from cprs_integrations.langchain import CPRSDocumentCompressor
@@ -47,3 +48,9 @@ def test_local_models_are_called_one_at_a_time_remote_ones_concurrently() -> Non
     remote = CompressorSettings(server_url="http://gpu-box:8091").resolve_compressor()
     with exclusive(remote), exclusive(remote):
         pass
+
+@pytest.mark.parametrize("adapter", [CPRSDocumentCompressor, CPRSNodePostprocessor])
+@pytest.mark.parametrize("value", [1.5, -0.1, "high", True])
+def test_min_score_outside_zero_to_one_is_an_option_error(adapter: type, value: object) -> None:
+    with pytest.raises(OptionError, match=r"min_score must be a span score between 0 and 1, or None \(got "):
+        adapter(min_score=value)

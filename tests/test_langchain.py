@@ -229,3 +229,19 @@ def test_cprs_mini_metadata_carries_the_best_sentence_relevance_of_each_document
     assert kept[0].page_content.startswith("The ferry") and kept[0].metadata["cprs"]["best_relevance"] == pytest.approx(expected[0])
     for document in kept[1:]:  # kept only if something of it passed the keep rule
         assert document.metadata["cprs"]["best_relevance"] == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("mode", ["per_document", "joint"])
+def test_min_score_drops_the_documents_whose_best_kept_sentence_is_not_relevant(mode: str) -> None:
+    from cprs_core import CPRSCompressor
+
+    core = CPRSCompressor.from_pretrained()
+    answer = Document(page_content="The ferry to Skye leaves from Mallaig at nine. Tickets are sold on board.")
+    other = Document(page_content="Basalt columns form when lava cools slowly. The island has many of them.")
+    query = "Where does the ferry to Skye leave from?"
+    scores = {document.page_content[:9]: document.metadata["cprs"]["score"] for document in
+              CPRSDocumentCompressor(compressor=core, mode=mode).compress_documents([other, answer], query)}
+    assert scores["The ferry"] > 0.5 and scores.get("Basalt co", 0.0) < 0.5
+    kept = CPRSDocumentCompressor(compressor=core, mode=mode, min_score=0.5).compress_documents([other, answer], query)
+    assert [document.page_content[:9] for document in kept] == ["The ferry"]
+    assert kept[0].metadata["cprs"]["score"] == pytest.approx(scores["The ferry"])

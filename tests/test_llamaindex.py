@@ -10,6 +10,7 @@ import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import (
@@ -87,6 +88,21 @@ def test_nodes_keep_id_relationships_metadata_and_get_critic_scores(postprocesso
     assert first.node.get_content(metadata_mode=MetadataMode.LLM) == "The code is 4471."
     assert second.node.get_content(metadata_mode=MetadataMode.LLM) == "file: b.txt\n\nRoom 12 is open."
     assert nodes[0].node.text.startswith(FILLER) and "cprs" not in nodes[0].node.metadata
+
+
+def test_with_cprs_mini_a_score_cut_off_drops_the_node_that_does_not_answer() -> None:
+    answer = TextNode(id_="answer", text="The ferry to Skye leaves from Mallaig at nine. Tickets are sold on board.")
+    other = TextNode(id_="other", text="Basalt columns form when lava cools slowly. The island has many of them.")
+    query = "Where does the ferry to Skye leave from?"
+    core = CPRSCompressor.from_pretrained()
+    compressed = CPRSNodePostprocessor(compressor=core).postprocess_nodes(
+        [NodeWithScore(node=answer, score=0.3), NodeWithScore(node=other, score=0.4)], query_str=query)
+    for item in compressed:  # the score is the best kept sentence's relevance probability
+        assert item.score == pytest.approx(item.node.metadata["cprs"]["best_relevance"])
+    assert {item.node.node_id: item.score > 0.5 for item in compressed} == {"answer": True, "other": False}
+    relevant = SimilarityPostprocessor(similarity_cutoff=0.5).postprocess_nodes(compressed, query_str=query)
+    assert [item.node.node_id for item in relevant] == ["answer"]
+    assert relevant[0].node.get_content().startswith("The ferry to Skye leaves from Mallaig")
 
 
 def test_joint_mode_and_missing_query(digit_compressor: CPRSCompressor) -> None:

@@ -271,6 +271,20 @@ def test_a_budget_smaller_than_a_run_on_paragraph_keeps_its_relevant_piece() -> 
     assert 0 < result.compressed_tokens <= 80
 
 
+def test_a_kept_span_scores_its_best_sentences_relevance_at_sentence_and_paragraph_granularity() -> None:
+    compressor = CPRSCompressor(KeywordCritic())
+    logistic = lambda logit: 1 / (1 + np.exp(-logit))  # noqa: E731
+    # the two sentences of highest mean logit: "alpha alpha alpha one." (+2) and "alpha two plain ..." (-16/6)
+    result = compressor.compress(CONTEXT, query="which?", granularity="sentence", target_tokens=10)
+    assert [span.text for span in result.spans] == ["alpha alpha alpha one.", "alpha two plain plain plain plain."]
+    assert [span.score for span in result.spans] == pytest.approx([logistic(2.0), logistic(-16 / 6)])
+    whole = compressor.compress(CONTEXT, query="which?", granularity="paragraph", target_tokens=40)
+    assert [span.score for span in whole.spans] == pytest.approx([logistic(2.0)])  # one paragraph: its best sentence
+    # token spans are the critic's tagged spans, scored by their tokens' mean keep probability (1 - P(outside))
+    tagged = compressor.compress("plain gamma words. alpha here.", query="which?", granularity="token")
+    assert [(span.text, span.score) for span in tagged.spans] == [("gamma", pytest.approx(1.0))]
+
+
 def test_the_best_sentence_relevance_is_reported_whatever_the_granularity_or_budget() -> None:
     compressor = CPRSCompressor(KeywordCritic(relevance_threshold=0.5))
     best = 1 / (1 + np.exp(-2.0))  # "alpha alpha alpha one.": logits +4 +4 +4 -4, mean 2
