@@ -30,6 +30,7 @@ from cprs_core import (
     Span,
     WindowSizeError,
 )
+from cprs_core.keep import forced_ranges
 from cprs_core.remote import API_KEY_ENV
 from cprs_core.validation import (
     DEFAULT_GRANULARITY,
@@ -268,7 +269,7 @@ class DocumentSettings(CompressorSettings):
     min_score: float | None = Field(
         default=None,
         description="Drop a document whose best kept span scores below this (0..1; with cprs-mini, the relevance "
-        "probability of its best kept sentence). None: keep every document with something kept.",
+        "probability of its best kept sentence), unless it holds keep/keep_spans text. None: no cut-off.",
     )
 
     @field_validator("min_score", mode="before")
@@ -280,7 +281,8 @@ class DocumentSettings(CompressorSettings):
 
     def compress_texts(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
         """What was kept of each text for ``query``; ``None`` for a text that is empty, had nothing kept, or
-        whose best span scored below ``min_score``.
+        whose best span scored below ``min_score`` (unless ``keep``/``keep_spans`` force some of it: forced text
+        is never dropped).
 
         Raises:
             CPRSError: any error other than an empty text (an empty query, a context too large, ...).
@@ -294,7 +296,12 @@ class DocumentSettings(CompressorSettings):
             kept = [_kept(outcome) for outcome in self.compress_batch(texts, query)]
         if self.min_score is None:
             return kept
-        return [item if item is not None and item.score >= self.min_score else None for item in kept]
+        return [item if item is not None and (item.score >= self.min_score or self._forces_some_of(text)) else None
+                for text, item in zip(texts, kept)]
+
+    def _forces_some_of(self, text: str) -> bool:
+        """Whether ``keep`` or ``keep_spans`` force any of ``text``."""
+        return bool((self.keep or self.keep_spans) and forced_ranges(text, self.keep, self.keep_spans))
 
     def compression_metadata(self, kept: KeptText) -> dict[str, Any]:
         """The compression metadata of one kept text (stored under ``metadata_key``).

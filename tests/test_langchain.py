@@ -245,3 +245,6 @@ def test_min_score_drops_the_documents_whose_best_kept_sentence_is_not_relevant(
     kept = CPRSDocumentCompressor(compressor=core, mode=mode, min_score=0.5).compress_documents([other, answer], query)
     assert [document.page_content[:9] for document in kept] == ["The ferry"]
     assert kept[0].metadata["cprs"]["score"] == pytest.approx(scores["The ferry"])
+    forced = CPRSDocumentCompressor(compressor=core, mode=mode, min_score=0.5, keep=["Basalt columns"])
+    kept = forced.compress_documents([other, answer], query)  # text forced by keep= is never dropped
+    assert [document.page_content[:9] for document in kept] == ["Basalt co", "The ferry"]
