@@ -441,14 +441,40 @@ def test_a_document_without_its_gold_passages_asks_the_same_questions_of_other_p
             assert len(absent.text) >= 0.7 * len(present.text)  # other passages fill the size
 
 
-def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path) -> None:
+def test_retrieved_distractors_are_the_passages_the_retriever_ranks_first(data_dir: Path) -> None:
+    from cprs_core.mini.realeval import query_document
+
+    (data_dir / "coqa.test.json").write_text(json.dumps(_coqa_stories(30)))
+    pool = PassagePool(load_passages(data_dir), load_tokenizer(backbone_dir()))
+    asked: list[tuple[str, str]] = []
+
+    def backwards(query: str, source: str) -> list[int]:  # a retriever that ranks the source's last passage first
+        asked.append((query, source))
+        return pool.by_source[source][::-1]
+
+    for sample in range(4):
+        random_pick = query_document(pool, 1, 300, 1, sample, with_gold=False)
+        retrieved = query_document(pool, 1, 300, 1, sample, with_gold=False, retriever=backwards)
+        assert asked[-1] == (retrieved.query, retrieved.source) and retrieved.query == random_pick.query
+        gold_group = next(pool.passages[i].group for i in pool.by_source[retrieved.source]
+                          if any(question.text == retrieved.query for question in pool.passages[i].questions))
+        first = next(pool.passages[i] for i in pool.by_source[retrieved.source][::-1]
+                     if pool.passages[i].group != gold_group)
+        assert first.text in retrieved.text  # the best-ranked passage of another group comes first
+        assert retrieved.answers == ()
+
+
+@pytest.mark.parametrize("distractors", ["random", "retrieved"])
+def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path, distractors: str) -> None:
     from cprs_core.mini import realeval
 
     (tmp_path / "squaddev_v1.1.json").write_text(json.dumps(_squad(40, 3)))
     (tmp_path / "coqa.test.json").write_text(json.dumps(_coqa_stories(60)))
     output, table = tmp_path / "results.json", tmp_path / "table.md"
+    no_answer = ["--no-answer"] if distractors == "random" else ["--no-answer", "retrieved"]
     realeval.main(["--real-data", str(tmp_path), "--split", "test", "--tokens", "400", "--questions", "1",
-                   "--samples", "4", "--no-answer", "--other-keep-rule", "--json", str(output), "--markdown", str(table)])
+                   "--samples", "4", *no_answer, "--other-keep-rule", "--json", str(output), "--markdown", str(table)])
+    assert f"Without the answer (other passages: {distractors}):" in table.read_text()
 
     results = json.loads(output.read_text())["results"]["0K/1"]
     absent = results["cprs-mini@none/no-answer"]
@@ -462,8 +488,9 @@ def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path)
     for low, high in zip(list(cutoffs.values()), list(cutoffs.values())[1:]):  # a higher cut-off passes fewer
         assert low["with"] >= high["with"] and low["without"] >= high["without"]
     assert "| best relevance >= 0.5: with / without |" in table.read_text()
-    for signal in ("best_scores", "best_relevance"):
-        assert 0.0 <= absent[f"{signal}_median"] <= 1.0 and 0.0 <= results["cprs-mini@none"][f"{signal}_median"] <= 1.0
+    assert "| embedding filter's best cosine, median with / without, AUC |" in table.read_text()
+    for signal in ("best_scores", "best_relevance", "best_cosine"):
+        assert -1.0 <= absent[f"{signal}_median"] <= 1.0 and -1.0 <= results["cprs-mini@none"][f"{signal}_median"] <= 1.0
         assert 0.0 <= absent[f"{signal}_auc"] <= 1.0 and f", {absent[f'{signal}_auc']:.3f} |" in table.read_text()
 
 

@@ -57,6 +57,8 @@ from .similarity import questions_of
 BUDGETS: tuple[float | None, ...] = (0.10, 0.05, None)
 RELEVANCE_CUTOFFS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 """``--no-answer`` reports the share of contexts, with and without the answer, whose best relevance reaches these."""
+SIGNALS = ("best_scores", "best_relevance", "best_cosine")
+"""The ``--no-answer`` signals of each context, as :func:`answer_signals` gives them."""
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -72,9 +74,11 @@ class Cell:
     """With ``--no-answer``, cprs-mini's best kept span score per context without a budget (0: nothing kept)."""
     best_relevance: list[float] = field(default_factory=list)
     """With ``--no-answer``, the result's ``metadata["best_relevance"]`` per context without a budget."""
+    best_cosine: list[float] = field(default_factory=list)
+    """With ``--no-answer``, the embedding filter's best sentence cosine to the whole query, per context."""
 
     def add(self, kept: list[bool], kept_tokens: int, original_tokens: int, source: str,
-            signals: tuple[float, float] | None = None) -> None:
+            signals: tuple[float, float, float] | None = None) -> None:
         self.kept.append(kept)
         self.kept_tokens.append(kept_tokens)
         self.original_tokens.append(original_tokens)
@@ -82,6 +86,7 @@ class Cell:
         if signals is not None:
             self.best_scores.append(signals[0])
             self.best_relevance.append(signals[1])
+            self.best_cosine.append(signals[2])
 
     def rate(self, mask: np.ndarray | None = None) -> float:
         values = [np.mean(row) for row, on in zip(self.kept, self._mask(mask)) if on]
@@ -194,11 +199,14 @@ def unpunctuated(document: RealDocument) -> RealDocument:
 
 
 def query_document(
-    pool: PassagePool, seed: int, tokens: int, questions: int, sample: int, with_gold: bool = True
+    pool: PassagePool, seed: int, tokens: int, questions: int, sample: int, with_gold: bool = True,
+    retriever: Callable[[str, str], list[int]] | None = None,
 ) -> RealDocument:
     """Query number ``sample`` of a setting: the pool's source families take turns (SQuAD and CoQA: even numbers
     ask about SQuAD, odd ones about a CoQA source); the same arguments always give the same query and context.
-    ``with_gold=False``: the same query over a context of the same size without its gold passages."""
+    ``with_gold=False``: the same query over a context of the same size without its gold passages, taken at
+    random or, with a ``retriever`` (query, source -> the source's passage indices, best first), the passages it
+    ranks highest, as a retriever's top results that do not answer."""
     rng = random.Random(f"real:{seed}:{tokens}:{questions}:{sample}")
     families = [family for family in SOURCE_FAMILIES if family in pool.families]
     families += sorted(family for family in pool.families if family not in SOURCE_FAMILIES)  # --squad-file sources
@@ -210,7 +218,11 @@ def query_document(
             name for name in pool.families[family]
             if len({pool.passages[i].group for i in pool.by_source[name]}) >= questions
         ])
-    return pool.document(rng, pool.sample_gold(rng, source, questions), tokens, with_gold=with_gold)
+    gold = pool.sample_gold(rng, source, questions)
+    ranked = None
+    if retriever is not None:
+        ranked = retriever(" ".join(question.text for _, question in gold), pool.passages[gold[0][0]].source)
+    return pool.document(rng, gold, tokens, with_gold=with_gold, ranked=ranked)
 
 
 def evaluate(
@@ -229,6 +241,7 @@ def evaluate(
     without_punctuation: bool = False,
     neighbour_weights: Sequence[float] = (),
     without_answer: bool = False,
+    retrieved_negatives: bool = False,
 ) -> dict[str, Cell]:
     """Run every method on the queries numbered ``samples``, of ``questions`` questions over ~``tokens`` tokens.
 
@@ -243,7 +256,9 @@ def evaluate(
     ``without_punctuation``, every context is :func:`unpunctuated` first (a stress test). With ``without_answer``,
     each query is also asked of a context of the same size without its gold passages, with no budget: the cell
     ``cprs-mini@none/no-answer`` records for each such context whether nothing at all was kept (its "kept" share),
-    how many tokens were, and its :func:`answer_signals` (which ``cprs-mini@none`` then records too).
+    how many tokens were, and its :func:`answer_signals` (which ``cprs-mini@none`` then records too); with
+    ``retrieved_negatives``, that context's passages are those a MiniLM retriever ranks highest for the query
+    (:func:`passage_retriever`) rather than random ones.
     """
     cells: dict[str, Cell] = {}
     critic = compressor.critic
@@ -255,13 +270,15 @@ def evaluate(
         for setting, value in {**defaults, **settings}.items():
             setattr(critic, setting, value)
 
-    def run(name: str, document: RealDocument, total: int, budget: float | None, **settings: float | bool | None) -> int:
+    def run(name: str, document: RealDocument, total: int, budget: float | None, cosines: np.ndarray | None = None,
+            **settings: float | bool | None) -> int:
         configure(**settings)
         result = compressor.compress(document.text, query=document.query, granularity="sentence", target_ratio=budget)
-        signals = answer_signals(result) if without_answer and name == "cprs-mini@none" else None
+        signals = None if cosines is None else answer_signals(result, cosines)
         _record(cells, name, document, [(s.start, s.end) for s in result.spans], result.compressed_tokens, total, signals)
         return result.compressed_tokens
 
+    retriever = passage_retriever(pool, baselines.embedder) if retrieved_negatives else None
     forget = remember_window_scores(critic)
     for sample in samples:
         forget()
@@ -270,7 +287,7 @@ def evaluate(
             document = unpunctuated(document)
         units, total = baselines.units(document.text)
         method_scores = baselines.scores(document.text, units, document.query)
-        same_size = run("cprs-mini@none", document, total, None)
+        same_size = run("cprs-mini@none", document, total, None, method_scores["embed"] if without_answer else None)
         for weight in weights:
             run(f"cprs-mini@none/w={weight:g}", document, total, None, similarity_weight=weight)
         for threshold in thresholds:
@@ -280,14 +297,15 @@ def evaluate(
         if other_keep_rule:
             run("cprs-mini@none/rwb", document, total, None, rank_without_budget=not defaults["rank_without_budget"])
         if without_answer:
-            absent = query_document(pool, seed, tokens, questions, sample, with_gold=False)
+            absent = query_document(pool, seed, tokens, questions, sample, with_gold=False, retriever=retriever)
             if without_punctuation:
                 absent = unpunctuated(absent)
             configure()
             result = compressor.compress(absent.text, query=absent.query, granularity="sentence")
+            absent_cosines = baselines.scores(absent.text, baselines.units(absent.text)[0], absent.query)["embed"]
             cells.setdefault("cprs-mini@none/no-answer", Cell()).add(
                 [not result.spans], result.compressed_tokens, result.original_tokens, absent.source,
-                answer_signals(result))
+                answer_signals(result, absent_cosines))
         for budget in BUDGETS:
             limit = same_size if budget is None else max(1, int(total * budget))
             if budget is not None:
@@ -314,10 +332,27 @@ def evaluate(
     return cells
 
 
-def answer_signals(result: CompressionResult) -> tuple[float, float]:
-    """Two signals that the context holds what was asked: the highest score of the result's spans (what LlamaIndex
-    nodes get as their score; 0 when nothing is kept) and ``metadata["best_relevance"]``."""
-    return max((span.score for span in result.spans), default=0.0), float(result.metadata["best_relevance"])
+def passage_retriever(pool: PassagePool, embedder: EmbeddingSentences) -> Callable[[str, str], list[int]]:
+    """(query, source) -> the source's passage indices, closest to the query first under mean-pooled MiniLM
+    embeddings of whole passages (cut to the embedder's length), as a dense retriever would rank them."""
+    vectors: dict[str, np.ndarray] = {}
+
+    def ranked(query: str, source: str) -> list[int]:
+        indices = pool.by_source[source]
+        if source not in vectors:
+            vectors[source] = embedder.embed([pool.passages[index].text for index in indices])
+        order = np.argsort(-(vectors[source] @ embedder.embed([query])[0]), kind="stable")
+        return [indices[position] for position in order]
+
+    return ranked
+
+
+def answer_signals(result: CompressionResult, cosines: np.ndarray) -> tuple[float, float, float]:
+    """Three signals that the context holds what was asked: the highest score of cprs-mini's kept spans (what
+    LlamaIndex nodes get as their score; 0 when nothing is kept), its ``metadata["best_relevance"]``, and the
+    embedding filter's best sentence ``cosines`` to the query (what an ``EmbeddingsFilter`` cut-off would read)."""
+    return (max((span.score for span in result.spans), default=0.0), float(result.metadata["best_relevance"]),
+            float(np.max(cosines, initial=-1.0)))
 
 
 def score_auc(present: Sequence[float], absent: Sequence[float]) -> float:
@@ -356,7 +391,7 @@ def summarize(cells: dict[str, Cell], seed: int) -> dict[str, dict]:
                           for source, on in masks.items()},
         }
         present = cells.get("cprs-mini@none", Cell())
-        for signal in ("best_scores", "best_relevance"):
+        for signal in SIGNALS:
             if getattr(cell, signal):
                 summary[name][f"{signal}_median"] = float(np.median(getattr(cell, signal)))
             if name == "cprs-mini@none/no-answer" and getattr(present, signal):
@@ -437,10 +472,12 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
     on the queries' own contexts, and on contexts without their gold passages, the share of contexts of which
     nothing was kept [95% CI] and the share of tokens kept; then how well the best kept span's score (a LlamaIndex
     node's score) and the best sentence relevance (``metadata["best_relevance"]``) tell the two kinds of context
-    apart (medians, and the chance that a context with the answer scores higher: AUC)."""
+    apart (medians, and the chance that a context with the answer scores higher: AUC), beside the embedding
+    filter's best sentence cosine to the query."""
     header = ("| context | questions | with the answer: kept, size | without it: nothing kept | "
               "without it: tokens kept | best span score, median with / without, AUC | "
-              "best sentence relevance, median with / without, AUC |")
+              "best sentence relevance, median with / without, AUC | "
+              "embedding filter's best cosine, median with / without, AUC |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for setting, summary in results.items():
         absent = summary.get("cprs-mini@none/no-answer")
@@ -452,7 +489,7 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
                      f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of {absent['queries']} | "
                      f"{1 / absent['ratio']:.2%} ({absent['ratio']:.0f}x) | "
                      + " | ".join(f"{present[f'{signal}_median']:.3f} / {absent[f'{signal}_median']:.3f}, "
-                                  f"{absent[f'{signal}_auc']:.3f}" for signal in ("best_scores", "best_relevance"))
+                                  f"{absent[f'{signal}_auc']:.3f}" for signal in SIGNALS)
                      + " |")
     header = "| context | questions | " + " | ".join(f"best relevance >= {c:g}: with / without" for c in RELEVANCE_CUTOFFS) + " |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
@@ -491,9 +528,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also try the other no-budget rule (rank_without_budget on or off)")
     parser.add_argument("--unpunctuated", action="store_true",
                         help="stress test: drop the sentence punctuation of every context (see unpunctuated)")
-    parser.add_argument("--no-answer", action="store_true",
+    parser.add_argument("--no-answer", nargs="?", const="random", choices=["random", "retrieved"], default=None,
                         help="also ask each query of a context without its gold passages (no budget): how often "
-                             "nothing is kept, and how much is")
+                             "nothing is kept, and how much is; its other passages are taken at random, or "
+                             "('retrieved') those of the same source whose MiniLM embedding is closest to the query")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
     parser.add_argument("--seed", type=int, default=1)
@@ -568,7 +606,8 @@ def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
     return evaluate(_WORKER["compressor"], _WORKER["baselines"], _WORKER["pool"], size, questions, samples,  # type: ignore[arg-type]
                     args.seed, args.thresholds, args.weights, args.per_question_z,  # type: ignore[attr-defined]
                     args.shortlists, args.other_keep_rule, args.unpunctuated,  # type: ignore[attr-defined]
-                    args.neighbour_weights, args.no_answer)  # type: ignore[attr-defined]
+                    args.neighbour_weights, args.no_answer is not None,  # type: ignore[attr-defined]
+                    args.no_answer == "retrieved")  # type: ignore[attr-defined]
 
 
 def _merge(parts: list[dict[str, Cell]]) -> dict[str, Cell]:
@@ -613,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.by_source:
         table += "\n\n" + markdown_by_source(results)
     if args.no_answer:
-        table += "\n\n" + markdown_no_answer(results)
+        table += f"\n\nWithout the answer (other passages: {args.no_answer}):\n" + markdown_no_answer(results)
     print(table)
     data = (f"files {' '.join(str(path) for path in args.squad_file)}" if args.squad_file
             else f"split {args.split}; sources {' '.join(args.sources)}")

@@ -365,7 +365,7 @@ class PassagePool:
 
     def document(
         self, rng: random.Random, gold: Sequence[tuple[int, Question]], n_tokens: int, near: int = 0,
-        with_gold: bool = True,
+        with_gold: bool = True, ranked: Sequence[int] | None = None,
     ) -> RealDocument:
         """The gold passages among distractors of the same source from other groups, ~``n_tokens`` in all.
 
@@ -373,6 +373,8 @@ class PassagePool:
         first adds up to that many other passages of the gold's own groups (hard negatives, for training).
         ``with_gold=False`` leaves the gold passages out (the same distractors, and more in their place; the
         questions are still asked, and the document has no answers): a context without what the query asks for.
+        ``ranked`` (passage indices, best first, e.g. as a retriever ranks them for the query) takes the source's
+        distractors in that order instead of at random.
         """
         source = self.passages[gold[0][0]].source
         pieces = [index for index, _ in gold]
@@ -382,6 +384,9 @@ class PassagePool:
         other = [i for i in range(len(self.passages)) if self.passages[i].source != source]
         for candidates in (siblings, same, other):
             rng.shuffle(candidates)
+        if ranked is not None:
+            allowed = set(same)
+            same = [index for index in ranked if index in allowed]
         if not with_gold:
             pieces = []
         total = sum(self.tokens[index] for index in pieces)
