@@ -350,7 +350,7 @@ def passage_retriever(pool: PassagePool, embedder: EmbeddingSentences) -> Callab
 def answer_signals(result: CompressionResult, cosines: np.ndarray) -> tuple[float, float, float]:
     """Three signals that the context holds what was asked: the highest score of cprs-mini's kept spans (what
     LlamaIndex nodes get as their score; 0 when nothing is kept), its ``metadata["best_relevance"]``, and the
-    embedding filter's best sentence ``cosines`` to the query (what an ``EmbeddingsFilter`` cut-off would read)."""
+    embedding filter's best sentence ``cosines`` to the query (what a sentence-level similarity cut-off reads)."""
     return (max((span.score for span in result.spans), default=0.0), float(result.metadata["best_relevance"]),
             float(np.max(cosines, initial=-1.0)))
 
