@@ -384,7 +384,7 @@ class PassagePool:
         other = [i for i in range(len(self.passages)) if self.passages[i].source != source]
         for candidates in (siblings, same, other):
             rng.shuffle(candidates)
-        if ranked is not None:
+        if ranked is not None:  # after the shuffles above, so the random draws (and every other query) stay the same
             allowed = set(same)
             same = [index for index in ranked if index in allowed]
         if not with_gold:
