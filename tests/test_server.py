@@ -175,6 +175,9 @@ BAD_BODIES = [
     pytest.param(b'{"context": "abc", "target_tokens": ' + b"9" * 5000 + b"}", 400, "MalformedJSON",
                  "digits", id="integer-of-5000-digits"),
     pytest.param(b'{"context": "caf\xe9"}', 400, "TextDecodingError", "not valid UTF-8: byte 16", id="latin-1"),
+    pytest.param(b'{"context": "abc", "target_ratio": NaN}', 400, "MalformedJSON", "NaN is not a JSON number",
+                 id="nan"),  # upstream's answer echoed it back, and NaN cannot be written as JSON: it was a 500
+    pytest.param(b'{"timeout_s": -Infinity}', 400, "MalformedJSON", "-Infinity is not a JSON number", id="infinity"),
     pytest.param(b"x" * (MAX_BODY + 1), 413, "RequestTooLarge", f"limit of {MAX_BODY} bytes", id="oversize"),
 ]
 
@@ -251,6 +254,8 @@ def test_health_and_probes(url: str) -> None:
     assert httpx.get(url + "/readiness").json() == "success"
     assert httpx.get(url + "/liveness").json() == "success"
     assert httpx.get(url + "/nowhere").status_code == 404
+    wrong_method = httpx.get(url + "/v1/compress")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
 
 
 def test_full_queue_answers_503(serve: Callable[..., BackgroundServer], digit_compressor: CPRSCompressor) -> None:
@@ -288,7 +293,17 @@ def test_api_key_is_required_when_set(serve: Callable[..., BackgroundServer]) ->
     assert refused.status_code == 401 and refused.json()["error"]["type"] == "Unauthorized"
     assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert post(url, "/v1/compress", body, headers={"Authorization": "bearer s3cret"}).status_code == 200
+    assert post(url, "/v1/compress", body, headers={"Authorization": "Basic s3cret"}).status_code == 401
+    assert post(url, "/v1/compress", body, headers={"Authorization": "s3cret"}).status_code == 401
     assert httpx.get(url + "/health").json()["settings"]["api_key"] is True
+
+
+def test_a_non_ascii_api_key_matches_its_utf8_bytes(serve: Callable[..., BackgroundServer]) -> None:
+    url = serve(api_key="clé-ключ").url
+    body = {"context": CONTEXT, "query": QUERY}
+    assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer clé-ключ".encode()}).status_code == 200
+    assert post(url, "/v1/compress", body, headers={"Authorization": "Bearer cl".encode()}).status_code == 401
 
 
 def metric(url: str, name: str) -> float:
@@ -434,3 +449,68 @@ def test_a_body_that_trickles_in_gets_408_and_does_not_hold_the_connection(
         assert b"did not arrive within 1 s (13 bytes came)" in answer and 0.5 < waited < 5
         assert slow.recv(4096) == b""  # the server closed the connection
     assert_still_serves(server.url, digit_compressor)
+
+
+def test_a_keep_regex_that_does_not_compile_fails_only_its_own_batch_slot(
+    url: str, digit_compressor: CPRSCompressor
+) -> None:
+    good = {"context": CONTEXT, "query": QUERY, "instruction": "needle"}
+    response = post(url, "/v1/compress_batch", {"requests": [good, {**good, "keep_regex": ["("]}, good]})
+    assert response.status_code == 200
+    slots = response.json()["results"]
+    expected = digit_compressor.compress(CONTEXT, QUERY, "needle").text
+    assert [slot["result"]["text"] for slot in (slots[0], slots[2])] == [expected, expected]
+    assert slots[1]["result"] is None and slots[1]["error"]["type"] == "KeepError"
+    assert "keep_regex '(' is not a valid regular expression" in slots[1]["error"]["message"]
+    alone = post(url, "/v1/compress_batch", {"requests": [{**good, "keep_regex": ["("]}]})
+    assert alone.status_code == 200 and alone.json()["results"][0]["error"]["type"] == "KeepError"
+
+
+def test_keep_spans_are_limited(url: str) -> None:
+    """Each span costs preparation time: an unbounded list held a preparation thread for minutes."""
+    body = {"context": CONTEXT, "query": QUERY, "keep_spans": [[0, 4]] * 10_001}
+    response = post(url, "/v1/compress", json.dumps(body, separators=(",", ":")).encode())  # within MAX_BODY
+    assert response.status_code == 422 and "keep_spans: List should have at most 10000 items" in response.text
+
+
+def test_upstream_echo_of_a_deeply_nested_field_is_never_a_500(url: str) -> None:
+    """Upstream's answer echoes the request; a field nested just below the reader's limit could not be written."""
+    answers = set()
+    for depth in range(930, 1000):
+        body = json.dumps(upstream_body(context="Room 101."))[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+        response = post(url, "/qwen_long_compress_server", body.encode())
+        assert response.status_code in (200, 400) and "x-request-id" in response.headers, response.text[:300]
+        if response.status_code == 400:  # answered without the echo (a 200 holds it: too deep for this test to read)
+            header = response.json()["header"]
+            assert header["status_name"] == "MalformedJSON" and "nested too deeply" in header["status_message"]
+        answers.add(response.status_code)
+    assert answers == {200, 400}
+
+
+def test_metrics_are_labelled_by_route_not_by_the_clients_path(url: str) -> None:
+    """A 431 is answered before routing: labelled by its own path, every new path was a new series kept for ever."""
+    for i in range(3):
+        refused = httpx.get(f"{url}/made-up-{i}", headers={f"X-H{j}": "1" for j in range(70)})
+        assert refused.status_code == 431
+    assert httpx.get(url + "/v1/compress").status_code == 405
+    text = httpx.get(url + "/metrics").text
+    assert "made-up" not in text and metric(url, 'cprs_http_requests_total{endpoint="other",status="431"}') >= 3
+    assert metric(url, 'cprs_http_requests_total{endpoint="/v1/compress",status="405"}') >= 1
+
+
+def test_a_client_that_disconnects_while_sending_its_body_is_a_499_not_a_500(
+    url: str, digit_compressor: CPRSCompressor, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with caplog.at_level("INFO", logger="cprs.server.requests"):
+        with socket.create_connection((host, int(port)), timeout=10) as gone:
+            gone.sendall(b"POST /v1/compress HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"X-Request-ID: gone-1\r\nContent-Length: 1000\r\n\r\n" + b'{"context": "')
+            time.sleep(0.2)  # the server is reading the body
+        deadline = time.monotonic() + 10
+        while not (lines := [json.loads(record.getMessage()) for record in caplog.records
+                             if record.name == "cprs.server.requests" and "gone-1" in record.getMessage()]):
+            assert time.monotonic() < deadline, "no log line for the abandoned request"
+            time.sleep(0.05)
+    assert lines[0]["status"] == 499 and lines[0]["errors"] == ["ClientClosedRequest"]
+    assert_still_serves(url, digit_compressor)

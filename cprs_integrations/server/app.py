@@ -89,7 +89,9 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONAnswer:
         _record(request).errors.append("HTTPError")
-        return JSONAnswer({"error": {"type": "HTTPError", "message": str(error.detail)}}, error.status_code)
+        return JSONAnswer(
+            {"error": {"type": "HTTPError", "message": str(error.detail)}}, error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONAnswer:
@@ -120,8 +122,11 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     def authorize(request: Request) -> None:
         if settings.api_key is None:
             return
-        sent = request.headers.get("authorization", "")
-        if not secrets.compare_digest(sent.encode(), f"Bearer {settings.api_key}".encode()):
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        # the scheme is case-insensitive (RFC 9110); headers arrive decoded as latin-1, so compare their bytes
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode("latin-1"), settings.api_key.encode("utf-8")
+        ):
             raise ApiError(401, "Unauthorized", "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     @app.post("/qwen_long_compress_server", responses=_ERRORS)
@@ -134,6 +139,9 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
             body = validate(UpstreamRequest, data)
             outcome = _raise_for((await run(request, [(upstream.to_request(body), None)]))[0])
             return JSONAnswer(upstream.success(data, outcome, body.payload.parameters))
+        except RecursionError:  # read, but nested too deeply to write back: answer without the echo
+            failure = ApiError(400, "MalformedJSON", "request body is JSON nested too deeply to echo back")
+            return _error_response(request, upstream.failure(None, failure), failure)
         except Exception as error:
             failure = error if isinstance(error, ApiError) else from_unexpected(error)
             return _error_response(request, upstream.failure(data, failure), failure)
@@ -143,7 +151,10 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
         """Compress one context; the body holds the arguments of ``CPRSCompressor.compress`` (and ``timeout_s``)."""
         authorize(request)
         body = validate(CompressBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
-        outcome = _raise_for((await run(request, list(zip(_requests([body]), [body.timeout_s]))))[0])
+        item = _request(body)
+        if isinstance(item, ApiError):
+            raise item
+        outcome = _raise_for((await run(request, [(item, body.timeout_s)]))[0])
         return JSONAnswer(outcome.to_dict())
 
     @app.post("/v1/compress_batch", response_model=BatchOut, responses=_ERRORS)
@@ -151,8 +162,10 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
         """Compress several contexts; each slot of ``results`` holds ``result`` or its own ``error``."""
         authorize(request)
         body = validate(BatchBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
-        outcomes = await run(request, list(zip(_requests(body.requests), [item.timeout_s for item in body.requests])))
-        slots = [_slot(outcome) for outcome in outcomes]
+        items = [_request(item) for item in body.requests]
+        sent = [(item, each.timeout_s) for item, each in zip(items, body.requests) if not isinstance(item, ApiError)]
+        computed = iter(await run(request, sent))
+        slots = [_slot(item if isinstance(item, ApiError) else next(computed)) for item in items]
         _record(request).errors += [slot["error"]["type"] for slot in slots if slot["error"]]
         return JSONAnswer({"results": slots})
 
@@ -189,12 +202,13 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     return app
 
 
-def _requests(bodies: list[CompressBody]) -> list[CompressionRequest]:
-    """The bodies as requests; a ``keep_regex`` that does not compile is a 400 ``KeepError``."""
+def _request(body: CompressBody) -> CompressionRequest | ApiError:
+    """The body as a request, or its 400 ``KeepError`` (a ``keep_regex`` that does not compile), so that in a
+    batch it fails only its own slot."""
     try:
-        return [body.to_request() for body in bodies]
+        return body.to_request()
     except CPRSError as error:
-        raise from_compression_error(error) from error
+        return from_compression_error(error)
 
 
 def _raise_for(outcome: Outcome) -> CompressionResult:

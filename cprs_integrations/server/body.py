@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from .._shared import pydantic_problems
 from .errors import ApiError
@@ -17,7 +18,8 @@ Model = TypeVar("Model", bound=BaseModel)
 
 async def read_json(request: Request, max_bytes: int, max_seconds: float, any_content_type: bool = False) -> Any:
     """The body parsed as JSON, refusing a non-JSON or missing content type (415), more than ``max_bytes``
-    (413), a body that takes longer than ``max_seconds`` to arrive (408), non-UTF-8 (400) and bad JSON (400).
+    (413), a body that takes longer than ``max_seconds`` to arrive (408), non-UTF-8 (400) and bad JSON (400),
+    ``NaN`` and ``Infinity`` included (they are not JSON). A client that disconnects while sending gets 499.
 
     ``any_content_type`` reads the body as JSON whatever ``Content-Type`` is declared, or none, as upstream's
     endpoint does (its clients post JSON without one, ``curl -d`` declares a form).
@@ -36,6 +38,8 @@ async def read_json(request: Request, max_bytes: int, max_seconds: float, any_co
             f"the request body did not arrive within {max_seconds:g} s ({sum(map(len, chunks))} bytes came); send "
             "it at once, or start the server with a larger --body-timeout-s",
         ) from None
+    except ClientDisconnect:
+        raise ApiError(499, "ClientClosedRequest", "the client disconnected before its request body arrived") from None
     raw = b"".join(chunks)
     try:
         text = raw.decode("utf-8")
@@ -48,7 +52,7 @@ async def read_json(request: Request, max_bytes: int, max_seconds: float, any_co
     if not text.strip():
         raise ApiError(400, "MalformedJSON", "request body is empty; send a JSON object")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise ApiError(
             400, "MalformedJSON",
@@ -68,6 +72,14 @@ async def _read_chunks(request: Request, chunks: list[bytes], max_bytes: int) ->
         if size > max_bytes:
             raise _too_large(size, max_bytes)
         chunks.append(chunk)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    """``NaN``, ``Infinity`` and ``-Infinity``: Python's extensions to JSON, which no JSON answer could echo back."""
+    raise ApiError(
+        400, "MalformedJSON",
+        f"request body is not valid JSON: {name} is not a JSON number (JSON has no NaN or Infinity)",
+    )
 
 
 def validate(model: type[Model], data: Any) -> Model:

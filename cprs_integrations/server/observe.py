@@ -83,7 +83,7 @@ class RequestGuard:
                 )
         finally:
             record.total_s = time.monotonic() - started
-            self._report(record)
+            self._report(record, _route_path(scope))
 
     def _header_problem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         size = sum(len(name) + len(value) for name, value in headers)
@@ -96,13 +96,18 @@ class RequestGuard:
             )
         return None
 
-    def _report(self, record: RequestRecord) -> None:
-        endpoint = record.path if record.status != 404 else "other"
+    def _report(self, record: RequestRecord, endpoint: str) -> None:
         self.metrics.requests.labels(endpoint, str(record.status)).inc()
         self.metrics.latency.labels(endpoint).observe(record.total_s)
         for kind in record.errors:
             self.metrics.errors.labels(kind).inc()
         LOGGER.info(json.dumps({"event": "request", **_rounded(asdict(record))}))
+
+
+def _route_path(scope: Scope) -> str:
+    """The path of the app's route that answered, else ``"other"``: metrics are labelled by route, never by a
+    client's own path (each would be a new time series, kept for ever)."""
+    return getattr(scope.get("route"), "path", None) or "other"
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:

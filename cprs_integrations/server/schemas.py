@@ -14,6 +14,8 @@ MAX_KEEP_PATTERNS = 256
 """Most entries in ``keep`` or ``keep_regex``: each is a pass over the context."""
 MAX_KEEP_CHARS = 10_000
 MAX_KEEP_REGEX_CHARS = 1_000
+MAX_KEEP_SPANS = 10_000
+"""Most ``keep_spans`` entries: each is checked and marked on the context's tokens while the request is prepared."""
 
 
 class CompressBody(BaseModel):
@@ -45,7 +47,7 @@ class CompressBody(BaseModel):
         description=f"regular expressions always kept (all matched within {KEEP_REGEX_SECONDS:g} s together)",
     )
     keep_spans: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(
-        default_factory=list, description="[start, end] offsets always kept"
+        default_factory=list, max_length=MAX_KEEP_SPANS, description="[start, end] offsets always kept"
     )
     budget_tokenizer: str | None = Field(
         default=None, description="tiktoken encoding name in which target_tokens/target_ratio count; null = the critic's"
