@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -10,11 +11,20 @@ import torch
 
 from .critic import TokenCritic
 from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, ProgressCallback, WindowParallelEngine
-from .errors import CPRSError, ModelLoadError, OptionError, WindowSizeError
+from .errors import ContextTypeError, CPRSError, ModelLoadError, OptionError, WindowSizeError
 from .keep import KeepPattern
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
-from .validation import DEFAULT_GRANULARITY, DEFAULT_MODEL, check_bool, check_int, check_optional_int
+from .text_checks import refuse_bad_characters
+from .validation import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_MODEL,
+    check_bool,
+    check_int,
+    check_known_options,
+    check_optional_int,
+    listed,
+)
 
 
 def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
@@ -166,7 +176,15 @@ class CPRSCompressor:
         return self.engine.window_size
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` in the critic's tokenizer (the unit of budgets and ratios)."""
+        """Tokens of ``text`` in the critic's tokenizer (the unit of budgets and ratios).
+
+        Raises:
+            ContextTypeError: ``text`` is not a string.
+            TextDecodingError: ``text`` holds a lone surrogate or a NUL character.
+        """
+        if not isinstance(text, str):
+            raise ContextTypeError(f"text must be a str, not {type(text).__name__}")
+        refuse_bad_characters(text, "text")
         return self.critic.count_tokens(text)
 
     def compress(
@@ -238,13 +256,24 @@ class CPRSCompressor:
     def compress_batch(
         self, requests: Sequence[CompressionRequest], progress: ProgressCallback | None = None
     ) -> list[CompressionResult | CPRSError]:
-        """Compress several requests in shared forward batches; each slot holds a result or that request's error."""
-        return self.engine.compress_batch(requests, progress)
+        """Compress several requests in shared forward batches; each slot holds a result or that request's error.
+
+        Raises:
+            OptionError: ``requests`` is not a list (or other iterable) of requests, e.g. a single request.
+        """
+        return self.engine.compress_batch(listed(requests, "requests", CompressionRequest), progress)
 
     def compress_many(
         self, contexts: Iterable[str | bytes], query: str = "", instruction: str | None = None, **options: Any
     ) -> list[CompressionResult]:
-        """Compress each context for the same query (their windows share batches); raises the first error."""
+        """Compress each context for the same query (their windows share batches); raises the first error.
+
+        ``options`` are :meth:`compress`'s keyword arguments (an unknown one is an :class:`OptionError`); a single
+        text for ``contexts`` is a :class:`ContextTypeError` (use :meth:`compress`).
+        """
+        positional = ("context", "query", "instruction")
+        check_known_options(options, [field.name for field in fields(CompressionRequest) if field.name not in positional])
+        contexts = listed(contexts, "contexts", str, ContextTypeError)
         outcomes = self.compress_batch([CompressionRequest(context, query, instruction, **options) for context in contexts])
         for outcome in outcomes:
             if isinstance(outcome, CPRSError):

@@ -38,7 +38,7 @@ class TextDecodingError(CPRSError):
 
 
 class GranularityError(CPRSError):
-    """A granularity other than ``token``, ``sentence`` or ``paragraph``."""
+    """A granularity other than ``token``, ``sentence``, ``paragraph`` or ``line``."""
 
 
 class ContextTypeError(CPRSError, TypeError):

@@ -39,6 +39,10 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
     """Raise :class:`KeepError` for a pattern that is neither a string nor a regex, an empty one, or a bad span."""
     if isinstance(keep, (str, bytes)):
         raise KeepError("keep must be a list of strings or patterns, not a single string")
+    if not isinstance(keep, (list, tuple, set, frozenset)):  # read more than once: no generators
+        raise KeepError(f"keep must be a list of strings or patterns, got {type(keep).__name__}")
+    if not isinstance(keep_spans, (list, tuple)):
+        raise KeepError(f"keep_spans must be a list of (start, end) pairs, got {type(keep_spans).__name__}")
     for pattern in keep:
         if isinstance(pattern, _PATTERN_TYPES):
             if not isinstance(pattern.pattern, str):
@@ -48,7 +52,7 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
         elif not isinstance(pattern, str) or not pattern:
             raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
     for span in keep_spans:
-        if (len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+        if (not isinstance(span, (list, tuple)) or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
                 or not 0 <= span[0] < span[1] <= text_length):
             raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end <= "
                             f"{text_length} (the context's length); got {span!r}")

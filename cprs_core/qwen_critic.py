@@ -88,7 +88,7 @@ class QwenCritic:
         config_file = directory / "config.json"
         if not config_file.is_file():
             raise ModelLoadError(f"{directory} has no config.json: not a model directory")
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        model_type = _model_type(config_file)
         if model_type != "qwen2":
             raise ModelLoadError(f"{directory} holds a {model_type!r} model; a QwenLong-CPRS critic is 'qwen2'")
         try:
@@ -192,3 +192,14 @@ def _to_device(ids: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _model_type(config_file: Path) -> object:
+    """``model_type`` of a ``config.json``; a file that is not a JSON object is a :class:`ModelLoadError`."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ModelLoadError(f"{config_file} is not a readable JSON file: {error}") from error
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} holds a JSON {type(config).__name__}, not an object")
+    return config.get("model_type")

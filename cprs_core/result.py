@@ -40,7 +40,7 @@ class CompressionResult:
         original_tokens: context tokens seen by the critic.
         compressed_tokens: context tokens inside the kept spans.
         windows: how many windows the context was split into.
-        granularity: ``"token"``, ``"sentence"`` or ``"paragraph"``.
+        granularity: ``"token"``, ``"sentence"``, ``"paragraph"`` or ``"line"``.
         separator: the string placed between spans in ``text``.
     """
 

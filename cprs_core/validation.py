@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError
@@ -138,6 +139,34 @@ def check_request(request: "CompressionRequest") -> None:
         request.instruction, request.granularity, request.target_ratio, request.target_tokens,
         request.min_span_tokens, request.separator,
     )
+    if request.sentence_windows is not None:
+        check_bool("sentence_windows", request.sentence_windows)
+    check_bool("fill_backward", request.fill_backward)
+    check_bool("upstream_spans", request.upstream_spans)
+
+
+def listed(
+    items: Any, name: str, item_type: type | tuple[type, ...], error: type[CPRSError] = OptionError
+) -> list[Any]:
+    """``items`` (a list, a tuple or any other iterable, e.g. a generator) as a list, so it is read only once.
+
+    Raises:
+        error: naming ``name``, for ``None``, a single string, a single ``item_type`` or anything else that is not
+            a collection of items (its items are not checked here).
+    """
+    if isinstance(items, (str, bytes, bytearray, item_type)) or not isinstance(items, Iterable):
+        raise error(f"{name} must be a list (a single one in a list too), got {_describe(items)}")
+    return list(items)
+
+
+def check_known_options(given: Iterable[str], known: Collection[str]) -> None:
+    """An :class:`OptionError` naming the first of ``given`` that is not in ``known`` (a mistyped option would
+    otherwise be ignored, e.g. ``target_ratoi=0.1`` compressing without a budget)."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise OptionError(f"unknown option {name!r}: {hint}The options are {', '.join(sorted(known))}")
 
 
 def check_progress(progress: Any) -> None:

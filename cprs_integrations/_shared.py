@@ -7,7 +7,6 @@ choice of compressor, the per-document/joint compression and the metadata schema
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import threading
@@ -35,6 +34,8 @@ from cprs_core.remote import API_KEY_ENV
 from cprs_core.validation import (
     DEFAULT_GRANULARITY,
     Granularity,
+    check_bool,
+    check_known_options,
     check_optional_int,
     check_query,
     check_settings,
@@ -68,16 +69,6 @@ def pydantic_problems(error: ValidationError, root: str, with_input: bool = Fals
         + (f" (got {item['input']!r})" if with_input and item["loc"] else "")
         for item in error.errors()
     )
-
-
-def check_known_options(given: dict[str, Any], known: dict[str, Any]) -> None:
-    """An :class:`OptionError` naming the first of ``given``'s keys that is not in ``known`` (a mistyped option
-    would otherwise be ignored, e.g. ``target_ratoi=0.1`` compressing without a budget)."""
-    for name in given:
-        if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise OptionError(f"unknown option {name!r}: {hint}The options are {', '.join(sorted(known))}")
 
 
 def local_compressor(
@@ -195,6 +186,7 @@ class CompressorSettings(BaseModel):
             return data[name] if name in data else fields[name].default
 
         check_settings(*(given(name) for name in _OPTION_FIELDS))
+        check_bool("allow_empty_query", given("allow_empty_query"))
         check_optional_int("window_size", given("window_size"), 2, WindowSizeError)
         timeout = given("timeout")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

@@ -17,6 +17,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 
 from cprs_core.errors import ContextTypeError
+from cprs_core.validation import listed
 
 from ._shared import DocumentSettings
 
@@ -48,8 +49,10 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
 
         Raises:
             cprs_core.CPRSError: an invalid option (e.g. both budgets) or a document too large;
-                :class:`~cprs_core.errors.ContextTypeError` for an item that is not a ``Document``.
+                :class:`~cprs_core.errors.ContextTypeError` for ``documents`` that are not a list (a generator is
+                read once, as a list) or an item that is not a ``Document``.
         """
+        documents = listed(documents, "documents", Document, ContextTypeError)
         for index, document in enumerate(documents):
             if not isinstance(document, Document):
                 raise ContextTypeError(

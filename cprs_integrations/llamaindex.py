@@ -14,6 +14,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from cprs_core.errors import ContextTypeError, QueryError
+from cprs_core.validation import listed
 
 from ._shared import DocumentSettings
 
@@ -42,8 +43,11 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
-        if query_bundle is None:
-            raise QueryError("CPRSNodePostprocessor compresses for a query: pass query_bundle or query_str")
+        if not isinstance(query_bundle, QueryBundle):
+            raise QueryError(
+                "CPRSNodePostprocessor compresses for a query: pass query_bundle or query_str "
+                f"(query_bundle must be a QueryBundle, got {type(query_bundle).__name__})")
+        nodes = listed(nodes, "nodes", NodeWithScore, ContextTypeError)
         for index, item in enumerate(nodes):
             if not isinstance(item, NodeWithScore):
                 raise ContextTypeError(
@@ -60,8 +64,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
                 **item.node.metadata,
                 self.metadata_key: {**self.compression_metadata(kept), "retrieval_score": item.score},
             }
-            node.excluded_llm_metadata_keys = [*item.node.excluded_llm_metadata_keys, self.metadata_key]
-            node.excluded_embed_metadata_keys = [*item.node.excluded_embed_metadata_keys, self.metadata_key]
+            node.excluded_llm_metadata_keys = _with_key(item.node.excluded_llm_metadata_keys, self.metadata_key)
+            node.excluded_embed_metadata_keys = _with_key(item.node.excluded_embed_metadata_keys, self.metadata_key)
             processed.append(NodeWithScore(node=node, score=kept.score))
         return processed
 
@@ -70,3 +74,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
     ) -> List[NodeWithScore]:
         """:meth:`_postprocess_nodes` in a worker thread, so the event loop keeps running while the model works."""
         return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+
+
+def _with_key(keys: List[str], key: str) -> List[str]:
+    """``keys`` with ``key`` added at the end unless already there (a node postprocessed twice lists it once)."""
+    return list(keys) if key in keys else [*keys, key]

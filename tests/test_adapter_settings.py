@@ -54,3 +54,10 @@ def test_local_models_are_called_one_at_a_time_remote_ones_concurrently() -> Non
 def test_min_score_outside_zero_to_one_is_an_option_error(adapter: type, value: object) -> None:
     with pytest.raises(OptionError, match=r"min_score must be a span score between 0 and 1, or None \(got "):
         adapter(min_score=value)
+
+
+@pytest.mark.parametrize("adapter", [CPRSDocumentCompressor, CPRSNodePostprocessor])
+@pytest.mark.parametrize("value", ["yes", "no", 1])
+def test_allow_empty_query_must_be_a_bool_as_in_the_core(adapter: type, value: object) -> None:
+    with pytest.raises(OptionError, match="allow_empty_query must be True or False"):  # pydantic made "yes" True
+        adapter(allow_empty_query=value)

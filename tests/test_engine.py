@@ -282,6 +282,13 @@ def test_plain_qwen2_without_critic_head_is_refused(tiny_cprs_dir: Path, tmp_pat
     (plain / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(ModelLoadError, match="'bert'"):
         QwenCritic.from_pretrained(plain, device="cpu")
+    for broken, problem in (("{not json", "not a readable JSON file"), ("[1, 2]", "a JSON list, not an object")):
+        (plain / "config.json").write_text(broken)
+        with pytest.raises(ModelLoadError, match=problem):
+            CPRSCompressor.from_pretrained(plain, device="cpu")
+    (plain / "config.json").write_bytes(b'{"model_type": "\xff"}')
+    with pytest.raises(ModelLoadError, match="not a readable JSON file"):
+        CPRSCompressor.from_pretrained(plain, device="cpu")
 
 
 def test_checkpoint_without_lm_head_still_compresses(digit_tagger_dir: Path, tmp_path: Path) -> None:

@@ -157,6 +157,19 @@ def test_options_are_passed_to_the_compressor_and_errors_raised(digit_compressor
         paragraph.compress_documents([document, "The code is 4471."], QUERY)  # type: ignore[list-item]
 
 
+async def test_documents_from_a_generator_are_all_compressed_and_a_non_list_is_named(
+    compressor: CPRSDocumentCompressor,
+) -> None:
+    expected = [(document.id, document.page_content) for document in compressor.compress_documents(DOCUMENTS, QUERY)]
+    compressed = compressor.compress_documents((document for document in DOCUMENTS), QUERY)
+    assert [(document.id, document.page_content) for document in compressed] == expected  # not silently []
+    compressed = await compressor.acompress_documents((document for document in DOCUMENTS), QUERY)
+    assert [(document.id, document.page_content) for document in compressed] == expected
+    for wrong in (None, DOCUMENTS[0]):  # a single Document iterates as (field, value) tuples
+        with pytest.raises(ContextTypeError, match="documents must be a list"):
+            compressor.compress_documents(wrong, QUERY)  # type: ignore[arg-type]
+
+
 def test_compressor_and_remote_settings_are_exclusive(digit_compressor: CPRSCompressor) -> None:
     with pytest.raises(OptionError, match="not both"):
         CPRSDocumentCompressor(compressor=digit_compressor, server_url="http://127.0.0.1:9")

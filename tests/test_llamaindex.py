@@ -88,6 +88,8 @@ def test_nodes_keep_id_relationships_metadata_and_get_critic_scores(postprocesso
     assert first.node.get_content(metadata_mode=MetadataMode.LLM) == "The code is 4471."
     assert second.node.get_content(metadata_mode=MetadataMode.LLM) == "file: b.txt\n\nRoom 12 is open."
     assert nodes[0].node.text.startswith(FILLER) and "cprs" not in nodes[0].node.metadata
+    again = postprocessor.postprocess_nodes(processed, query_str=QUERY)[0].node
+    assert again.excluded_llm_metadata_keys == ["file", "cprs"] and again.excluded_embed_metadata_keys == ["cprs"]
 
 
 def test_with_cprs_mini_a_score_cut_off_drops_the_node_that_does_not_answer() -> None:
@@ -115,6 +117,20 @@ def test_joint_mode_and_missing_query(digit_compressor: CPRSCompressor) -> None:
         joint.postprocess_nodes(_nodes())
     with pytest.raises(ContextTypeError, match=r"nodes\[0\] is a TextNode, not a NodeWithScore"):
         joint.postprocess_nodes([item.node for item in _nodes()], QueryBundle(QUERY))  # type: ignore[misc]
+
+
+async def test_nodes_from_a_generator_are_all_compressed_and_wrong_arguments_are_named(
+    postprocessor: CPRSNodePostprocessor,
+) -> None:
+    expected = [item.node.node_id for item in postprocessor.postprocess_nodes(_nodes(), query_str=QUERY)]
+    assert [item.node.node_id for item in postprocessor.postprocess_nodes(iter(_nodes()), query_str=QUERY)] == expected
+    processed = await postprocessor.apostprocess_nodes(iter(_nodes()), query_str=QUERY)
+    assert [item.node.node_id for item in processed] == expected
+    for wrong in (None, _nodes()[0]):
+        with pytest.raises(ContextTypeError, match="nodes must be a list"):
+            postprocessor.postprocess_nodes(wrong, query_str=QUERY)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="query_bundle must be a QueryBundle, got str"):
+        postprocessor.postprocess_nodes(_nodes(), QUERY)  # type: ignore[arg-type]  # the question as query_bundle
 
 
 def _index() -> VectorStoreIndex:

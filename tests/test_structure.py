@@ -138,6 +138,10 @@ def test_force_keep_counts_against_the_budget_first(digit_compressor: CPRSCompre
     ({"keep": [re.compile("x*")]}, "matches the empty string"),
     ({"keep_spans": [(5, 2)]}, "start < end"),
     ({"keep_spans": [(0, 10**6)]}, "context's length"),
+    ({"keep": None}, "keep must be a list .* got NoneType"),
+    ({"keep": (word for word in ["Keep"])}, "keep must be a list .* got generator"),
+    ({"keep_spans": None}, "keep_spans must be a list of .* got NoneType"),
+    ({"keep_spans": (0, 5)}, r"keep_spans entries are \(start, end\) .* got 0"),
 ])
 def test_bad_keep_options_are_clear_errors(digit_compressor: CPRSCompressor, options: dict, message: str) -> None:
     with pytest.raises(KeepError, match=message):

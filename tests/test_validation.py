@@ -18,6 +18,7 @@ from cprs_core import (
     DEFAULT_GRANULARITY,
     BudgetError,
     CompressionRequest,
+    ContextTypeError,
     CPRSCompressor,
     CPRSError,
     GranularityError,
@@ -25,6 +26,7 @@ from cprs_core import (
     ModelLoadError,
     OptionError,
     QueryError,
+    TextDecodingError,
     WindowSizeError,
 )
 from cprs_core.remote import RemoteCompressor
@@ -54,6 +56,9 @@ WRONG_ARGUMENTS = [
     ({"min_span_tokens": -1}, OptionError, "min_span_tokens must be an integer >= 1"),
     ({"min_span_tokens": True}, OptionError, "min_span_tokens must be an integer >= 1"),
     ({"separator": None}, OptionError, "separator must be a string"),
+    ({"fill_backward": "no"}, OptionError, "fill_backward must be True or False"),  # a truthy string turned it on
+    ({"sentence_windows": "yes"}, OptionError, "sentence_windows must be True or False"),
+    ({"upstream_spans": "no"}, OptionError, "upstream_spans must be True or False"),
 ]
 
 
@@ -77,6 +82,7 @@ def test_each_wrong_argument_is_its_named_error(changes: dict[str, Any], error: 
         {"instruction": "summary"},  # one word, but not close to a preset: free text
         {"target_ratio": 1},
         {"target_tokens": 5, "granularity": "token"},
+        {"sentence_windows": False, "fill_backward": True},
     ],
 )
 def test_right_arguments_pass(changes: dict[str, Any]) -> None:
@@ -103,6 +109,29 @@ def test_the_compressor_refuses_an_empty_query_unless_asked_and_defaults_to_sent
         digit_compressor.compress_batch([request()], QUERY)  # type: ignore[arg-type]
     with pytest.raises(OptionError, match="progress must be a function"):
         digit_compressor.compress(CONTEXT, QUERY, progress=3)  # type: ignore[arg-type]
+
+
+def test_batches_take_a_list_or_generator_never_a_single_item(digit_compressor: CPRSCompressor) -> None:
+    expected = digit_compressor.compress(CONTEXT, QUERY, "needle").text
+    from_generator = digit_compressor.compress_batch(request() for _ in range(2))
+    assert [outcome.text for outcome in from_generator] == [expected, expected]  # type: ignore[union-attr]
+    for wrong in (None, request(), "text"):
+        with pytest.raises(OptionError, match="requests must be a list"):
+            digit_compressor.compress_batch(wrong)  # type: ignore[arg-type]
+    many = digit_compressor.compress_many((text for text in [CONTEXT, CONTEXT]), QUERY, "needle")
+    assert [result.text for result in many] == [expected, expected]
+    with pytest.raises(ContextTypeError, match="contexts must be a list"):  # not one compression per character
+        digit_compressor.compress_many("4471", QUERY, "needle")
+    with pytest.raises(OptionError, match="unknown option 'target_ratoi': did you mean 'target_ratio'"):
+        digit_compressor.compress_many([CONTEXT], QUERY, "needle", target_ratoi=0.5)
+
+
+def test_count_tokens_names_text_it_cannot_count(digit_compressor: CPRSCompressor) -> None:
+    with pytest.raises(ContextTypeError, match="text must be a str, not NoneType"):
+        digit_compressor.count_tokens(None)  # type: ignore[arg-type]
+    with pytest.raises(TextDecodingError, match="text holds a lone surrogate"):
+        digit_compressor.count_tokens("ab\ud800")
+    assert digit_compressor.count_tokens(CONTEXT) > 0
 
 
 def test_one_default_granularity_in_every_signature() -> None:
