@@ -11,7 +11,7 @@ import asyncio
 from typing import List, Optional
 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, NodeWithScore, QueryBundle
 
 from cprs_core.errors import ContextTypeError, QueryError
 from cprs_core.validation import listed
@@ -29,7 +29,7 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
     The node's score becomes the highest critic score of its kept spans (0..1: how confidently query-relevant
     text was found in it; with cprs-mini, the relevance probability of its best kept sentence); nodes keep their
     retrieval order. Nodes that are empty, had nothing kept, or scored below ``min_score`` (when set) are
-    dropped.
+    dropped; an image node without text passes unchanged (there is no text to compress).
 
     ``mode``, the compressor source and the compression options are those of
     :class:`~cprs_integrations.langchain.CPRSDocumentCompressor`
@@ -57,6 +57,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
         processed = []
         for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str)):
             if kept is None:
+                if _image_only(item.node):
+                    processed.append(item)
                 continue
             node = item.node.model_copy(deep=True)
             node.set_content(kept.text)
@@ -79,3 +81,9 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
 def _with_key(keys: List[str], key: str) -> List[str]:
     """``keys`` with ``key`` added at the end unless already there (a node postprocessed twice lists it once)."""
     return list(keys) if key in keys else [*keys, key]
+
+
+def _image_only(node: BaseNode) -> bool:
+    """Whether ``node`` is an image node with an image and no text."""
+    return (isinstance(node, ImageNode) and bool(node.image or node.image_path or node.image_url)
+            and not node.get_content(metadata_mode=MetadataMode.NONE).strip())

@@ -14,6 +14,7 @@ from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import (
+    ImageNode,
     MetadataMode,
     NodeRelationship,
     NodeWithScore,
@@ -90,6 +91,22 @@ def test_nodes_keep_id_relationships_metadata_and_get_critic_scores(postprocesso
     assert nodes[0].node.text.startswith(FILLER) and "cprs" not in nodes[0].node.metadata
     again = postprocessor.postprocess_nodes(processed, query_str=QUERY)[0].node
     assert again.excluded_llm_metadata_keys == ["file", "cprs"] and again.excluded_embed_metadata_keys == ["cprs"]
+
+
+def test_an_image_node_without_text_passes_unchanged_and_a_captioned_one_keeps_its_image(
+    postprocessor: CPRSNodePostprocessor,
+) -> None:
+    picture = NodeWithScore(node=ImageNode(id_="picture", image_url="https://example.org/map.png"), score=0.6)
+    captioned = NodeWithScore(
+        node=ImageNode(id_="captioned", image_url="https://example.org/door.png", text=f"{FILLER}The code is 4471."),
+        score=0.5,
+    )
+    nodes = [picture, NodeWithScore(node=TextNode(id_="empty", text=" "), score=0.4), captioned]
+    processed = postprocessor.postprocess_nodes(nodes, query_str=QUERY)
+    assert [item.node.node_id for item in processed] == ["picture", "captioned"]
+    assert processed[0] is picture
+    assert processed[1].node.image_url == "https://example.org/door.png"
+    assert processed[1].node.get_content() == "The code is 4471."
 
 
 def test_with_cprs_mini_a_score_cut_off_drops_the_node_that_does_not_answer() -> None:
