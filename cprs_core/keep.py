@@ -72,11 +72,16 @@ def split_patterns(keep: Sequence[KeepPattern]) -> tuple[list[str], list[str]]:
     literals, regexes = [], []
     for pattern in keep:
         if isinstance(pattern, _PATTERN_TYPES):
-            flags = "".join(letter for flag, letter in _INLINE_FLAGS.items() if pattern.flags & flag)
-            regexes.append(f"(?{flags}){pattern.pattern}" if flags else pattern.pattern)
+            regexes.append(regex_text(pattern))
         else:
             literals.append(pattern)
     return literals, regexes
+
+
+def regex_text(pattern: "re.Pattern[str] | regex.Pattern[str]") -> str:
+    """A compiled pattern as text, its flags (``IGNORECASE``, ``MULTILINE``, ``DOTALL``, ``VERBOSE``) inline."""
+    flags = "".join(letter for flag, letter in _INLINE_FLAGS.items() if pattern.flags & flag)
+    return f"(?{flags}){pattern.pattern}" if flags else pattern.pattern
 
 
 def join_patterns(literals: Sequence[str], regexes: Sequence[str]) -> tuple[KeepPattern, ...]:

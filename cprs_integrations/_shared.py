@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from cprs_core import (
     DEFAULT_MODEL,
@@ -29,7 +29,7 @@ from cprs_core import (
     Span,
     WindowSizeError,
 )
-from cprs_core.keep import forced_ranges
+from cprs_core.keep import forced_ranges, regex_text
 from cprs_core.remote import API_KEY_ENV
 from cprs_core.validation import (
     DEFAULT_GRANULARITY,
@@ -69,6 +69,16 @@ def pydantic_problems(error: ValidationError, root: str, with_input: bool = Fals
         + (f" (got {item['input']!r})" if with_input and item["loc"] else "")
         for item in error.errors()
     )
+
+
+def _compiled(entry: dict[str, Any]) -> re.Pattern[str]:
+    """A serialized ``keep`` regex, ``{"regex": "..."}``, compiled."""
+    if set(entry) != {"regex"} or not isinstance(entry["regex"], str):
+        raise ValueError(f'a keep entry given as a dict must be {{"regex": "<pattern>"}}, got {entry!r}')
+    try:
+        return re.compile(entry["regex"])
+    except re.error as error:
+        raise ValueError(f"keep regex {entry['regex']!r} is not a valid regular expression: {error}") from None
 
 
 def local_compressor(
@@ -197,6 +207,20 @@ class CompressorSettings(BaseModel):
             raise OptionError(
                 f"invalid options for {type(self).__name__}: {pydantic_problems(error, 'settings', with_input=True)}"
             ) from error
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _regexes_from_data(cls, value: Any) -> Any:
+        """``{"regex": "..."}`` entries (how :meth:`_regexes_as_data` writes a pattern) compiled back."""
+        if not isinstance(value, (list, tuple)):
+            return value
+        return [_compiled(item) if isinstance(item, dict) else item for item in value]
+
+    @field_serializer("keep")
+    def _regexes_as_data(self, keep: list[str | re.Pattern[str]]) -> list[str | dict[str, str]]:
+        """Patterns as ``{"regex": text with inline flags}``, so that ``to_dict``/``to_json``/``model_dump_json``
+        give JSON and load back as patterns (a bare string would load back as a literal)."""
+        return [{"regex": regex_text(item)} if isinstance(item, re.Pattern) else item for item in keep]
 
     @model_validator(mode="after")
     def _one_source(self) -> "CompressorSettings":

@@ -3,6 +3,9 @@ and the settings both document adapters share."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from cprs_core import CPRSCompressor, OptionError
@@ -61,3 +64,18 @@ def test_min_score_outside_zero_to_one_is_an_option_error(adapter: type, value: 
 def test_allow_empty_query_must_be_a_bool_as_in_the_core(adapter: type, value: object) -> None:
     with pytest.raises(OptionError, match="allow_empty_query must be True or False"):  # pydantic made "yes" True
         adapter(allow_empty_query=value)
+
+
+def test_keep_regexes_survive_json_round_trips_with_their_flags() -> None:
+    keep = [re.compile("os+lo", re.IGNORECASE), "literal (text)"]
+    restored = [
+        CPRSNodePostprocessor.from_dict(json.loads(CPRSNodePostprocessor(keep=keep).to_json())).keep,
+        CPRSDocumentCompressor.model_validate_json(CPRSDocumentCompressor(keep=keep).model_dump_json()).keep,
+    ]
+    for pattern, literal in restored:
+        assert isinstance(pattern, re.Pattern) and pattern.search("The OSSLO ferry") is not None
+        assert literal == "literal (text)"
+    with pytest.raises(OptionError, match="not a valid regular expression"):
+        CPRSDocumentCompressor(keep=[{"regex": "("}])
+    with pytest.raises(OptionError, match=r'must be \{"regex"'):
+        CPRSNodePostprocessor(keep=[{"pattern": "a"}])
