@@ -35,8 +35,9 @@ FORCED_SCORE = 2.0
 _INLINE_FLAGS = {re.IGNORECASE: "i", re.MULTILINE: "m", re.DOTALL: "s", re.VERBOSE: "x"}
 
 
-def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]], text_length: int) -> None:
-    """Raise :class:`KeepError` for a pattern that is neither a string nor a regex, an empty one, or a bad span."""
+def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]], text_length: int | None) -> None:
+    """Raise :class:`KeepError` for a pattern that is neither a string nor a regex, an empty one, or a bad span
+    (``text_length`` None: no context yet, so spans are checked for their shape and order only)."""
     if isinstance(keep, (str, bytes)):
         raise KeepError("keep must be a list of strings or patterns, not a single string")
     if not isinstance(keep, (list, tuple, set, frozenset)):  # read more than once: no generators
@@ -53,9 +54,10 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
             raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
     for span in keep_spans:
         if (not isinstance(span, (list, tuple)) or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-                or not 0 <= span[0] < span[1] <= text_length):
-            raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end <= "
-                            f"{text_length} (the context's length); got {span!r}")
+                or not 0 <= span[0] < span[1] <= (span[1] if text_length is None else text_length)):
+            bound = "" if text_length is None else f" <= {text_length} (the context's length)"
+            raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end{bound}; "
+                            f"got {span!r}")
 
 
 def compile_regex(pattern: str) -> "regex.Pattern[str]":

@@ -29,7 +29,8 @@ from cprs_core import (
     Span,
     WindowSizeError,
 )
-from cprs_core.keep import forced_ranges, regex_text
+from cprs_core.keep import check_keep, forced_ranges, regex_text
+from cprs_core.reader_tokens import reader_tokenizer
 from cprs_core.remote import API_KEY_ENV
 from cprs_core.validation import (
     DEFAULT_GRANULARITY,
@@ -207,6 +208,9 @@ class CompressorSettings(BaseModel):
             raise OptionError(
                 f"invalid options for {type(self).__name__}: {pydantic_problems(error, 'settings', with_input=True)}"
             ) from error
+        check_keep(self.keep, self.keep_spans, None)  # against each text's length on the call
+        if self.budget_tokenizer is not None and not isinstance(self.budget_tokenizer, str):
+            reader_tokenizer(self.budget_tokenizer)  # a tiktoken name is loaded on the call (it may download)
 
     @field_validator("keep", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from cprs_core import CPRSCompressor, OptionError
+from cprs_core import BudgetTokenizerError, CPRSCompressor, KeepError, OptionError
 from cprs_core.remote import RemoteCompressor
 from cprs_integrations._shared import API_KEY_ENV, SERVER_URL_ENV, CompressorSettings, exclusive
 from cprs_integrations.langchain import CPRSDocumentCompressor
@@ -79,3 +79,12 @@ def test_keep_regexes_survive_json_round_trips_with_their_flags() -> None:
         CPRSDocumentCompressor(keep=[{"regex": "("}])
     with pytest.raises(OptionError, match=r'must be \{"regex"'):
         CPRSNodePostprocessor(keep=[{"pattern": "a"}])
+
+
+@pytest.mark.parametrize("adapter", [CPRSDocumentCompressor, CPRSNodePostprocessor])
+def test_keep_spans_and_budget_tokenizer_are_checked_when_the_adapter_is_built(adapter: type) -> None:
+    with pytest.raises(KeepError, match=r"0 <= start < end; got \(5, 2\)"):
+        adapter(keep_spans=[(5, 2)])
+    with pytest.raises(BudgetTokenizerError, match="got int"):
+        adapter(budget_tokenizer=5)
+    assert adapter(keep_spans=[(0, 10**9)], budget_tokenizer=len).keep_spans == [(0, 10**9)]  # length: on the call
