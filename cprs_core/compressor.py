@@ -29,6 +29,8 @@ from .validation import (
 
 def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
     """A local directory for ``path_or_id``: the path itself, or a Hugging Face cache snapshot (never downloads)."""
+    if not str(path_or_id).strip():  # Path("") is the working directory
+        raise ModelLoadError("the model path is empty; give a model directory, or nothing for the embedded cprs-mini")
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path

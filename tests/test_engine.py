@@ -256,6 +256,8 @@ def test_bad_model_paths_devices_and_dtypes(tiny_cprs_dir: Path, tmp_path: Path)
         CPRSCompressor.from_pretrained("Tongyi-Zhiwen/QwenLong-CPRS-7B")
     with pytest.raises(ModelLoadError, match="is a file"):
         CPRSCompressor.from_pretrained(tiny_cprs_dir / "config.json")
+    with pytest.raises(ModelLoadError, match="model path is empty"):
+        CPRSCompressor.from_pretrained(" ")
     with pytest.raises(DeviceError, match="unknown dtype"):
         CPRSCompressor.from_pretrained(tiny_cprs_dir, dtype="int8")
     with pytest.raises(DeviceError, match="float16 is not supported on CPU"):
