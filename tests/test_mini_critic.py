@@ -96,6 +96,29 @@ def test_offsets_round_trip(critic: MiniCritic) -> None:
         assert critic.tokenizer.id_to_token(token_id).removeprefix("##") == ascii_text[start:end].lower()
 
 
+def test_a_word_longer_than_wordpiece_reads_counts_by_its_length_not_as_one_token(
+    critic: MiniCritic, prose: str
+) -> None:
+    from tokenizers import Tokenizer
+
+    from cprs_core.mini.backbone import backbone_dir
+
+    stored = Tokenizer.from_file(str(backbone_dir() / "tokenizer.json"))  # as shipped: one [UNK] per long word
+    stored.no_truncation()
+    stored.no_padding()
+    ordinary = prose + " " + "x" * 100 + " naïve déjà-vu"
+    assert critic.tokenize_context(ordinary).ids == stored.encode(ordinary, add_special_tokens=False).ids
+    blob = "A" * 20_000
+    assert len(stored.encode(blob, add_special_tokens=False).ids) == 1
+    assert critic.count_tokens(blob) >= 20_000 // 100 * 10
+    tokens = critic.tokenize_context(f"The payload is {blob}.")
+    assert all(0 <= start < end for start, end in tokens.offsets) and tokens.offsets[-1][1] == len(blob) + 16
+    compressor = CPRSCompressor(critic)
+    context = f"The ferry leaves at nine. {prose[:3000]} The payload is {blob}. {prose[3000:6000]}"
+    result = compressor.compress(context, "What is the payload?", target_tokens=100)
+    assert result.compressed_tokens <= 100 and len(result.text) < 2_000  # a 100-token budget, not 20,000 characters
+
+
 def test_scores_are_probabilities_deterministic_and_batch_independent(critic: MiniCritic, prose: str) -> None:
     ids = critic.tokenize_context(plant(prose, [NEEDLE])).ids
     prefix = critic.encode_prefix("needle", NEEDLE_QUERY)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Regex, Tokenizer, pre_tokenizers
 from transformers import BertModel
 from transformers.utils import logging as hf_logging
 
@@ -37,10 +37,22 @@ def backbone_dir(override: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
-    """The backbone's fast WordPiece tokenizer with its stored truncation and padding switched off."""
+    """The backbone's fast WordPiece tokenizer with its stored truncation and padding switched off, and words
+    longer than WordPiece reads cut into pieces it does read.
+
+    WordPiece turns a word of more than ``max_input_chars_per_word`` (100) characters into one ``[UNK]``: a
+    20,000-character run (a hex dump, a key, padding) would count as one token, pass any budget and any context
+    limit. Cut into 100-character pieces first, it is tokenized like other text, so tokens grow with its length;
+    words up to 100 characters are tokenized exactly as before.
+    """
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    longest = getattr(tokenizer.model, "max_input_chars_per_word", None)
+    if tokenizer.pre_tokenizer is not None and longest:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [tokenizer.pre_tokenizer, pre_tokenizers.Split(Regex(rf"\S{{1,{longest}}}"), behavior="isolated")]
+        )
     return tokenizer
 
 
