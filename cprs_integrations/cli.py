@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
+from urllib.parse import urlsplit
 
-from cprs_core.errors import CPRSError, WindowSizeError
+from cprs_core.errors import CPRSError, OptionError, WindowSizeError
 from cprs_core.prompt import INSTRUCTIONS
 from cprs_core.validation import DEFAULT_MODEL, check_optional_int, check_query, check_settings
 from cprs_integrations.cli_options import add_keep_options, add_output_options, add_precision_options, keep_options
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help=f"local checkpoint directory or cached hub id (default: {DEFAULT_MODEL})")
     source.add_argument("--server", metavar="URL", help="compress on a running `cprs serve` at URL instead")
     _add_local_model_options(compress)
-    compress.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for --server (default 600)")
+    compress.add_argument("--timeout", type=_finite_float, default=600.0,
+                          help="seconds to wait for --server (default 600)")
     compress.add_argument("--api-key", help=API_KEY_HELP)
     compress.set_defaults(handler=_compress, subparser=compress)
 
@@ -82,11 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests computed at once, their windows interleaved (default 16)")
     serve.add_argument("--step-windows", type=int,
                        help="windows per forward batch: smaller is fairer to short requests (default 1 on CPU, 16 on GPU)")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="an idle server waits this long for company (default 10)")
+    serve.add_argument("--max-wait-ms", type=_finite_float, default=10.0,
+                       help="an idle server waits this long for company (default 10)")
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
-    serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
-    serve.add_argument("--request-timeout-s", type=float, default=300.0, help="504 and cancel after this long (default 300)")
-    serve.add_argument("--body-timeout-s", type=float, default=60.0,
+    serve.add_argument("--max-body-mb", type=_finite_float, default=32.0,
+                       help="largest request body in MiB (default 32)")
+    serve.add_argument("--request-timeout-s", type=_finite_float, default=300.0,
+                       help="504 and cancel after this long (default 300)")
+    serve.add_argument("--body-timeout-s", type=_finite_float, default=60.0,
                        help="408 when a request body takes longer to arrive (default 60)")
     serve.add_argument("--api-key", help=f"require this bearer key; {API_KEY_HELP}")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -132,6 +139,17 @@ def _add_local_model_options(parser: argparse.ArgumentParser) -> None:
     add_precision_options(parser)
 
 
+def _finite_float(value: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` would break timeouts and sizes far from the option)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def _version() -> str:
     try:
         return version("cprs")
@@ -149,20 +167,31 @@ def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Name
     """Usage errors exit 2; wrong values raise their ``CPRSError`` (exit 1), all before any model loads."""
     if args.query is None and not args.no_query:
         parser.error("the following arguments are required: -q/--query (or --no-query to compress without one)")
-    if args.file == "-" and sys.stdin.isatty():
+    if args.file == "-" and (sys.stdin is None or sys.stdin.isatty()):  # None: stdin closed (`<&-`)
         parser.error("no input: give a FILE, or pipe text into stdin (e.g. `cat book.txt | cprs compress -q ... -`)")
     check_query(args.query or "", args.no_query)
     check_settings(
         args.instruction, args.granularity, args.target_ratio, args.target_tokens, args.min_span_tokens, args.separator
     )
     check_optional_int("--window-size", args.window_size, 2, WindowSizeError)
+    if not 0 < args.timeout <= threading.TIMEOUT_MAX:  # beyond it, sockets refuse the timeout
+        raise OptionError(f"--timeout must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}; "
+                          f"got {args.timeout}")
     if args.server is None:
         return
+    _check_server_url(args.server)
     local = [f"--{name.replace('_', '-')}" for name in ("device", "dtype", "window_size") if getattr(args, name)]
     if local:
         parser.error(f"{', '.join(local)} configure a local model; --server uses the server's model")
     if args.progress:
         parser.error("--progress needs a local model; a server does not report progress")
+
+
+def _check_server_url(url: str) -> None:
+    """``--server`` must be an ``http(s)://host[:port]`` address (anything else failed deep in urllib)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise OptionError(f"--server must be an http:// or https:// URL such as http://gpu-box:8091, got {url!r}")
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -200,7 +229,18 @@ def _compress(args: argparse.Namespace) -> int:
     except CPRSError as error:
         print(f"cprs compress: error: {'stdin' if args.file == '-' else args.file}: {error}", file=sys.stderr)
         return 1
-    sys.stdout.write(_render(result, args.format))
+    return _write_output(_render(result, args.format))
+
+
+def _write_output(text: str) -> int:
+    """Write ``text`` to stdout; a reader that quit early (``cprs compress ... | head``) is a one-line error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
+        print("cprs compress: error: the output pipe closed before all the output was written", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -234,6 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cprs serve needs the server extra: pip install 'cprs[server]' ({error})", file=sys.stderr)
         return 1
     try:
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be a TCP port, 0 to 65535; got {args.port}")
         settings = ServerSettings(
             max_batch_requests=args.max_batch_requests, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
             step_windows=args.step_windows, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

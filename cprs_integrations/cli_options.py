@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cprs_core.errors import BudgetTokenizerError
 from cprs_core.keep import join_patterns
 from cprs_core.validation import DEFAULT_GRANULARITY, GRANULARITIES
 
@@ -60,7 +61,13 @@ def _budget_tokenizer(name: str) -> Any:
         return name
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(name).expanduser())
+    try:
+        return AutoTokenizer.from_pretrained(Path(name).expanduser())
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__  # one line: transformers' spans several
+        raise BudgetTokenizerError(
+            f"--budget-tokenizer {name!r} is a directory but not a transformers tokenizer ({reason})"
+        ) from error
 
 
 def _span(value: str) -> tuple[int, int]:

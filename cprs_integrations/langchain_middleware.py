@@ -9,6 +9,7 @@ Use it with ``langchain.agents.create_agent`` (``pip install 'cprs[agents]'``)::
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from langchain.agents.middleware import AgentMiddleware
@@ -17,7 +18,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from cprs_core import Compressor, OptionError
 
 from ._shared import CompressorSettings
-from .tools import DEFAULT_MIN_TOKENS, check_wrapper_options, prune
+from .tools import DEFAULT_MIN_TOKENS, asked_question, check_wrapper_options, prune, text_content
 
 StateQuestion = Callable[[Mapping[str, Any]], str]
 """Returns the question to prune against from the agent's state (``state["messages"]``, custom keys, ...)."""
@@ -27,19 +28,6 @@ def latest_human_message(state: Mapping[str, Any]) -> str:
     """The text of the latest human message in ``state["messages"]`` (``""`` when there is none)."""
     messages: Sequence[BaseMessage] = state.get("messages", ())
     return next((message.text for message in reversed(messages) if isinstance(message, HumanMessage)), "")
-
-
-def text_content(content: Any) -> str | None:
-    """A tool result's content as text: a string, or a non-empty list of only text blocks (strings or
-    ``{"type": "text", "text": ...}``) joined by newlines; ``None`` for anything else (images, files)."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list) or not content:
-        return None
-    texts = [block if isinstance(block, str) else
-             block.get("text") if isinstance(block, dict) and block.get("type") == "text" else None
-             for block in content]
-    return "\n".join(texts) if all(isinstance(text, str) for text in texts) else None
 
 
 class CPRSToolOutputMiddleware(AgentMiddleware):
@@ -75,10 +63,12 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
         **options: Any,
     ) -> None:
         super().__init__()
-        check_wrapper_options(question, min_tokens)
+        self.settings = CompressorSettings(compressor=compressor, **options)
+        check_wrapper_options(question, min_tokens, allow_empty_query=self.settings.allow_empty_query)
         if isinstance(exclude_tools, str):
             raise OptionError("exclude_tools is a list of tool names, not one string")
-        self.settings = CompressorSettings(compressor=compressor, **options)
+        if not isinstance(exclude_tools, Collection) or not all(isinstance(name, str) for name in exclude_tools):
+            raise OptionError(f"exclude_tools must be a list of tool names (strings), got {exclude_tools!r:.80}")
         self.question: StateQuestion = (lambda state: question) if isinstance(question, str) else question
         self.min_tokens = min_tokens
         self.exclude_tools = frozenset(exclude_tools)
@@ -97,7 +87,7 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
         if not isinstance(result, ToolMessage) or result.status == "error" or result.name in self.exclude_tools:
             return result
         text = text_content(result.content)
-        question = self.question(state)
+        question = asked_question(self.question, state)
         if text is None or not question.strip():
             return result
         content, summary = prune(text, question, self.settings, self.min_tokens)

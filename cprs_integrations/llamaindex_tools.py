@@ -21,7 +21,7 @@ from llama_index.core.workflow import Context
 from cprs_core import Compressor, OptionError, QueryError
 
 from ._shared import CompressorSettings
-from .tools import DEFAULT_MIN_TOKENS, check_wrapper_options, prune
+from .tools import DEFAULT_MIN_TOKENS, asked_question, check_wrapper_options, prune
 
 Question = Union[str, Callable[[Dict[str, Any]], str]]
 """A fixed question, or a function of the tool's keyword arguments that returns it."""
@@ -76,11 +76,13 @@ class CPRSPrunedTool(FunctionTool):
                 f"tool must be a LlamaIndex tool (BaseTool), got {type(tool).__name__}; make one from a function "
                 "with FunctionTool.from_defaults(fn)"
             )
-        check_wrapper_options(question, min_tokens, question_may_be_none=True)
+        settings = CompressorSettings(compressor=compressor, **options)
+        check_wrapper_options(question, min_tokens, question_may_be_none=True,
+                              allow_empty_query=settings.allow_empty_query)
         super().__init__(fn=_context_signature, metadata=tool.metadata)
         self.inner: AsyncBaseTool = adapt_to_async_tool(tool)
         self.question = question
-        self.settings = CompressorSettings(compressor=compressor, **options)
+        self.settings = settings
         self.min_tokens = min_tokens
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
@@ -103,7 +105,7 @@ class CPRSPrunedTool(FunctionTool):
                 f"{self.metadata.get_name()} was called without an agent Context, so there is no agent memory to "
                 "read the question from: give CPRSPrunedTool(question=...)"
             )
-        return self.question(arguments) if callable(self.question) else self.question
+        return asked_question(self.question, arguments) if callable(self.question) else self.question
 
     def _pruned(self, output: ToolOutput, question: str) -> ToolOutput:
         if output.is_error or not question.strip():

@@ -6,7 +6,7 @@ tool (LangChain is imported only when it is called).
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from cprs_core import CompressionResult, Compressor
 from cprs_core.errors import OptionError, QueryError
@@ -38,18 +38,57 @@ Question = str | Callable[[ToolInput], str]
 """The question to prune against: a fixed string, or a function of the tool's input that returns it."""
 
 
-def check_wrapper_options(question: Any, min_tokens: Any, question_may_be_none: bool = False) -> None:
-    """What every tool wrapper checks when it is built: ``question`` a string or a function returning one
-    (or ``None`` where the wrapper reads it from the agent), ``min_tokens`` an integer >= 0.
+def check_wrapper_options(
+    question: Any, min_tokens: Any, question_may_be_none: bool = False, allow_empty_query: bool = False
+) -> None:
+    """What every tool wrapper checks when it is built: ``question`` a non-empty string (empty only with
+    ``allow_empty_query``) or a function returning one (or ``None`` where the wrapper reads it from the agent),
+    ``min_tokens`` an integer >= 0.
 
     Raises:
-        QueryError: a ``question`` of another type. OptionError: a wrong ``min_tokens``.
+        QueryError: a ``question`` of another type, or an empty one. OptionError: a wrong ``min_tokens``.
     """
     if not (isinstance(question, str) or callable(question) or (question is None and question_may_be_none)):
         raise QueryError(
             f"question must be a string or a function returning one, got {type(question).__name__} {question!r:.60}"
         )
+    if isinstance(question, str):
+        check_query(question, allow_empty_query, name="question")
     check_int("min_tokens", min_tokens, 0)
+
+
+def asked_question(question: Callable[[Any], Any], argument: Any) -> str:
+    """``question(argument)``: what a wrapper's question function returns for the state or tool arguments.
+
+    Raises:
+        QueryError: the function returned something other than a string (``None``, a message object, ...).
+    """
+    asked = question(argument)
+    if not isinstance(asked, str):
+        name = getattr(question, "__name__", type(question).__name__)
+        raise QueryError(f"the question function {name} must return a string, got {type(asked).__name__} {asked!r:.60}")
+    return asked
+
+
+def text_content(content: Any) -> str | None:
+    """A tool result's content as text: a string, or a non-empty list of only text blocks (strings or
+    ``{"type": "text", "text": ...}``) joined by newlines; ``None`` for anything else (images, files)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [block if isinstance(block, str) else
+             block.get("text") if isinstance(block, dict) and block.get("type") == "text" else None
+             for block in content]
+    return "\n".join(texts) if all(isinstance(text, str) for text in texts) else None
+
+
+def content_blocks(output: Any, block_types: Sequence[str]) -> bool:
+    """Whether LangChain sends ``output`` to the model as message content blocks (dicts whose ``"type"`` is in
+    ``block_types``, and strings) rather than as its JSON text: a list holding at least one such dict."""
+    return (isinstance(output, list) and any(isinstance(block, dict) for block in output)
+            and all(isinstance(block, str) or (isinstance(block, dict) and block.get("type") in block_types)
+                    for block in output))
 
 
 def prune(
@@ -160,8 +199,9 @@ def pruned_tool(
     ``ratio``, ``keep_ratio``, ``windows``, ``granularity`` and ``spans`` (``None`` when the output was not
     pruned; a ``"json"`` entry for JSON outputs). When invoked with a tool call the agent gets a ``ToolMessage``
     carrying both; the artifact is not sent to the model. JSON outputs (dicts, lists, or JSON text) are pruned
-    structure-preserving; other non-string outputs pass through unchanged; an inner tool's own artifact is not
-    carried over.
+    structure-preserving; a list of LangChain content blocks is not JSON: text blocks are pruned as one text (as
+    :class:`~cprs_integrations.CPRSToolOutputMiddleware` does), blocks with images or files pass unchanged;
+    other non-string outputs pass through unchanged; an inner tool's own artifact is not carried over.
 
     Args:
         tool: the tool to wrap.
@@ -173,22 +213,26 @@ def pruned_tool(
     """
     from langchain_core.runnables import RunnableConfig
     from langchain_core.tools import BaseTool, StructuredTool, Tool
+    from langchain_core.tools.base import TOOL_MESSAGE_BLOCK_TYPES
 
     if not isinstance(tool, BaseTool):
         raise OptionError(
             f"tool must be a LangChain tool (BaseTool), got {type(tool).__name__}; make one from a function with "
             "langchain_core.tools.tool or StructuredTool.from_function"
         )
-    check_wrapper_options(question, min_tokens)
+    settings = CompressorSettings(compressor=compressor, **options)
+    check_wrapper_options(question, min_tokens, allow_empty_query=settings.allow_empty_query)
 
     # This module has no ``from __future__ import annotations``: StructuredTool finds the ``config`` parameter
     # of ``run``/``arun`` by its evaluated annotation, RunnableConfig, imported here so LangChain stays optional.
 
-    settings = CompressorSettings(compressor=compressor, **options)
-
     def pruned(output: Any, tool_input: ToolInput) -> tuple[Any, dict[str, Any]]:
-        content, summary = prune(output, question(tool_input) if callable(question) else question, settings, min_tokens)
-        return content, {"cprs": summary}
+        text = text_content(output) if content_blocks(output, TOOL_MESSAGE_BLOCK_TYPES) else output
+        if text is None:  # images, files: not text to select from (as JSON text they would reach the model)
+            return output, {"cprs": None}
+        asked = asked_question(question, tool_input) if callable(question) else question
+        content, summary = prune(text, asked, settings, min_tokens)
+        return (output if summary is None else content), {"cprs": summary}
 
     def run(*args: str, config: RunnableConfig, **arguments: Any) -> tuple[Any, dict[str, Any]]:
         tool_input = args[0] if args else arguments

@@ -129,6 +129,8 @@ def test_middleware_excludes_tools_and_takes_the_question_from_state(digit_compr
         ({"min_tokens": -1}, OptionError, "min_tokens must be an integer >= 0"),
         ({"min_tokens": "5"}, OptionError, "min_tokens must be an integer >= 0"),
         ({"exclude_tools": "calculator"}, OptionError, "a list of tool names, not one string"),
+        ({"exclude_tools": None}, OptionError, r"exclude_tools must be a list of tool names \(strings\), got None"),
+        ({"question": " "}, QueryError, "question is empty"),  # the middleware and LlamaIndex never pruned
     ],
 )
 def test_wrong_wrapper_arguments_are_named_when_built(
@@ -153,6 +155,35 @@ def test_wrong_wrapper_arguments_are_named_when_built(
     with pytest.raises(error, match=message):
         CPRSPrunedTool(FunctionTool.from_defaults(fn=records, name="orders"), compressor=digit_compressor,
                        **arguments)
+
+
+def test_a_question_function_returning_no_text_is_named(digit_compressor: CPRSCompressor) -> None:
+    """The middleware, pruned_tool and the LlamaIndex tool raised AttributeError ('NoneType' object has no
+    attribute 'strip')."""
+    from llama_index.core.tools import FunctionTool
+
+    from cprs_integrations.llamaindex_tools import CPRSPrunedTool
+    from cprs_integrations.tools import pruned_tool
+
+    def question(_: Any) -> None:
+        return None
+
+    message = "the question function question must return a string, got NoneType None"
+    middleware = CPRSToolOutputMiddleware(digit_compressor, question=question)
+    with pytest.raises(QueryError, match=message):
+        middleware.pruned(ToolMessage(content="x", tool_call_id="c1", name="t"), {"messages": []})
+    pruned = CPRSPrunedTool(FunctionTool.from_defaults(fn=lambda customer: records(), name="orders"), question,
+                            digit_compressor)
+    with pytest.raises(QueryError, match=message):
+        pruned.call(customer="ann")
+
+    @tool
+    def orders(customer: str) -> dict[str, Any]:
+        """A customer's orders."""
+        return records()
+
+    with pytest.raises(QueryError, match=message):
+        pruned_tool(orders, question, digit_compressor, min_tokens=1).invoke({"customer": "ann"})
 
 
 def test_wrappers_refuse_what_is_not_a_tool_of_their_framework(digit_compressor: CPRSCompressor) -> None:

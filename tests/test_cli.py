@@ -124,6 +124,8 @@ def test_progress_bar_follows_the_windows(
         ([], b" \n ", "context is empty"),
         (["--model", "/no/such/model"], VERSES.encode(), "no model at '/no/such/model'"),
         (["--device", "tpu"], VERSES.encode(), "unknown device 'tpu'"),
+        (["--budget-tokenizer", str(REPO / "docs"), "--target-tokens", "5"], VERSES.encode(),
+         "'" + str(REPO / "docs") + "' is a directory but not a transformers tokenizer ("),
     ],
 )
 def test_compression_errors_exit_1_with_the_message(
@@ -155,12 +157,60 @@ def test_missing_file_and_unreachable_server(tmp_path: Path, text_file: Path, ca
         (["compress", "-q", "x", "--granularity", "word"], "invalid choice: 'word'"),
         (["compress", "-q", "x", "--bogus"], "unrecognized arguments: --bogus"),
         (["serve", "--port", "many"], "invalid int value: 'many'"),
+        (["compress", "-q", "x", "--server", "http://h:1", "--timeout", "nan"], "--timeout: expected a finite number"),
+        (["serve", "--max-body-mb", "inf"], "--max-body-mb: expected a finite number, got 'inf'"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--server", "gpu-box:8091"], "--server must be an http:// or https:// URL such as http://gpu-box:8091, got"),
+        (["--server", "http://h:1", "--timeout", "0"], "--timeout must be a positive number of seconds"),
+        (["--server", "http://h:1", "--timeout", "1e300"], "at most 9223372036; got 1e+300"),
+    ],
+)
+def test_wrong_server_url_or_timeout_exits_1_before_connecting(
+    text_file: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These failed deep in urllib and sockets with a traceback (or, for 0, as "cannot reach the server")."""
+    assert main(["compress", "-q", QUERY, *argv, str(text_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cprs compress: error: ") and message in err and err.count("\n") == 1
+
+
+def test_closed_stdin_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cprs compress -q ... <&-`` (no stdin at all: ``sys.stdin`` is None) raised AttributeError."""
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "-q", QUERY])
+    assert exit_info.value.code == 2 and "no input: give a FILE" in capsys.readouterr().err
+
+
+def test_a_reader_that_quits_early_is_a_one_line_error(
+    text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cprs compress ... | head`` whose reader is gone: was a BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", encoding="utf-8") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        assert main(["compress", "-q", QUERY, str(text_file)]) == 1
+    assert capsys.readouterr().err == (
+        "cprs compress: error: the output pipe closed before all the output was written\n"
+    )
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_serve_refuses_a_port_out_of_range_before_loading(port: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--port 99999`` loaded the model and claimed to serve on it."""
+    assert main(["serve", "--model", "/no/such/model", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"cprs serve: error: --port must be a TCP port, 0 to 65535; got {port}\n"
 
 
 @pytest.mark.parametrize(("command", "module", "option"), [("batch", "ray_batch", "--input"),

@@ -119,6 +119,19 @@ def test_json_output_is_pruned_structurally_other_values_pass_through(digit_comp
     assert pruned_tool(number, QUESTION, digit_compressor, min_tokens=1).invoke({"path": "x"}) == 42
 
 
+def test_content_blocks_prune_as_text_and_images_pass_unchanged(digit_compressor: CPRSCompressor) -> None:
+    """A tool answering LangChain content blocks (as MCP tools do): the blocks were pruned as JSON, so text was
+    kept whole and an image reached the model as its base64 text."""
+    text = [{"type": "text", "text": FILLER}, {"type": "text", "text": LONG_OUTPUT}]
+    image = [*text, {"type": "image", "base64": "iVBORw0KGgo" * 100, "mime_type": "image/png"}]
+    short = [{"type": "text", "text": "Status 200."}]
+    for blocks, expected in ((text, "The code is 4471."), (image, image), (short, short)):
+        inner = StructuredTool.from_function(lambda url, blocks=blocks: blocks, name="page", description="A page.")
+        wrapped = pruned_tool(inner, QUESTION, digit_compressor, instruction="needle", min_tokens=50)
+        message = wrapped.invoke({"type": "tool_call", "name": "page", "args": {"url": "u"}, "id": "c"})
+        assert message.content == expected
+
+
 def test_python_values_json_cannot_hold_prune_as_their_json_text(digit_compressor: CPRSCompressor) -> None:
     """Tuples, non-string keys, dates and sets (what API clients return) prune as they are written as JSON."""
     rows = [{"note": FILLER[:60], "tags": {"plain"}} for _ in range(20)]
