@@ -23,7 +23,7 @@ from .engine import CompressionRequest, Granularity, decode_text
 from .errors import BudgetTokenizerError, CPRSError
 from .keep import KeepPattern, check_keep, split_patterns
 from .result import CompressionResult, Span
-from .validation import DEFAULT_GRANULARITY, check_request, check_request_type
+from .validation import DEFAULT_GRANULARITY, check_request, check_request_type, check_server_url, check_timeout
 
 API_KEY_ENV = "CPRS_API_KEY"
 """Environment variable holding a cprs server's API key (read by the CLI and the framework adapters)."""
@@ -89,6 +89,8 @@ class RemoteCompressor:
     ) -> None:
         if retries < 0 or backoff < 0 or (deadline is not None and deadline <= 0):
             raise ValueError(f"need retries >= 0, backoff >= 0, deadline > 0; got {retries}, {backoff}, {deadline}")
+        check_server_url("base_url", base_url)
+        check_timeout("timeout", timeout)
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key

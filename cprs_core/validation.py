@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError
 from .prompt import INSTRUCTIONS
@@ -167,6 +169,23 @@ def check_known_options(given: Iterable[str], known: Collection[str]) -> None:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise OptionError(f"unknown option {name!r}: {hint}The options are {', '.join(sorted(known))}")
+
+
+def check_timeout(name: str, value: Any) -> None:
+    """An :class:`OptionError` unless ``value`` is a number of seconds a socket accepts: above 0, at most
+    ``threading.TIMEOUT_MAX`` (``nan`` and ``inf`` included in what is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= threading.TIMEOUT_MAX:
+        raise OptionError(
+            f"{name} must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}; got {value!r}"
+        )
+
+
+def check_server_url(name: str, url: Any) -> None:
+    """An :class:`OptionError` unless ``url`` is an ``http(s)://host[:port]`` address (anything else would fail
+    deep inside urllib on the first call)."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OptionError(f"{name} must be an http:// or https:// URL such as http://gpu-box:8091, got {url!r}")
 
 
 def check_progress(progress: Any) -> None:

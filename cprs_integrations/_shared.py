@@ -39,7 +39,9 @@ from cprs_core.validation import (
     check_known_options,
     check_optional_int,
     check_query,
+    check_server_url,
     check_settings,
+    check_timeout,
 )
 
 SERVER_URL_ENV = "CPRS_SERVER_URL"
@@ -199,9 +201,9 @@ class CompressorSettings(BaseModel):
         check_settings(*(given(name) for name in _OPTION_FIELDS))
         check_bool("allow_empty_query", given("allow_empty_query"))
         check_optional_int("window_size", given("window_size"), 2, WindowSizeError)
-        timeout = given("timeout")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise OptionError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_timeout("timeout", given("timeout"))
+        if given("server_url") is not None:
+            check_server_url("server_url", given("server_url"))
         try:
             super().__init__(**data)
         except ValidationError as error:
@@ -243,7 +245,10 @@ class CompressorSettings(BaseModel):
         if self.compressor is not None:
             return self.compressor
         configured_locally = any(getattr(self, name) is not None for name in _LOCAL_FIELDS)
-        server_url = self.server_url or (None if configured_locally else os.environ.get(SERVER_URL_ENV))
+        from_environment = None if configured_locally or self.server_url else os.environ.get(SERVER_URL_ENV)
+        if from_environment:
+            check_server_url(f"${SERVER_URL_ENV}", from_environment)
+        server_url = self.server_url or from_environment
         if server_url:
             return remote_compressor(server_url, self.timeout, self.api_key or os.environ.get(API_KEY_ENV))
         return local_compressor(self.model, self.device, self.dtype, self.window_size)

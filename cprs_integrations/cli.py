@@ -16,16 +16,21 @@ import json
 import math
 import os
 import sys
-import threading
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
-from urllib.parse import urlsplit
 
-from cprs_core.errors import CPRSError, OptionError, WindowSizeError
+from cprs_core.errors import CPRSError, WindowSizeError
 from cprs_core.prompt import INSTRUCTIONS
-from cprs_core.validation import DEFAULT_MODEL, check_optional_int, check_query, check_settings
+from cprs_core.validation import (
+    DEFAULT_MODEL,
+    check_optional_int,
+    check_query,
+    check_server_url,
+    check_settings,
+    check_timeout,
+)
 from cprs_integrations.cli_options import add_keep_options, add_output_options, add_precision_options, keep_options
 
 if TYPE_CHECKING:
@@ -174,24 +179,15 @@ def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Name
         args.instruction, args.granularity, args.target_ratio, args.target_tokens, args.min_span_tokens, args.separator
     )
     check_optional_int("--window-size", args.window_size, 2, WindowSizeError)
-    if not 0 < args.timeout <= threading.TIMEOUT_MAX:  # beyond it, sockets refuse the timeout
-        raise OptionError(f"--timeout must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}; "
-                          f"got {args.timeout}")
+    check_timeout("--timeout", args.timeout)
     if args.server is None:
         return
-    _check_server_url(args.server)
+    check_server_url("--server", args.server)
     local = [f"--{name.replace('_', '-')}" for name in ("device", "dtype", "window_size") if getattr(args, name)]
     if local:
         parser.error(f"{', '.join(local)} configure a local model; --server uses the server's model")
     if args.progress:
         parser.error("--progress needs a local model; a server does not report progress")
-
-
-def _check_server_url(url: str) -> None:
-    """``--server`` must be an ``http(s)://host[:port]`` address (anything else failed deep in urllib)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise OptionError(f"--server must be an http:// or https:// URL such as http://gpu-box:8091, got {url!r}")
 
 
 UTF8_BOM = b"\xef\xbb\xbf"

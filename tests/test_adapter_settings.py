@@ -88,3 +88,17 @@ def test_keep_spans_and_budget_tokenizer_are_checked_when_the_adapter_is_built(a
     with pytest.raises(BudgetTokenizerError, match="got int"):
         adapter(budget_tokenizer=5)
     assert adapter(keep_spans=[(0, 10**9)], budget_tokenizer=len).keep_spans == [(0, 10**9)]  # length: on the call
+
+
+def test_a_server_url_that_is_not_http_or_a_timeout_sockets_refuse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("notaurl", "localhost:8091", "ftp://gpu-box"):
+        with pytest.raises(OptionError, match=f"server_url must be an http:// or https:// URL .* got '{url}'"):
+            CPRSDocumentCompressor(server_url=url)
+        with pytest.raises(OptionError, match="base_url must be an http"):
+            RemoteCompressor(url)
+    for timeout in (float("inf"), float("nan"), 0, -1):
+        with pytest.raises(OptionError, match="timeout must be a positive number of seconds"):
+            CPRSNodePostprocessor(server_url="http://gpu-box:8091", timeout=timeout)
+    monkeypatch.setenv(SERVER_URL_ENV, "gpu-box:8091")
+    with pytest.raises(OptionError, match=r"\$CPRS_SERVER_URL must be an http"):
+        CompressorSettings().resolve_compressor()

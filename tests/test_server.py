@@ -514,3 +514,12 @@ def test_a_client_that_disconnects_while_sending_its_body_is_a_499_not_a_500(
             time.sleep(0.05)
     assert lines[0]["status"] == 499 and lines[0]["errors"] == ["ClientClosedRequest"]
     assert_still_serves(url, digit_compressor)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_wait_ms", float("nan")), ("max_wait_ms", float("inf")), ("max_wait_ms", -1.0),
+    ("request_timeout_s", float("nan")), ("request_timeout_s", float("inf")), ("body_timeout_s", 0.0),
+])
+def test_server_settings_refuse_times_no_clock_can_keep(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        ServerSettings(**{field: value})

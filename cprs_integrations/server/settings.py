@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from cprs_core.validation import check_timeout
 
 
 CPU_STEP_WINDOWS = 1
@@ -52,11 +55,10 @@ class ServerSettings:
         for name in ("max_batch_requests", "max_queue", "step_windows", "max_body_bytes", "max_header_bytes", "max_headers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms < math.inf:  # nan fails every comparison
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         for name in ("request_timeout_s", "body_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            check_timeout(name, getattr(self, name))
 
     def windows_per_step(self, device_type: str) -> int:
         """:attr:`step_windows`, or its default for a critic on ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
