@@ -88,7 +88,7 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
             return result
         text = text_content(result.content)
         question = asked_question(self.question, state)
-        if text is None or not question.strip():
+        if text is None or not (question.strip() or self.settings.allow_empty_query):
             return result
         content, summary = prune(text, question, self.settings, self.min_tokens)
         if summary is None:

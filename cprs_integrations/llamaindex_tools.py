@@ -108,7 +108,7 @@ class CPRSPrunedTool(FunctionTool):
         return asked_question(self.question, arguments) if callable(self.question) else self.question
 
     def _pruned(self, output: ToolOutput, question: str) -> ToolOutput:
-        if output.is_error or not question.strip():
+        if output.is_error or not (question.strip() or self.settings.allow_empty_query):
             return output
         raw = output.raw_output
         content, summary = prune(raw if isinstance(raw, (dict, list)) else output.content, question, self.settings,

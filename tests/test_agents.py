@@ -242,3 +242,21 @@ def test_middleware_prunes_text_blocks_and_leaves_other_content(digit_compressor
     with_image = [*blocks, {"type": "image", "url": "https://example.com/a.png"}]
     image_message = ToolMessage(content=with_image, tool_call_id="c2", name="search")
     assert middleware.pruned(image_message, state) is image_message
+
+
+def test_without_a_question_results_pass_unless_empty_queries_are_allowed(digit_compressor: CPRSCompressor) -> None:
+    from llama_index.core.tools import FunctionTool
+
+    from cprs_integrations.llamaindex_tools import CPRSPrunedTool
+
+    output = "Nothing here is a number at all. " * 30 + "The code is 4471."
+    message = ToolMessage(content=output, tool_call_id="c1", name="search")
+    no_question: dict[str, Any] = {"messages": []}  # no human message yet: the question is empty
+    middleware = CPRSToolOutputMiddleware(digit_compressor, instruction="needle", min_tokens=50)
+    assert middleware.pruned(message, no_question) is message
+    allowed = CPRSToolOutputMiddleware(digit_compressor, instruction="needle", min_tokens=50, allow_empty_query=True)
+    assert allowed.pruned(message, no_question).content == "The code is 4471."
+    inner = FunctionTool.from_defaults(fn=lambda topic: output, name="search")
+    assert CPRSPrunedTool(inner, lambda arguments: "", digit_compressor, min_tokens=50).call(topic="x").content == output
+    pruned = CPRSPrunedTool(inner, lambda arguments: "", digit_compressor, min_tokens=50, allow_empty_query=True)
+    assert pruned.call(topic="x").content == "The code is 4471."
