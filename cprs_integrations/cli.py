@@ -201,6 +201,7 @@ def _compress(args: argparse.Namespace) -> int:
         print(f"cprs compress: error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return 1
     context = context.removeprefix(UTF8_BOM)  # as Python's "utf-8-sig": offsets count from the text's first character
+    forced = keep_options(args)  # before the model loads: a --budget-tokenizer that is not one fails at once
     compressor: Compressor
     if args.server:
         from cprs_core.remote import RemoteCompressor
@@ -221,7 +222,7 @@ def _compress(args: argparse.Namespace) -> int:
         with _progress_bar(show, delay=0.0 if args.progress else PROGRESS_DELAY_S) as progress:
             if progress is not None:
                 options["progress"] = progress  # only a local CPRSCompressor reports progress
-            result = compressor.compress(context, args.query or "", args.instruction, **options, **keep_options(args))
+            result = compressor.compress(context, args.query or "", args.instruction, **options, **forced)
     except CPRSError as error:
         print(f"cprs compress: error: {'stdin' if args.file == '-' else args.file}: {error}", file=sys.stderr)
         return 1

@@ -126,6 +126,8 @@ def test_progress_bar_follows_the_windows(
         (["--device", "tpu"], VERSES.encode(), "unknown device 'tpu'"),
         (["--budget-tokenizer", str(REPO / "docs"), "--target-tokens", "5"], VERSES.encode(),
          "'" + str(REPO / "docs") + "' is a directory but not a transformers tokenizer ("),
+        (["--model", "/no/such/model", "--budget-tokenizer", str(REPO / "docs")], VERSES.encode(),  # before loading
+         "is a directory but not a transformers tokenizer"),
     ],
 )
 def test_compression_errors_exit_1_with_the_message(
