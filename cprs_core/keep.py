@@ -53,8 +53,9 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
         elif not isinstance(pattern, str) or not pattern:
             raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
     for span in keep_spans:
-        if (not isinstance(span, (list, tuple)) or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-                or not 0 <= span[0] < span[1] <= (span[1] if text_length is None else text_length)):
+        offsets = (isinstance(span, (list, tuple)) and len(span) == 2
+                   and all(isinstance(x, int) and not isinstance(x, bool) for x in span))
+        if not offsets or not 0 <= span[0] < span[1] or (text_length is not None and span[1] > text_length):
             bound = "" if text_length is None else f" <= {text_length} (the context's length)"
             raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end{bound}; "
                             f"got {span!r}")
