@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from .critic import OUTSIDE_ID, StreamingTokenCritic, TokenCritic, TokenizedText, WindowScores
 from .errors import (
     BudgetError,
+    CompressionFailedError,
     ContextTooLargeError,
     ContextTruncatedWarning,
     ContextTypeError,
@@ -42,7 +43,14 @@ from .text_checks import refuse_bad_characters
 from .text_units import TextUnit, paragraph_starts, segment
 from .unit_anchors import anchored_units, with_anchors
 from .upstream_spans import upstream_spans
-from .validation import DEFAULT_GRANULARITY, Granularity, check_progress, check_request, check_request_type
+from .validation import (
+    DEFAULT_GRANULARITY,
+    Granularity,
+    check_known_options,
+    check_progress,
+    check_request,
+    check_request_type,
+)
 
 DEFAULT_MAX_CONTEXT_TOKENS = 2_048_000
 """Upstream's document limit (it truncates there; cprs refuses by default, so nothing is lost silently)."""
@@ -76,6 +84,8 @@ class CompressionRequest:
     them (the engine calls it first, so a wrong field is that request's own ``CPRSError``). ``upstream_spans=True``
     reads spans as upstream's endpoint does (unstripped offsets; with ``granularity="sentence"``, upstream's
     per-span widening instead of whole merged sentences; see :mod:`cprs_core.upstream_spans`).
+
+    An unknown keyword (``target_ratoi=0.1``) is an :class:`~cprs_core.OptionError` naming the closest field.
     """
 
     context: str | bytes
@@ -93,6 +103,11 @@ class CompressionRequest:
     keep_spans: Sequence[tuple[int, int]] = ()
     budget_tokenizer: Any = None
     allow_empty_query: bool = False
+
+    def __new__(cls, *args: Any, **named: Any) -> CompressionRequest:
+        # before the generated __init__, which would raise a bare TypeError for an unknown keyword
+        check_known_options(named, [field.name for field in fields(cls)])
+        return super().__new__(cls)
 
     @property
     def keeps_best_if_none_fits(self) -> bool:
@@ -217,6 +232,7 @@ class WindowParallelEngine:
                 break
             start = submitted_to()
             submit(_cut_windows(start, start + (len(ids) - start) // capacity * capacity, capacity))
+        _refuse_tokenless(len(ids))
         submit(_cut_windows(submitted_to(), len(ids), capacity))
         scores: list[WindowScores] = []
         for collect in pending:
@@ -254,6 +270,7 @@ class WindowParallelEngine:
         else:
             tokens = self.critic.tokenize_context(text)
             plan = None
+        _refuse_tokenless(len(tokens.ids))
         truncated = self._over_limit(len(tokens.ids))
         if truncated:
             limit = self.max_context_tokens
@@ -279,8 +296,11 @@ class WindowParallelEngine:
         check_request(request)
         if not text.strip():
             raise EmptyContextError("context is empty; there is nothing to compress")
-        if request.upstream_spans and request.granularity == "paragraph":
-            raise GranularityError("upstream_spans reads spans as upstream does: granularity 'token' or 'sentence'")
+        if request.upstream_spans and request.granularity not in ("token", "sentence"):
+            raise GranularityError(
+                f"upstream_spans reads spans as upstream does: granularity 'token' or 'sentence', "
+                f"not {request.granularity!r}"
+            )
         if request.upstream_spans and (request.target_ratio is not None or request.target_tokens is not None):
             raise BudgetError(
                 "upstream_spans keeps what the critic tags, as upstream does: give no target_ratio/target_tokens"
@@ -317,6 +337,12 @@ class WindowParallelEngine:
     def _assemble(self, item: _Prepared, scores: Sequence[WindowScores]) -> CompressionResult:
         request, text, tokens, tags = item.request, item.text, item.tokens, item.tags
         bioe = np.concatenate([score.bioe for score in scores])
+        relevance = _concat_relevance(scores)
+        if not np.isfinite(bioe).all() or (relevance is not None and not np.isfinite(relevance).all()):
+            raise CompressionFailedError(
+                f"the critic {self.critic.name!r} gave scores that are not finite numbers (NaN or infinity): its "
+                "weights are broken, or its dtype overflows on this device; reload it, or use float32"
+            )
         sums = TokenScoreSums(1.0 - bioe[:, OUTSIDE_ID], _concat_tag_index(scores), len(tags))
         labels = fill_short_gaps(bioe.argmax(axis=1), backward=request.fill_backward)
         budget, reader = item.budget, None
@@ -326,7 +352,6 @@ class WindowParallelEngine:
             spans, compressed_tokens = _upstream_read(text, tokens, labels, sums, tags, request)
         else:
             forced = item.forced
-            relevance = _concat_relevance(scores)
             sentence_units = None if relevance is None else segment(text, "sentence")  # split once, used below
             if request.budget_tokenizer is not None:
                 reader = reader_tokenizer(request.budget_tokenizer)
@@ -532,6 +557,16 @@ def _submission_size(window_count: int, progress: ProgressCallback | None) -> in
 def _cut_windows(start: int, stop: int, capacity: int) -> list[range]:
     """Consecutive token ranges of at most ``capacity`` covering ``[start, stop)``."""
     return [range(first, min(first + capacity, stop)) for first in range(start, stop, capacity)]
+
+
+def _refuse_tokenless(token_count: int) -> None:
+    """A context that is not blank but holds no token the critic reads (a lone BOM, zero-width space or control
+    character) is empty to it: :class:`EmptyContextError`, as a blank one is."""
+    if token_count == 0:
+        raise EmptyContextError(
+            "context has no characters the critic reads (only invisible or control characters such as a BOM or "
+            "zero-width space); there is nothing to compress"
+        )
 
 
 def _concat_relevance(scores: Sequence[WindowScores]) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cprs_core import CPRSCompressor, QueryTruncatedWarning, TokenCritic
+from cprs_core import CompressionRequest, CPRSCompressor, EmptyContextError, QueryTruncatedWarning, TokenCritic
 from cprs_core.mini import MiniCritic, is_mini_checkpoint, load_mini_critic
 from cprs_core.mini.checkpoint import SHIPPED_DIR
 from cprs_core.mini.inputs import MAX_PREFIX_TOKENS
@@ -232,3 +232,17 @@ def test_per_question_z_gives_each_question_its_best_sentence(critic: MiniCritic
     z = (cosines - cosines.mean(axis=0)) / cosines.std(axis=0)
     np.testing.assert_allclose(balanced, z.max(axis=1), rtol=1e-5)
     assert set(np.argsort(-balanced)[:2]) == {0, 3}  # each question's best sentence leads
+
+
+@pytest.mark.parametrize("invisible", ["\ufeff", "\u200b", "\x01", "\xad", "\u0301", "\ufeff\u200b \n"])
+def test_a_context_of_only_characters_the_tokenizer_drops_is_empty_not_a_failure(
+    critic: MiniCritic, invisible: str
+) -> None:
+    """MiniLM's tokenizer drops a BOM, zero-width and control characters, soft hyphens and lone combining marks:
+    such a context has no token, and was a ``CompressionFailedError`` ("need at least one array to concatenate")."""
+    compressor = CPRSCompressor(critic)
+    for granularity in ("token", "sentence"):
+        with pytest.raises(EmptyContextError, match="no characters the critic reads"):
+            compressor.compress(invisible, "What is it?", granularity=granularity)
+    [outcome] = compressor.compress_batch([CompressionRequest(invisible, "What is it?")])
+    assert isinstance(outcome, EmptyContextError)

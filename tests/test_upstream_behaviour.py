@@ -115,8 +115,10 @@ def test_upstream_reading_through_the_engine(digit_compressor: CPRSCompressor) -
     result = digit_compressor.compress_batch([request])[0]
     assert [span.text for span in result.spans] == ["The year was 1984.", " We counted 42 cats and 7 dogs", "7 dogs"]
     assert all(context[span.start : span.end] == span.text for span in result.spans)
-    with pytest.raises(GranularityError, match="upstream_spans"):
-        digit_compressor.engine.compress(CompressionRequest(context, QUERY, granularity="paragraph", upstream_spans=True))
+    for granularity in ("paragraph", "line"):  # "line" was silently read as "token"
+        with pytest.raises(GranularityError, match=f"upstream_spans.*not '{granularity}'"):
+            digit_compressor.engine.compress(
+                CompressionRequest(context, QUERY, granularity=granularity, upstream_spans=True))
     with pytest.raises(BudgetError, match="upstream_spans"):
         digit_compressor.engine.compress(CompressionRequest(context, QUERY, target_ratio=0.5, upstream_spans=True))
     with pytest.raises(KeepError, match="upstream_spans"):  # was silently ignored
