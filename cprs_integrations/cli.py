@@ -2,7 +2,7 @@
 
 ``cprs compress``: compress a file (or stdin) for a query, locally or on a cprs server.
 ``cprs serve``: serve a model over HTTP (upstream-compatible API plus ``/v1``), batching all clients together.
-``cprs batch``: compress a corpus with Ray (needs ``pip install 'cprs[ray]'``).
+``cprs batch``: compress a corpus with Ray (needs ``pip install -e '.[ray]'``).
 
 Only light modules are imported until a model is needed, so ``--help``, ``--version`` and argument errors
 (ranges included) answer in a fraction of a second.
@@ -111,11 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     commands.add_parser(
-        "batch", add_help=False, help="compress a corpus with Ray (pip install 'cprs[ray]'; see `cprs batch --help`)",
+        "batch", add_help=False, help="compress a corpus with Ray (pip install -e '.[ray]'; see `cprs batch --help`)",
     )
     commands.add_parser(
         "serve-ray", add_help=False,
-        help="serve the same API from N Ray Serve replicas (pip install 'cprs[ray]'; see `cprs serve-ray --help`)",
+        help="serve the same API from N Ray Serve replicas (pip install -e '.[ray]'; see `cprs serve-ray --help`)",
     )
     return parser
 
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except CPRSError as error:
         print(f"cprs {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's status for SIGINT
+        print(f"cprs {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
@@ -163,9 +164,11 @@ def _version() -> str:
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else ``$CPRS_API_KEY``; an empty ``--api-key ""`` is kept (the server refuses it: falling back
+    to no key would serve without one)."""
     from cprs_core.remote import API_KEY_ENV
 
-    return args.api_key or os.environ.get(API_KEY_ENV)
+    return args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
 
 
 def _check_compress_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -230,13 +233,22 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _write_output(text: str) -> int:
-    """Write ``text`` to stdout; a reader that quit early (``cprs compress ... | head``) is a one-line error."""
+    """Write ``text`` to stdout; a reader that quit early (``cprs compress ... | head``) or an output encoding that
+    cannot write the text (a file on Windows: cp1252) is a one-line error."""
     try:
-        sys.stdout.write(text)
+        sys.stdout.write(text)  # encoded as a whole first: nothing is written when a character does not fit
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
         print("cprs compress: error: the output pipe closed before all the output was written", file=sys.stderr)
+        return 1
+    except UnicodeEncodeError as error:
+        character = error.object[error.start]
+        print(
+            f"cprs compress: error: the output holds {character!r} (U+{ord(character):04X}), which stdout's encoding "
+            f"{error.encoding} cannot write; set PYTHONIOENCODING=utf-8 to write UTF-8",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -268,7 +280,7 @@ def _serve(args: argparse.Namespace) -> int:
         from cprs_core import CPRSCompressor
         from cprs_integrations.server import ServerSettings, create_app, serve
     except ImportError as error:
-        print(f"cprs serve needs the server extra: pip install 'cprs[server]' ({error})", file=sys.stderr)
+        print(f"cprs serve needs the server extra: pip install -e '.[server]' ({error})", file=sys.stderr)
         return 1
     try:
         if not 0 <= args.port <= 65535:
@@ -301,7 +313,7 @@ def _ray_command(command: str, argv: list[str]) -> int:
     try:
         module = importlib.import_module(f"cprs_integrations.{module_name}")
     except ImportError as error:
-        print(f"cprs {command} needs Ray: pip install 'cprs[ray]' ({error})", file=sys.stderr)
+        print(f"cprs {command} needs Ray: pip install -e '.[ray]' ({error})", file=sys.stderr)
         return 1
     parser = argparse.ArgumentParser(prog=f"cprs {command}", description=description)
     module.add_arguments(parser)

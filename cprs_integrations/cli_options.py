@@ -10,6 +10,7 @@ from typing import Any
 
 from cprs_core.errors import BudgetTokenizerError
 from cprs_core.keep import join_patterns
+from cprs_core.reader_tokens import reader_tokenizer
 from cprs_core.validation import DEFAULT_GRANULARITY, GRANULARITIES
 
 
@@ -49,25 +50,49 @@ def add_keep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def keep_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``keep``, ``keep_spans`` and ``budget_tokenizer`` arguments of ``compress`` from parsed options."""
+    """The ``keep``, ``keep_spans`` and ``budget_tokenizer`` arguments of ``compress`` from parsed options.
+
+    Raises:
+        KeepError: a ``--keep-regex`` that does not compile.
+        BudgetTokenizerError: a ``--budget-tokenizer`` directory that is not a tokenizer or, without ``--server``
+            (a server resolves names itself), a name that is not a tiktoken encoding this machine can load.
+    """
     options: dict[str, Any] = {"keep": join_patterns(args.keep, args.keep_regex), "keep_spans": args.keep_span}
     if args.budget_tokenizer is not None:
-        options["budget_tokenizer"] = _budget_tokenizer(args.budget_tokenizer)
+        options["budget_tokenizer"] = _budget_tokenizer(args.budget_tokenizer, local=args.server is None)
     return options
 
 
-def _budget_tokenizer(name: str) -> Any:
+def _budget_tokenizer(name: str, local: bool) -> Any:
     if not Path(name).expanduser().is_dir():
+        if local:
+            _check_encoding(name)
         return name
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(Path(name).expanduser())
     except (OSError, ValueError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__  # one line: transformers' spans several
         raise BudgetTokenizerError(
-            f"--budget-tokenizer {name!r} is a directory but not a transformers tokenizer ({reason})"
+            f"--budget-tokenizer {name!r} is a directory but not a transformers tokenizer ({_one_line(error)})"
         ) from error
+
+
+def _check_encoding(name: str) -> None:
+    """Load the tiktoken encoding ``name`` now (tiktoken keeps it for the compression), so that a wrong one fails
+    before the model loads."""
+    try:
+        reader_tokenizer(name)
+    except BudgetTokenizerError as error:
+        raise BudgetTokenizerError(
+            f"--budget-tokenizer {name!r} is neither a tokenizer directory nor a tiktoken encoding this machine can "
+            f"load ({_one_line(error)})"
+        ) from error
+
+
+def _one_line(error: Exception) -> str:
+    """``error``'s message on one line (transformers' and tiktoken's span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _span(value: str) -> tuple[int, int]:

@@ -6,12 +6,13 @@ import importlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -224,7 +225,7 @@ def test_ray_commands_delegate_or_say_how_to_install_ray(
         importlib.import_module(f"cprs_integrations.{module}")
     except ImportError:
         assert main([command, option, "1"]) == 1
-        assert "pip install 'cprs[ray]'" in capsys.readouterr().err
+        assert "pip install -e '.[ray]'" in capsys.readouterr().err
     else:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
@@ -293,3 +294,82 @@ def test_serve_subprocess_answers_upstream_clients(mini: CPRSCompressor) -> None
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(
+    text_file: Path, mini: CPRSCompressor, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGINT, raised as the compression starts (not on a timer: a fast machine finished first): it exited
+    130 without a word."""
+    compress = CPRSCompressor.compress
+
+    def interrupted(self: CPRSCompressor, *args: Any, **options: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)
+        return compress(self, *args, **options)
+
+    monkeypatch.setattr(CPRSCompressor, "compress", interrupted)
+    status = main(["compress", "-q", QUERY, str(text_file)])
+    assert status == 130
+    assert capsys.readouterr() == ("", "cprs compress: interrupted\n")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_subprocess_prints_one_line_and_exits_130(text_file: Path) -> None:
+    """``cprs compress`` interrupted once its progress bar shows (scoring has begun)."""
+    text_file.write_text(VERSES * 400, encoding="utf-8")
+    command = [sys.executable, "-m", "cprs_integrations.cli", "compress", "-q", QUERY, "--progress", str(text_file)]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    started = b""
+    while b"compressing" not in started:
+        chunk = process.stderr.read1(4096)
+        assert chunk, f"cprs compress ended before compressing: {started.decode()}"
+        started += chunk
+    process.send_signal(signal.SIGINT)
+    out, rest = process.communicate(timeout=120)
+    err = (started + rest).decode()
+    assert process.returncode == 130 and out == b""
+    assert err.endswith("cprs compress: interrupted\n") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "environment"), [(["--api-key", ""], None), ([], ""), ([], " s3cret ")])
+def test_serve_refuses_an_api_key_no_client_can_send_before_loading(
+    argv: list[str], environment: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--api-key ""`` (say, from an unset shell variable) served with no key at all."""
+    monkeypatch.delenv("CPRS_API_KEY", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("CPRS_API_KEY", environment)
+    assert main(["serve", "--model", "/no/such/model", *argv]) == 2
+    assert capsys.readouterr().err.startswith(
+        "cprs serve: error: api_key (--api-key, $CPRS_API_KEY) must be a non-empty key without spaces at either end"
+    )
+
+
+def test_an_output_encoding_that_cannot_write_the_text_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output redirected to a file on Windows is cp1252 (here ascii): a character it lacks was a traceback."""
+    path = tmp_path / "cafe.txt"
+    path.write_text("The café on Rue 42 opened in 1984. Nothing else happened.", encoding="utf-8")
+    ascii_stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_stdout)
+    assert main(["compress", "-q", "When did the café open?", "--keep", "café", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        "cprs compress: error: the output holds 'é' (U+00E9), which stdout's encoding ascii cannot write; "
+        "set PYTHONIOENCODING=utf-8 to write UTF-8\n"
+    )
+    assert ascii_stdout.buffer.getvalue() == b""  # nothing half-written
+
+
+def test_an_unknown_budget_tokenizer_name_fails_on_one_line_before_the_model_loads(
+    text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It failed only after the model had loaded, with tiktoken's three-line message."""
+    pytest.importorskip("tiktoken")
+    argv = ["compress", "-q", QUERY, "--model", "/no/such/model", "--budget-tokenizer", "o200k", "--target-tokens", "5"]
+    assert main([*argv, str(text_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cprs compress: error: --budget-tokenizer 'o200k' is neither a tokenizer directory nor a "
+                          "tiktoken encoding this machine can load (") and err.count("\n") == 1

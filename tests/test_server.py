@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
+import torch
+from fastapi.responses import StreamingResponse
 
-from cprs_core import CompressionRequest, CPRSCompressor
+from cprs_core import BudgetTokenizerError, CompressionRequest, CompressionResult, CPRSCompressor, QwenCritic
+from cprs_core.remote import RemoteCompressor
 from cprs_integrations.server import BackgroundServer, ServerSettings, create_app
 
 CONTEXT = "The year was 1984. Nothing else matters here.\n\nWe counted 42 cats and 7 dogs. Then we left."
@@ -523,3 +528,132 @@ def test_a_client_that_disconnects_while_sending_its_body_is_a_499_not_a_500(
 def test_server_settings_refuse_times_no_clock_can_keep(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         ServerSettings(**{field: value})
+
+
+@pytest.fixture
+def nan_compressor(digit_tagger_dir: Path) -> CPRSCompressor:
+    """The digit tagger with one weight NaN (as a float16 overflow leaves it): every score it gives is NaN."""
+    critic = QwenCritic.from_pretrained(digit_tagger_dir, device="cpu")
+    with torch.no_grad():
+        critic.model.cls_head.weight[1, 0] = float("nan")
+    return CPRSCompressor(critic, window_size=128)
+
+
+def test_a_critic_giving_nan_scores_fails_each_request_by_name_not_the_whole_batch(
+    nan_compressor: CPRSCompressor,
+) -> None:
+    """NaN scores cannot be written as JSON: they failed the whole ``/v1/compress_batch`` answer with a bare 500."""
+    with BackgroundServer(create_app(nan_compressor)) as server:
+        answer = post(server.url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "instruction": "needle"})
+        assert answer.status_code == 500 and answer.json()["error"]["type"] == "CompressionFailedError"
+        assert "not finite numbers (NaN or infinity)" in answer.json()["error"]["message"]
+        batch = post(server.url, "/v1/compress_batch", {"requests": [
+            {"context": CONTEXT, "query": QUERY}, {"context": "", "query": QUERY}]})
+        assert batch.status_code == 200
+        first, second = batch.json()["results"]
+        assert first["error"]["type"] == "CompressionFailedError" and second["error"]["type"] == "EmptyContextError"
+        upstream_answer = post(server.url, "/qwen_long_compress_server", upstream_body())
+        assert upstream_answer.json()["header"]["status_code"] == 500
+
+
+def test_an_unexpected_failure_is_a_500_with_its_request_id_and_other_requests_are_served(
+    digit_compressor: CPRSCompressor, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered outside the request guard, it was a 500 without ``X-Request-ID``, logged with status 0, whose
+    message held the exception's text. The failure is injected where no request's compression can cause it:
+    writing ``/v1/compress``'s answer (upstream's endpoint does not use ``to_dict``)."""
+    def broken_to_dict(self: CompressionResult) -> dict:
+        raise RuntimeError("an injected bug in writing the answer")
+
+    monkeypatch.setattr(CompressionResult, "to_dict", broken_to_dict)
+    failing = {"context": CONTEXT, "query": QUERY, "instruction": "needle"}
+    with BackgroundServer(create_app(digit_compressor)) as server, \
+            caplog.at_level("INFO", logger="cprs.server.requests"):
+        with ThreadPoolExecutor(8) as pool:
+            failed = [pool.submit(post, server.url, "/v1/compress", failing, headers={"X-Request-ID": f"bug-{i}"})
+                      for i in range(4)]
+            others = [pool.submit(post, server.url, "/qwen_long_compress_server", upstream_body()) for _ in range(4)]
+        for i, answer in enumerate(future.result() for future in failed):
+            assert answer.status_code == 500 and answer.headers["x-request-id"] == f"bug-{i}"
+            assert answer.json() == {"error": {"type": "InternalError", "message": (
+                "the server failed unexpectedly while answering this request; its log has the details under "
+                f"request id bug-{i}")}}
+        assert [answer.result().json()["header"]["status_code"] for answer in others] == [200] * 4
+        text = httpx.get(server.url + "/metrics").text
+        assert metric(server.url, 'cprs_http_requests_total{endpoint="/v1/compress",status="500"}') == 4
+        assert metric(server.url, 'cprs_errors_total{kind="InternalError"}') == 4 and 'status="0"' not in text
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "cprs.server.requests"]
+    error = next(line for line in lines if line["event"] == "error" and line["id"] == "bug-0")
+    assert error["path"] == "/v1/compress" and "an injected bug in writing the answer" in error["traceback"]
+    request = next(line for line in lines if line["event"] == "request" and line["id"] == "bug-0")
+    assert request["status"] == 500 and request["errors"] == ["InternalError"]
+
+
+def test_a_failure_after_the_answer_began_closes_the_connection_and_is_logged(
+    digit_compressor: CPRSCompressor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one thing the guard cannot answer: a second status. A test-only streaming route on a real app fails
+    after its first chunk."""
+    app = create_app(digit_compressor)
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first chunk"
+        raise RuntimeError("the stream broke")
+
+    app.add_api_route("/test-only/broken-stream", lambda: StreamingResponse(chunks()), methods=["GET"])
+    with BackgroundServer(app) as server, caplog.at_level("INFO", logger="cprs.server.requests"):
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(server.url + "/test-only/broken-stream", headers={"X-Request-ID": "broken-1"}, timeout=10)
+        assert_still_serves(server.url, digit_compressor)
+    lines = [json.loads(record.getMessage()) for record in caplog.records if "broken-1" in record.getMessage()]
+    assert [line["event"] for line in lines] == ["error", "request"] and "the stream broke" in lines[0]["error"]
+    assert lines[1]["status"] == 200 and lines[1]["errors"] == ["InternalError"]
+
+
+def test_a_budget_tokenizer_the_server_cannot_load_says_what_a_remote_client_can_send(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core's message suggested passing a tokenizer object, which no HTTP client can send."""
+    tiktoken = pytest.importorskip("tiktoken")
+    unloaded = next(name for name in tiktoken.list_encoding_names() if name not in tiktoken.registry.ENCODINGS)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # not cached here, and not downloadable (no proxy)
+    for variable in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    for variable in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    body = {"context": CONTEXT, "query": QUERY, "target_tokens": 5}
+    unknown = post(url, "/v1/compress", {**body, "budget_tokenizer": "o200k"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["type"] == "BudgetTokenizerError"
+    message = unknown.json()["error"]["message"]
+    assert message.startswith("budget_tokenizer 'o200k' is not a tiktoken encoding name; the names are gpt2, ")
+    assert "o200k_base" in message and "leave budget_tokenizer out" in message and "object" not in message
+    batch = post(url, "/v1/compress_batch", {"requests": [body, {**body, "budget_tokenizer": unloaded}]})
+    slots = batch.json()["results"]
+    assert slots[0]["error"] is None and slots[1]["error"]["type"] == "BudgetTokenizerError"
+    assert slots[1]["error"]["message"].startswith(
+        f"budget_tokenizer {unloaded!r} names a tiktoken encoding this server cannot load (ProxyError); "
+    )
+    assert "TIKTOKEN_CACHE_DIR" in slots[1]["error"]["message"] and "object" not in slots[1]["error"]["message"]
+    with pytest.raises(BudgetTokenizerError, match="the names are gpt2"):
+        RemoteCompressor(url).compress(CONTEXT, QUERY, target_tokens=5, budget_tokenizer="cl100k")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br, gzip"])
+def test_a_compressed_body_is_a_415_not_a_utf8_error(url: str, encoding: str) -> None:
+    """Read as it came, a gzipped body was a 400 saying it was not valid UTF-8."""
+    body = gzip.compress(json.dumps({"context": CONTEXT, "query": QUERY}).encode())
+    answer = post(url, "/v1/compress", body, headers={"Content-Encoding": encoding})
+    assert answer.status_code == 415 and answer.json()["error"] == {"type": "UnsupportedMediaType", "message": (
+        f"this server does not decode 'Content-Encoding: {encoding}': send the body uncompressed")}
+    upstream = post(url, "/qwen_long_compress_server", body, headers={"Content-Encoding": encoding})
+    assert upstream.status_code == 415 and upstream.json()["header"]["status_name"] == "UnsupportedMediaType"
+    identity = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY}, headers={"Content-Encoding": "identity"})
+    assert identity.status_code == 200
+
+
+@pytest.mark.parametrize("key", ["", "   ", " s3cret", "s3cret\n", "s3\x00cret"])
+def test_server_settings_refuse_an_api_key_no_client_can_send(key: str) -> None:
+    """An empty key served without one (``cprs serve --api-key ""``); a padded key could never match."""
+    with pytest.raises(ValueError, match=r"api_key \(--api-key, \$CPRS_API_KEY\) must be a non-empty key") as refused:
+        ServerSettings(api_key=key)
+    assert key.strip() == "" or key.strip() not in str(refused.value)  # the key itself is not shown

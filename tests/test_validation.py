@@ -3,9 +3,11 @@ one default granularity everywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +261,17 @@ def test_cli_refuses_to_wait_on_a_terminal(monkeypatch: pytest.MonkeyPatch, caps
     with pytest.raises(SystemExit) as exit_info:
         main(["compress", "-q", QUERY])
     assert exit_info.value.code == 2 and "no input: give a FILE, or pipe text into stdin" in capsys.readouterr().err
+
+
+def test_an_unknown_compression_request_field_is_an_option_error_naming_the_closest() -> None:
+    """``CompressionRequest(target_ratoi=0.1)`` raised Python's bare TypeError."""
+    with pytest.raises(OptionError, match="unknown option 'target_ratoi': did you mean 'target_ratio'\\? The options "
+                                          "are allow_empty_query, budget_tokenizer, context, "):
+        CompressionRequest(CONTEXT, QUERY, target_ratoi=0.1)  # type: ignore[call-arg]
+    with pytest.raises(OptionError, match="unknown option 'qeury': did you mean 'query'"):
+        dataclasses.replace(request(), qeury="x")
+    with pytest.raises(CPRSError, match="unknown option 'colour': The options"):
+        CompressionRequest(context=CONTEXT, colour="red")  # type: ignore[call-arg]
+    positional = CompressionRequest(CONTEXT, QUERY, "needle", "token", None, 5)
+    assert positional == request(granularity="token", target_tokens=5) and dataclasses.is_dataclass(positional)
+    assert pickle.loads(pickle.dumps(positional)) == positional

@@ -7,8 +7,9 @@ Endpoints:
     ``GET /health``: model, queue depth and batch-size statistics; ``GET /readiness``, ``GET /liveness``: probes.
     ``GET /metrics``: Prometheus metrics (see :mod:`.metrics`).
 
-Errors of the ``/v1`` endpoints are ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status. Every
-answer carries an ``X-Request-ID`` header (the client's, or a new one) and is logged (see :mod:`.observe`).
+Errors of the ``/v1`` endpoints are ``{"error": {"type": ..., "message": ...}}`` with a 4xx/5xx status (an
+unexpected failure too: a 500 ``InternalError``). Every answer carries an ``X-Request-ID`` header (the client's,
+or a new one) and is logged (see :mod:`.observe`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cprs_core import CompressionRequest, CompressionResult, CPRSCompressor, CPRSError
+from cprs_core import BudgetTokenizerError, CompressionRequest, CompressionResult, CPRSCompressor, CPRSError
 
 from . import upstream
-from .batcher import DynamicBatcher, Outcome
+from .batcher import DynamicBatcher, Job, Outcome
 from .body import read_json, validate
-from .errors import ApiError, from_compression_error, from_unexpected
+from .errors import ApiError, from_budget_tokenizer_error, from_compression_error
 from .metrics import Metrics
-from .observe import RequestGuard, RequestRecord
+from .observe import RequestGuard, RequestRecord, internal_failure
 from .responses import JSONAnswer
 from .schemas import (
     BatchBody,
@@ -93,11 +94,6 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
             {"error": {"type": "HTTPError", "message": str(error.detail)}}, error.status_code, headers=error.headers
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONAnswer:
-        failure = from_unexpected(error)
-        return _error_response(request, {"error": failure.body()}, failure)
-
     async def run(request: Request, bodies: list[tuple[CompressionRequest, float | None]]) -> list[Outcome]:
         """Each request's outcome; cancelled when the client disconnects or its deadline passes."""
         limit = settings.request_timeout_s
@@ -117,7 +113,7 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
                 metrics.queue_wait.observe(job.queue_wait_s)
             if job.compute_s is not None:
                 metrics.compute.observe(job.compute_s)
-        return [job.future.result() for job in jobs]
+        return [_outcome(job) for job in jobs]
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -142,8 +138,10 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
         except RecursionError:  # read, but nested too deeply to write back: answer without the echo
             failure = ApiError(400, "MalformedJSON", "request body is JSON nested too deeply to echo back")
             return _error_response(request, upstream.failure(None, failure), failure)
-        except Exception as error:
-            failure = error if isinstance(error, ApiError) else from_unexpected(error)
+        except ApiError as error:
+            return _error_response(request, upstream.failure(data, error), error)
+        except Exception as error:  # in upstream's envelope; the request guard answers the /v1 endpoints' (500)
+            failure = internal_failure(_record(request), error)
             return _error_response(request, upstream.failure(data, failure), failure)
 
     @app.post("/v1/compress", response_model=CompressOut, responses=_ERRORS)
@@ -209,6 +207,15 @@ def _request(body: CompressBody) -> CompressionRequest | ApiError:
         return body.to_request()
     except CPRSError as error:
         return from_compression_error(error)
+
+
+def _outcome(job: Job) -> Outcome:
+    """The job's outcome; a ``budget_tokenizer`` name the server cannot load is explained for a remote client
+    (the core's message may suggest passing a tokenizer object, which cannot travel over HTTP)."""
+    outcome = job.future.result()
+    if isinstance(outcome, BudgetTokenizerError) and isinstance(job.request.budget_tokenizer, str):
+        return from_budget_tokenizer_error(job.request.budget_tokenizer, outcome)
+    return outcome
 
 
 def _raise_for(outcome: Outcome) -> CompressionResult:

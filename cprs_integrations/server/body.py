@@ -21,9 +21,11 @@ async def read_json(request: Request, max_bytes: int, max_seconds: float, any_co
     (413), a body that takes longer than ``max_seconds`` to arrive (408), non-UTF-8 (400) and bad JSON (400),
     ``NaN`` and ``Infinity`` included (they are not JSON). A client that disconnects while sending gets 499.
 
-    ``any_content_type`` reads the body as JSON whatever ``Content-Type`` is declared, or none, as upstream's
-    endpoint does (its clients post JSON without one, ``curl -d`` declares a form).
+    A compressed body (``Content-Encoding: gzip``, ...) is a 415 too (read as it is, it would be reported as bytes
+    that are not UTF-8). ``any_content_type`` reads the body as JSON whatever ``Content-Type`` is declared, or none,
+    as upstream's endpoint does (its clients post JSON without one, ``curl -d`` declares a form).
     """
+    _check_content_encoding(request.headers.get("content-encoding"))
     if not any_content_type:
         _check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
@@ -88,6 +90,14 @@ def validate(model: type[Model], data: Any) -> Model:
         return model.model_validate(data)
     except ValidationError as error:
         raise ApiError(422, "ValidationError", f"invalid request: {pydantic_problems(error, 'body')}") from error
+
+
+def _check_content_encoding(declared: str | None) -> None:
+    if (declared or "identity").strip().lower() != "identity":
+        raise ApiError(
+            415, "UnsupportedMediaType",
+            f"this server does not decode 'Content-Encoding: {declared}': send the body uncompressed",
+        )
 
 
 def _check_content_type(declared: str | None) -> None:

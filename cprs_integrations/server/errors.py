@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cprs_core import CompressionFailedError, CPRSError
+from cprs_core import BudgetTokenizerError, CompressionFailedError, CPRSError
 
 
 class ApiError(Exception):
@@ -32,6 +32,25 @@ def from_compression_error(error: CPRSError) -> ApiError:
     return ApiError(500 if isinstance(error, CompressionFailedError) else 400, type(error).__name__, str(error))
 
 
-def from_unexpected(error: BaseException) -> ApiError:
-    """A 500 for a failure outside any one request's compression; the server keeps serving."""
-    return ApiError(500, "InternalError", f"the server failed: {type(error).__name__}: {error}")
+def from_budget_tokenizer_error(name: str, error: BudgetTokenizerError) -> ApiError:
+    """A 400 ``BudgetTokenizerError`` for ``budget_tokenizer=name`` that says what a remote client can do: it cannot
+    send a tokenizer object, only a tiktoken encoding name that this server can load (or no budget tokenizer)."""
+    try:
+        import tiktoken
+    except ImportError:
+        problem = "cannot be counted here: this server has no tiktoken installed"
+    else:
+        names = tiktoken.list_encoding_names()
+        if name in names:
+            problem = (
+                f"{name!r} names a tiktoken encoding this server cannot load ({type(error.__cause__).__name__}); "
+                "tiktoken fetches an encoding's files on first use, so the server's operator must give it network "
+                "access or start it with TIKTOKEN_CACHE_DIR holding those files"
+            )
+        else:
+            problem = f"{name!r} is not a tiktoken encoding name; the names are {', '.join(names)}"
+    return ApiError(
+        400, type(error).__name__,
+        f"budget_tokenizer {problem}. A cprs server counts budgets only in a tiktoken encoding it can load: "
+        "leave budget_tokenizer out to count target_tokens/target_ratio in the critic's tokens",
+    )

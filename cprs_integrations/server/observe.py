@@ -1,4 +1,5 @@
-"""Every HTTP request's guard and record: header limits, a request id, one structured log line and its metrics.
+"""Every HTTP request's guard and record: header limits, a request id, a 500 for any unexpected failure, one
+structured log line and its metrics.
 
 A pure ASGI middleware (it does not buffer bodies, so client disconnects still reach the endpoints). The
 log line is one JSON object on the ``cprs.server.requests`` logger, e.g.::
@@ -6,6 +7,10 @@ log line is one JSON object on the ``cprs.server.requests`` logger, e.g.::
     {"event": "request", "id": "5f0c...", "method": "POST", "path": "/v1/compress", "status": 200,
      "errors": [], "requests": 1, "tokens": 512, "windows": 2, "queue_wait_s": 0.004, "compute_s": 0.081,
      "total_s": 0.093}
+
+An unexpected exception is logged before that line, at ERROR, as one JSON object with its traceback
+(``{"event": "error", "id": ..., "method": ..., "path": ..., "error": "ValueError: ...", "traceback": ...}``);
+the client gets only a 500 ``InternalError`` naming its request id.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import json
 import logging
 import re
 import time
+import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import ApiError
 from .metrics import Metrics
 from .responses import JSONAnswer
 from .settings import ServerSettings
@@ -47,7 +54,8 @@ class RequestRecord:
 
 
 class RequestGuard:
-    """ASGI middleware: refuses oversized headers (431), echoes or assigns ``X-Request-ID``, logs and counts."""
+    """ASGI middleware: refuses oversized headers (431), echoes or assigns ``X-Request-ID``, answers an exception
+    that escapes the app with a 500 ``InternalError`` (logged with its traceback), logs and counts."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics) -> None:
         self.app = app
@@ -81,6 +89,12 @@ class RequestGuard:
                 await JSONAnswer({"error": {"type": "HeadersTooLarge", "message": problem}}, 431)(
                     scope, receive, send_with_id
                 )
+        except Exception as error:
+            failure = internal_failure(record, error)
+            record.errors.append(failure.kind)
+            if record.status:  # the answer has begun and cannot be replaced: the server closes the connection
+                raise
+            await JSONAnswer({"error": failure.body()}, failure.status)(scope, receive, send_with_id)
         finally:
             record.total_s = time.monotonic() - started
             self._report(record, _route_path(scope))
@@ -102,6 +116,19 @@ class RequestGuard:
         for kind in record.errors:
             self.metrics.errors.labels(kind).inc()
         LOGGER.info(json.dumps({"event": "request", **_rounded(asdict(record))}))
+
+
+def internal_failure(record: RequestRecord, error: BaseException) -> ApiError:
+    """Log ``error`` with its traceback under the request's id; the 500 to answer, which names no internals."""
+    LOGGER.error(json.dumps({
+        "event": "error", "id": record.id, "method": record.method, "path": record.path,
+        "error": f"{type(error).__name__}: {error}", "traceback": "".join(traceback.format_exception(error)),
+    }))
+    return ApiError(
+        500, "InternalError",
+        f"the server failed unexpectedly while answering this request; its log has the details under request id "
+        f"{record.id}",
+    )
 
 
 def _route_path(scope: Scope) -> str:

@@ -36,7 +36,8 @@ class ServerSettings:
         body_timeout_s: a request whose body has not all arrived within this time gets 408 and its connection
             is closed (a client trickling its body cannot hold a connection open for ever).
         model_name: the model reported by ``/health``.
-        api_key: when set, compression endpoints need ``Authorization: Bearer <api_key>`` (else 401).
+        api_key: when set, compression endpoints need ``Authorization: Bearer <api_key>`` (else 401); an empty
+            key, or one with spaces at either end or control characters, is refused (no client could send it).
     """
 
     max_batch_requests: int = 16
@@ -59,6 +60,11 @@ class ServerSettings:
             raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         for name in ("request_timeout_s", "body_timeout_s"):
             check_timeout(name, getattr(self, name))
+        if self.api_key is not None and not _sendable_key(self.api_key):
+            raise ValueError(
+                "api_key (--api-key, $CPRS_API_KEY) must be a non-empty key without spaces at either end or control "
+                "characters: clients send it as 'Authorization: Bearer <key>' (the key is not shown here)"
+            )
 
     def windows_per_step(self, device_type: str) -> int:
         """:attr:`step_windows`, or its default for a critic on ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
@@ -71,3 +77,9 @@ class ServerSettings:
         settings = asdict(self)
         settings["api_key"] = self.api_key is not None
         return settings
+
+
+def _sendable_key(key: str) -> bool:
+    """Whether a client can send ``key`` in an ``Authorization`` header that the server matches (it strips the
+    header's token, and a header holds no control characters)."""
+    return bool(key) and key == key.strip() and key.isprintable()
