@@ -47,7 +47,7 @@ def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
             pass
     raise ModelLoadError(
         f"no model at {text!r}: it is not a local directory and not in the Hugging Face cache. cprs never "
-        "downloads at run time; fetch it first, e.g. `huggingface-cli download Tongyi-Zhiwen/QwenLong-CPRS-7B "
+        "downloads at run time; fetch it first, e.g. `hf download Tongyi-Zhiwen/QwenLong-CPRS-7B "
         "--local-dir ./QwenLong-CPRS-7B`, then pass that directory"
     )
 

@@ -309,7 +309,7 @@ class CPRSForTokenCritic(PreTrainedModel):
         available = fused_swiglu_available(self.device, self.dtype)
         if fused_swiglu and not available:
             raise ValueError(
-                "fused_swiglu needs quack-kernels (pip install 'cprs[gpu]'), a CUDA GPU of compute capability 9.0 "
+                "fused_swiglu needs quack-kernels (pip install -e '.[gpu]'), a CUDA GPU of compute capability 9.0 "
                 f"or newer and a 16-bit dtype; this model is {self.dtype} on {self.device}"
             )
         for layer in self.model.layers:

@@ -4,7 +4,7 @@ The critic's MLP computes ``down(silu(x @ gate.T) * (x @ up.T))``. With cuBLAS t
 memory (``[tokens, 2 * 18944]`` for the 7B critic) and read back by a separate ``silu(gate) * up`` kernel: a
 memory-bound pass worth ~4% of a compress on an H100. quack-kernels (CuTe DSL GEMMs by the FlashAttention
 authors) applies the SwiGLU to the fp32 accumulators and writes only the product. It is an optional dependency
-(``pip install "cprs[gpu]"``); without it, or on CPU, the MLP keeps cuBLAS plus the elementwise product.
+(``pip install -e '.[gpu]'``); without it, or on CPU, the MLP keeps cuBLAS plus the elementwise product.
 """
 
 from __future__ import annotations

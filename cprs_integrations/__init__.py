@@ -1,9 +1,9 @@
 """cprs_integrations: LangChain and LlamaIndex adapters, agent tool-output pruning, and the cprs server.
 
 Names are imported on first use, so ``import cprs_integrations`` needs neither framework: LangChain
-(``pip install cprs[langchain]``) only for :class:`CPRSDocumentCompressor` and :func:`pruned_tool`, LlamaIndex
-(``pip install cprs[llamaindex]``) only for :class:`CPRSNodePostprocessor` and :class:`CPRSPrunedTool`, LangChain 1.x
-agents (``pip install cprs[agents]``) only for :class:`CPRSToolOutputMiddleware`.
+(``pip install -e '.[langchain]'``) only for :class:`CPRSDocumentCompressor` and :func:`pruned_tool`, LlamaIndex
+(``pip install -e '.[llamaindex]'``) only for :class:`CPRSNodePostprocessor` and :class:`CPRSPrunedTool`, LangChain 1.x
+agents (``pip install -e '.[agents]'``) only for :class:`CPRSToolOutputMiddleware`.
 """
 
 from __future__ import annotations

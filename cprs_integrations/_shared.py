@@ -237,7 +237,11 @@ class CompressorSettings(BaseModel):
         if self.compressor is not None and not isinstance(self.compressor, Compressor):
             raise ValueError(f"compressor must implement cprs_core.Compressor, got {type(self.compressor).__name__}")
         if self.server_url and local:
-            raise ValueError(f"server_url uses the server's model; {', '.join(local)} only configure a local model")
+            raise ValueError(
+                f"server_url sends the work to a server, which uses its own model; {', '.join(local)} "
+                f"{'configures' if len(local) == 1 else 'configure'} a local model: leave "
+                f"{'it' if len(local) == 1 else 'them'} out, or leave out server_url"
+            )
         return self
 
     def resolve_compressor(self) -> Compressor:

@@ -1,6 +1,6 @@
 """LangChain 1.x agent middleware: prune every tool result against the agent's current question.
 
-Use it with ``langchain.agents.create_agent`` (``pip install 'cprs[agents]'``)::
+Use it with ``langchain.agents.create_agent`` (``pip install -e '.[agents]'``)::
 
     from langchain.agents import create_agent
     agent = create_agent(model, tools, middleware=[CPRSToolOutputMiddleware(instruction="chain")])

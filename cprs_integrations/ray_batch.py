@@ -14,7 +14,7 @@ file, so output is exactly-once and a failed or interrupted job resumes where it
 
 Output lines are ``{"<id_field>": id, "result": CompressionResult.to_dict() | null, "error": {...} | null}``,
 in input order. Actors read their blocks from the input file (rows carry only byte ranges), so on a multi-node
-cluster it must be on storage every node mounts; only the driver writes output. Needs ``pip install 'cprs[ray]'``.
+cluster it must be on storage every node mounts; only the driver writes output. Needs ``pip install -e '.[ray]'``.
 """
 
 from __future__ import annotations

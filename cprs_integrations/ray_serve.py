@@ -3,7 +3,7 @@
 Every replica loads its own model (on its own GPU with ``num_gpus_per_replica=1``) and serves the very app of
 ``cprs serve`` (:func:`cprs_integrations.server.create_app`): same endpoints, same JSON, same errors, and the
 same dynamic batching of concurrent requests inside each replica. Ray Serve's proxy spreads requests over the
-replicas. Needs ``pip install 'cprs[ray,server]'``.
+replicas. Needs ``pip install -e '.[ray,server]'``.
 
 From Python::
 

@@ -173,8 +173,10 @@ async def test_documents_from_a_generator_are_all_compressed_and_a_non_list_is_n
 def test_compressor_and_remote_settings_are_exclusive(digit_compressor: CPRSCompressor) -> None:
     with pytest.raises(OptionError, match="not both"):
         CPRSDocumentCompressor(compressor=digit_compressor, server_url="http://127.0.0.1:9")
-    with pytest.raises(OptionError, match="only configure a local model"):
+    with pytest.raises(OptionError, match="; device configures a local model: leave it out, or leave out server_url"):
         CPRSDocumentCompressor(server_url="http://127.0.0.1:9", device="cpu")
+    with pytest.raises(OptionError, match="; model, device configure a local model: leave them out"):
+        CPRSDocumentCompressor(server_url="http://127.0.0.1:9", model="cprs-mini", device="cpu")
     with pytest.raises(OptionError, match="must implement cprs_core.Compressor"):
         CPRSDocumentCompressor(compressor=object())
 

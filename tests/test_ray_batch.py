@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # a local Ray instance per module: minutes on 2 cores
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
 from cprs_core import CPRSCompressor  # noqa: E402
 from cprs_integrations import ray_batch  # noqa: E402

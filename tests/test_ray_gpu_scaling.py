@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
-pytest.importorskip("fastapi", reason="the server extra is not installed: pip install 'cprs[server]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+pytest.importorskip("fastapi", reason="the server extra is not installed: pip install -e '.[server]'")
 
 from benchmarks import ray_gpu_scaling  # noqa: E402
 

@@ -12,8 +12,8 @@ import pytest
 
 pytestmark = pytest.mark.slow  # a local Ray instance per module: minutes on 2 cores
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'cprs[ray]'")
-pytest.importorskip("fastapi", reason="the server extra is not installed: pip install 'cprs[server]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+pytest.importorskip("fastapi", reason="the server extra is not installed: pip install -e '.[server]'")
 httpx = pytest.importorskip("httpx")
 
 from ray import serve  # noqa: E402

@@ -1,6 +1,6 @@
 """The cprs HTTP compression service (``cprs serve``): upstream-compatible API plus richer endpoints.
 
-Needs the ``server`` extra: ``pip install 'cprs[server]'``.
+Needs the ``server`` extra: ``pip install -e '.[server]'``.
 """
 
 from .app import create_app
