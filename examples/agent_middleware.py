@@ -1,6 +1,6 @@
 """A LangChain 1.x agent (``create_agent``) whose JSON tool result is pruned by CPRS middleware before the model sees it.
 
-The tool ``search_orders`` returns 300 order records as JSON (about 12,000 tokens); one of them answers the user.
+The tool ``search_orders`` returns 300 order records as JSON (about 16,000 critic tokens); one of them answers the user.
 :class:`CPRSToolOutputMiddleware` compresses the result against the latest human message: the model receives
 valid JSON with the same shape holding the records that matter, plus a note of what was dropped; the full output
 stays in the ``ToolMessage.artifact``. A scripted fake chat model plays the tool-calling LLM. Runs offline on the
@@ -52,7 +52,7 @@ def main() -> None:
         AIMessage("Order A-1187 (a bookshelf) was delivered to Lisbon; tracking number TRK55120."),
     ]))
     # A budget ranks the records (cprs-mini's critic and its MiniLM similarity together); without one, cprs-mini
-    # keeps every line its tags mark, which on JSON records is loose (129 of these 300).
+    # keeps every line its tags mark, which on JSON records is loose (about 130 of these 300).
     middleware = CPRSToolOutputMiddleware(instruction="needle", min_tokens=512, target_ratio=0.05)
     agent = create_agent(model, [search_orders], middleware=[middleware])
     state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
