@@ -223,7 +223,7 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
     ])
 
     results = json.loads(output.read_text())["results"]
-    one, two = results["0K/1"], results["0K/2"]
+    one, two = results["400/1"], results["400/2"]
     assert {"cprs-mini@none/t=0.5", "cprs-mini@none/rwb", "cprs-mini@10%/s=0", "embed@5%", "bm25@10%"} <= set(one)
     for budget in ("10%", "5%", "none"):  # the shipped settings as variants: the same choices (one critic pass shared)
         for variant in (one[f"cprs-mini@{budget}/w={shipped_weight:g}"], one[f"cprs-mini@{budget}/n=0.25"]):
@@ -238,7 +238,7 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
         assert 0.0 <= row["low"] <= row["kept"] <= row["high"] <= 1.0
     assert one["cprs-mini@10%"]["ratio"] >= 5  # a 10% budget keeps about a tenth of the tokens
     table = (tmp_path / "table.md").read_text()
-    assert "| embed-zmax |" in table and table.count("\n| 0K | 2 |") == 3 + 3 * 2  # + a row per budget and source
+    assert "| embed-zmax |" in table and table.count("\n| 400 | 2 |") == 3 + 3 * 2  # + a row per budget and source
     for name, row in one.items():  # per source: the same figures, split (queries alternate SQuAD and CoQA)
         parts = row["by_source"]
         assert {source: part["queries"] for source, part in parts.items()} == {"coqa-cnn": 2, "wikipedia-squad": 2}
@@ -249,8 +249,8 @@ def test_the_real_question_evaluation_runs_end_to_end_with_every_baseline(tmp_pa
         if "gap" in row:
             assert sum(part["gap"] for part in parts.values()) / 2 == pytest.approx(row["gap"])
             assert all(part["gap_low"] <= part["gap"] <= part["gap_high"] for part in parts.values())
-    assert "| 0K | 1 | 5% | coqa-cnn | 2 |" in table
-    assert f"| 0K | 1 | none ({one['cprs-mini@none']['by_source']['coqa-cnn']['ratio']:.0f}x) | coqa-cnn | 2 |" in table
+    assert "| 400 | 1 | 5% | coqa-cnn | 2 |" in table
+    assert f"| 400 | 1 | none ({one['cprs-mini@none']['by_source']['coqa-cnn']['ratio']:.0f}x) | coqa-cnn | 2 |" in table
 
 
 def test_evaluation_queries_take_turns_over_the_pools_source_families(data_dir: Path) -> None:
@@ -391,12 +391,12 @@ def test_the_evaluation_runs_on_own_squad_files_and_says_when_contexts_are_short
 
     printed = capsys.readouterr().out
     results = json.loads(output.read_text())["results"]
-    for setting in ("0K/1", "0K/2", "2K/1", "2K/2"):
+    for setting in ("400/1", "400/2", "2K/1", "2K/2"):
         for name in ("cprs-mini@10%", "embed@5%", "bm25@none"):
             row = results[setting][name]
             assert set(row["by_source"]) == {"kettle_reviews"} and 0.0 <= row["kept"] <= 1.0
-    assert results["0K/2"]["cprs-mini@5%"]["answers"] == 4  # 2 queries x 2 questions, from two products each
-    assert 380 <= results["0K/1"]["cprs-mini@none"]["context_tokens"] < 500
+    assert results["400/2"]["cprs-mini@5%"]["answers"] == 4  # 2 queries x 2 questions, from two products each
+    assert 380 <= results["400/1"]["cprs-mini@none"]["context_tokens"] < 500
     full = results["2K/1"]["cprs-mini@none"]["context_tokens"]  # 30 short reviews make ~1,000 tokens, not 2,000
     assert full < 1800 and f"contexts of 1 question(s) averaged {full:.0f} tokens, not 2000" in printed
     assert "not 400" not in printed  # contexts of the size asked for get no note
@@ -476,12 +476,12 @@ def test_the_no_answer_evaluation_says_how_often_nothing_is_kept(tmp_path: Path,
                    "--samples", "4", *no_answer, "--other-keep-rule", "--json", str(output), "--markdown", str(table)])
     assert f"Without the answer (other passages: {distractors}):" in table.read_text()
 
-    results = json.loads(output.read_text())["results"]["0K/1"]
+    results = json.loads(output.read_text())["results"]["400/1"]
     absent = results["cprs-mini@none/no-answer"]
     assert absent["queries"] == 4 and absent["answers"] == 4 and 0.0 <= absent["kept"] <= 1.0
     assert "gap" not in absent and results["cprs-mini@none"]["answers"] == 4
     assert absent["ratio"] >= 1.0 and 350 <= absent["context_tokens"] < 500
-    assert f"| 0K | 1 | {results['cprs-mini@none']['kept']:.1%} at " in table.read_text()
+    assert f"| 400 | 1 | {results['cprs-mini@none']['kept']:.1%} at " in table.read_text()
     assert f"{absent['kept']:.1%} [{absent['low']:.1%}, {absent['high']:.1%}] of 4 |" in table.read_text()
     cutoffs = absent["relevance_cutoffs"]
     assert list(cutoffs) == ["0.1", "0.2", "0.3", "0.5", "0.7", "0.9"]
@@ -501,3 +501,143 @@ def test_the_score_auc_is_the_chance_that_a_context_with_the_answer_scores_highe
     assert score_auc([0.1], [0.9, 0.2]) == 0.0
     assert score_auc([0.5, 0.5], [0.5]) == 0.5  # ties count half
     assert score_auc([0.3, 0.7], [0.5]) == 0.5
+
+
+def _write_reviews(path: Path, products: int) -> Path:
+    path.write_text(json.dumps(_reviews(products)))
+    return path
+
+
+def test_own_files_with_fewer_titles_than_a_querys_questions_are_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cprs_core.mini import realeval
+
+    single = _write_reviews(tmp_path / "single.json", 1)
+    with pytest.raises(SystemExit) as stopped:  # the default --questions 1 2: two questions ask about two titles
+        realeval.parse_args(["--squad-file", str(single)])
+    assert stopped.value.code == 2
+    assert re.search(r"single.json has questions on 1 title; a query of 2 questions needs 2.*--questions 1",
+                     capsys.readouterr().err)
+    assert realeval.parse_args(["--squad-file", str(single), "--questions", "1"]).questions == [1]
+
+
+def test_own_files_unanswerable_as_an_empty_answer_is_left_out_and_answers_are_trimmed(tmp_path: Path) -> None:
+    from cprs_core.mini.realqa import load_own_squad
+
+    context = "The kettle K1 broke after two weeks. It boils water fast."
+    qas = [
+        {"question": "Is it safe?", "answers": [{"text": "", "answer_start": -1}]},  # converted SQuAD v2 style
+        {"question": "Is it blue?", "answers": [{"text": " ", "answer_start": 3}]},
+        {"question": "When did it break?", "answers": [{"text": " after two weeks", "answer_start": 19}]},
+    ]
+    [passage] = load_own_squad(_write(tmp_path / "own.json", {"data": [{"title": "K1", "paragraphs": [
+        {"context": context, "qas": qas}]}]}))
+    [question] = passage.questions
+    [(start, end)] = question.answers
+    assert question.text == "When did it break?" and context[start:end] == "after two weeks"
+
+
+def _write(path: Path, payload: object) -> Path:
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_the_evaluation_says_how_many_questions_of_each_file_it_uses_and_leaves_out(tmp_path: Path) -> None:
+    from cprs_core.mini import realeval
+
+    reviews = _write_reviews(tmp_path / "kettle_reviews.json", 5)
+    args = realeval.parse_args(["--squad-file", str(reviews), "--samples", "8"])
+    assert args.notes == [
+        "kettle_reviews.json: 5 questions on 5 paragraphs of 5 titles; left out: 5 unanswerable (no answer text, "
+        "or is_impossible), 5 whose answer text is not at its answer_start",
+        "(kettle_reviews.json has 5 questions: with --samples 8 some are asked more than once, each time in another "
+        "context, and the intervals are narrower than 5 questions warrant)",
+    ]
+
+
+def _flat_rows(squad: dict) -> list[dict]:
+    """The questions of a SQuAD file as the flat rows Hugging Face's ``squad`` dataset writes."""
+    return [{"id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
+             "answers": {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
+def test_own_squad_files_may_be_gzipped_a_bare_list_json_lines_or_flat_question_rows(tmp_path: Path) -> None:
+    import gzip
+
+    from cprs_core.mini.realqa import load_own_squad, own_source_name
+
+    squad = _reviews(4)
+    expected = load_own_squad(_write(tmp_path / "nested.json", squad))
+    rows = _flat_rows(squad)
+    (tmp_path / "packed.json.gz").write_bytes(gzip.compress(json.dumps(squad).encode()))
+    (tmp_path / "articles.jsonl").write_text("".join(json.dumps(article) + "\n" for article in squad["data"]))
+    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(row) for row in rows).encode()))
+    files = [tmp_path / "packed.json.gz", _write(tmp_path / "bare.json", squad["data"]), tmp_path / "articles.jsonl",
+             _write(tmp_path / "rows.json", rows), tmp_path / "rows.jsonl.gz"]
+    for path in files:
+        passages = load_own_squad(path)
+        assert [(p.text, p.questions, p.group.split(":", 1)[1]) for p in passages] == [
+            (p.text, p.questions, p.group.split(":", 1)[1]) for p in expected], path.name
+        assert passages[0].source == own_source_name(path) == path.name.split(".")[0]
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(article) for article in squad["data"]))
+    with pytest.raises(ValueError, match=r"cannot read .*lines.json: Extra data.*one JSON value per line\? name it \.jsonl"):
+        load_own_squad(tmp_path / "lines.json")
+    (tmp_path / "broken.jsonl").write_text(json.dumps(squad["data"][0]) + "\n{oops\n")
+    with pytest.raises(ValueError, match="cannot read .*broken.jsonl: line 2: "):
+        load_own_squad(tmp_path / "broken.jsonl")
+
+
+@pytest.mark.parametrize(("arguments", "problem"), [
+    (["--squad-file", "FOLDER"], r"--squad-file: .*folder is a folder; give the files in it"),
+    (["--squad-file", "OWN", "--samples", "0"], "--samples: 0 is not a positive whole number"),
+    (["--squad-file", "OWN", "--tokens", "-8000"], "--tokens: -8000 is not a positive whole number"),
+    (["--squad-file", "OWN", "--questions", "0"], "--questions: 0 is not a positive whole number"),
+])
+def test_the_evaluation_refuses_folders_and_counts_below_one_naming_the_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], problem: str
+) -> None:
+    from cprs_core.mini import realeval
+
+    (tmp_path / "folder").mkdir()
+    names = {"FOLDER": str(tmp_path / "folder"), "OWN": str(_write_reviews(tmp_path / "own.json", 3))}
+    with pytest.raises(SystemExit) as stopped:
+        realeval.parse_args([names.get(argument, argument) for argument in arguments])
+    assert stopped.value.code == 2 and re.search(problem, capsys.readouterr().err)
+
+
+def test_one_sample_sizes_under_1000_tokens_and_long_passages_are_run_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cprs_core.mini import realeval
+
+    squad = _reviews(6)
+    long_text = " ".join(f"Sentence {n} of the long manual says nothing about lids." for n in range(60))
+    squad["data"][0]["paragraphs"][0]["context"] += " " + long_text  # ~800 tokens: longer than the contexts asked
+    reviews = _write(tmp_path / "manuals.json", squad)
+    output = tmp_path / "results.json"
+    realeval.main(["--squad-file", str(reviews), "--tokens", "300", "--samples", "1", "--json", str(output)])
+
+    printed = capsys.readouterr().out
+    results = json.loads(output.read_text())["results"]
+    assert set(results) == {"300/1", "300/2"} and results["300/2"]["cprs-mini@5%"]["answers"] == 2
+    assert "| 300 | 2 | 5% | 2 |" in printed and printed.startswith("manuals.json: 6 questions")
+    assert re.search(r"contexts of 1 question\(s\) averaged \d+ tokens, not 300: some passages are longer", printed)
+
+
+def test_cpu_workers_share_the_cores_instead_of_each_taking_all_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import multiprocessing
+
+    from cprs_core.mini import realeval
+
+    loaded: list[str] = []
+    threads: list[int] = []
+    monkeypatch.setattr(realeval, "_load", lambda args, device: loaded.append(device))
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: argparse.Namespace(_identity=(3,)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    realeval._init_worker(argparse.Namespace(workers=8), ["cpu"])
+    realeval._init_worker(argparse.Namespace(workers=2), ["cuda:0", "cuda:1"])
+    assert loaded == ["cpu", "cuda:0"] and threads == [2]  # 16 cores among 8 workers; GPUs are left alone

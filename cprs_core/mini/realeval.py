@@ -33,6 +33,7 @@ import json
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -49,8 +50,8 @@ from .backbone import backbone_dir, load_encoder, load_tokenizer
 from .baselines import EmbeddingSentences
 from .critic import load_mini_critic
 from .realqa import (
-    DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, load_own_squad, load_passages, own_source_name,
-    passages_of,
+    DEFAULT_SOURCES, SOURCES, SPLITS, PassagePool, RealDocument, describe_left_out, load_own_squad, load_passages,
+    own_source_name, passages_of,
 )
 from .similarity import questions_of
 
@@ -162,6 +163,11 @@ def keep_spans(units: list[Unit], scores: np.ndarray, budget: int) -> tuple[list
 
 EMBEDDINGS = ("embed", "embed-max", "embed-zmax")
 """The embedding baselines: the whole query; each question's best cosine; each question's best z-scored cosine."""
+
+
+def size_name(tokens: int) -> str:
+    """A context size as the tables name it: ``8K`` for 8000 tokens, else the number (``2500``)."""
+    return f"{tokens // 1000}K" if tokens % 1000 == 0 else str(tokens)
 
 
 def budget_name(budget: float | None) -> str:
@@ -503,19 +509,21 @@ def markdown_no_answer(results: dict[str, dict[str, dict]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cprs_core.mini.eval --real", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-data", type=Path, default=None,
                         help="folder with squaddev_v1.1.json and coqa.test.json (.xz allowed) from bigbench's sdist")
     parser.add_argument("--squad-file", type=Path, nargs="+", default=[],
-                        help="instead of --real-data: your own questions, SQuAD-format files (each its own source, "
-                             "named by its file; all of each is used, --split does not apply)")
+                        help="instead of --real-data: your own questions, SQuAD-format files (.json, .jsonl, either "
+                             "maybe .gz or .xz; each its own source, named by its file; --split does not apply)")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(DEFAULT_SOURCES),
                         help="where the questions come from (multirc, nq: their files must be in --real-data too)")
     parser.add_argument("--split", choices=SPLITS[1:], default="test")
     parser.add_argument("--checkpoint", default=None, help="cprs-mini checkpoint directory (default: shipped)")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[8000, 32000])
-    parser.add_argument("--questions", type=int, nargs="+", default=[1, 2], help="questions per query")
-    parser.add_argument("--samples", type=int, default=500, help="queries per setting (two-question: half)")
+    parser.add_argument("--tokens", type=positive_int, nargs="+", default=[8000, 32000],
+                        help="context sizes in MiniLM tokens")
+    parser.add_argument("--questions", type=positive_int, nargs="+", default=[1, 2], help="questions per query")
+    parser.add_argument("--samples", type=positive_int, default=500, help="queries per setting (two-question: half)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[], help="also try these keep thresholds")
     parser.add_argument("--weights", type=float, nargs="*", default=[], help="also try these similarity weights")
     parser.add_argument("--per-question-z", action="store_true",
@@ -533,7 +541,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "nothing is kept, and how much is; its other passages are taken at random, or "
                              "('retrieved') those of the same source whose MiniLM embedding is closest to the query")
     parser.add_argument("--window-size", type=int, default=None, help="cprs-mini's window size (default: its own)")
-    parser.add_argument("--workers", type=int, default=1, help="processes sharing the queries (GPUs round-robin)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="processes sharing the queries (GPUs round-robin; on CPU they share its cores)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None,
@@ -549,15 +558,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [own_source_name(path) for path in args.squad_file]
     if len(set(names)) < len(names):
         parser.error(f"--squad-file: two files share a name ({', '.join(names)}); each file is a source named by it")
-    missing = [str(path) for path in args.squad_file if not path.is_file()]
+    missing = [str(path) for path in args.squad_file if not path.exists()]
     if missing:
         parser.error(f"--squad-file: no such file: {', '.join(missing)}")
-    for path in args.squad_file:
-        try:
-            load_own_squad(path)
-        except ValueError as error:
-            parser.error(f"--squad-file: {error}")
+    folders = [str(path) for path in args.squad_file if path.is_dir()]
+    if folders:
+        parser.error(f"--squad-file: {', '.join(folders)} is a folder; give the files in it (e.g. {folders[0]}/*.json)")
+    try:
+        args.notes = own_file_notes(args.squad_file, max(args.questions), args.samples)
+    except ValueError as error:
+        parser.error(f"--squad-file: {error}")
     return args
+
+
+def positive_int(text: str) -> int:
+    """``text`` as a whole number of at least 1 (an argparse ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def own_file_notes(paths: Sequence[Path], questions: int, samples: int) -> list[str]:
+    """What the evaluation will use of each ``--squad-file``: its questions, paragraphs and titles and the questions
+    left out; and a note where a file has fewer questions than ``samples`` queries draw.
+
+    Raises:
+        ValueError: a file cannot be used (:func:`load_own_squad`), or has fewer titles than a query of
+            ``questions`` questions asks about (each question of a query comes from another title).
+    """
+    notes, repeated = [], []
+    for path in paths:
+        left_out: Counter[str] = Counter()
+        passages = load_own_squad(path, left_out)
+        count, titles = sum(len(passage.questions) for passage in passages), len({p.group for p in passages})
+        if titles < questions:
+            raise ValueError(f"{path.name} has questions on {titles} title{'s' * (titles > 1)}; a query of "
+                             f"{questions} questions needs {questions} (give --questions 1, or a file with more titles)")
+        notes.append(f"{path.name}: {count} questions on {len(passages)} paragraphs of {titles} titles"
+                     + (f"; {describe_left_out(left_out)}" if left_out else ""))
+        if count < samples:
+            repeated.append(f"({path.name} has {count} questions: with --samples {samples} some are asked more than "
+                            f"once, each time in another context, and the intervals are narrower than {count} "
+                            f"questions warrant)")
+    return notes + repeated
 
 
 def question_pool(args: argparse.Namespace, tokenizer: Tokenizer) -> PassagePool:
@@ -594,10 +641,15 @@ def _load(args: argparse.Namespace, device: str) -> None:
 
 
 def _init_worker(args: argparse.Namespace, devices: list[str]) -> None:
+    """Load a worker process on its device; on CPU with its share of the cores (torch would take them all in every
+    worker, and ``--workers`` would then run slower than one process)."""
     import multiprocessing
 
     index = multiprocessing.current_process()._identity[0] - 1
-    _load(args, devices[index % len(devices)])
+    device = devices[index % len(devices)]
+    if device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // args.workers))
+    _load(args, device)
 
 
 def _evaluate_chunk(task: tuple[int, int, list[int]]) -> dict[str, Cell]:
@@ -626,12 +678,36 @@ def _devices(device: str) -> list[str]:
     return [device]
 
 
+SHORT_CONTEXTS, LONG_CONTEXTS = 0.9, 1.25
+"""Contexts averaging less or more than these multiples of the size asked for get a note saying why."""
+
+
+def context_notes(results: dict[str, dict[str, dict]], settings: Sequence[tuple[int, int]]) -> list[str]:
+    """How many tokens the contexts of each (size, questions) setting averaged, and a note for each setting whose
+    contexts were much shorter or longer than asked."""
+    means = {(size, questions): results[f"{size_name(size)}/{questions}"]["cprs-mini@none"]["context_tokens"]
+             for size, questions in settings}
+    notes = ["(contexts averaged " + ", ".join(f"{tokens:,.0f} tokens at {size_name(size)} with {questions} "
+                                              f"question(s)" for (size, questions), tokens in means.items()) + ")"]
+    for (size, questions), tokens in means.items():
+        if tokens < SHORT_CONTEXTS * size:
+            reason = "the data has too few passages to fill them"
+        elif tokens > LONG_CONTEXTS * size:
+            reason = "some passages are longer than that"
+        else:
+            continue
+        notes.append(f"(contexts of {questions} question(s) averaged {tokens:.0f} tokens, not {size}: {reason})")
+    return notes
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.notes:
+        print("\n".join(args.notes), flush=True)
     settings = [(size, questions) for size in args.tokens for questions in args.questions]
     tasks = []
     for size, questions in settings:
-        samples = list(range(args.samples if questions == 1 else args.samples // 2))
+        samples = list(range(args.samples if questions == 1 else max(1, args.samples // 2)))
         tasks.extend((size, questions, samples[i : i + CHUNK_QUERIES]) for i in range(0, len(samples), CHUNK_QUERIES))
     started = time.perf_counter()
     if args.workers > 1:
@@ -645,7 +721,7 @@ def main(argv: list[str] | None = None) -> None:
         parts = [_evaluate_chunk(task) for task in tasks]
     results: dict[str, dict[str, dict]] = {}
     for size, questions in settings:
-        key = f"{size // 1000}K/{questions}"
+        key = f"{size_name(size)}/{questions}"
         chosen = [part for task, part in zip(tasks, parts) if task[:2] == (size, questions)]
         results[key] = summarize(_merge(chosen), args.seed)
     table = markdown(results)
@@ -657,11 +733,7 @@ def main(argv: list[str] | None = None) -> None:
     data = (f"files {' '.join(str(path) for path in args.squad_file)}" if args.squad_file
             else f"split {args.split}; sources {' '.join(args.sources)}")
     print(f"({time.perf_counter() - started:.0f} s; {data}; seed {args.seed}; checkpoint {args.checkpoint or 'shipped'})")
-    for size, questions in settings:
-        tokens = results[f"{size // 1000}K/{questions}"]["cprs-mini@none"]["context_tokens"]
-        if tokens < 0.9 * size:
-            print(f"(contexts of {questions} question(s) averaged {tokens:.0f} tokens, not {size}: the data has too "
-                  f"few passages to fill them)")
+    print("\n".join(context_notes(results, settings)))
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")
     if args.json:

@@ -30,15 +30,16 @@ a retriever's long context, and records where each answer and its evidence sente
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import lzma
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer
 
@@ -92,15 +93,33 @@ def split_of(group: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON of a built-in source's file (refusing the reserved SQuADShifts files)."""
     if any(name in path.name for name in RESERVED_NAMES):
         raise ValueError(f"{path.name} is a SQuADShifts file, reserved for independent evaluation")
     return _read_any_json(path)
 
 
-def _read_any_json(path: Path) -> dict:
-    opener = lzma.open if path.suffix == ".xz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return json.load(handle)
+_OPENERS: dict[str, Callable[..., IO[str]]] = {".xz": lzma.open, ".gz": gzip.open}
+"""How a compressed file is opened, by its last suffix; any other is read as plain text."""
+
+
+def _read_any_json(path: Path) -> Any:
+    """The JSON value of ``path`` (``.xz`` or ``.gz`` compressed or not), or with ``.jsonl`` the list of its lines'."""
+    unpacked = path.with_suffix("") if path.suffix in _OPENERS else path
+    with _OPENERS.get(path.suffix, open)(path, "rt", encoding="utf-8") as handle:
+        return _json_lines(handle) if unpacked.suffix == ".jsonl" else json.load(handle)
+
+
+def _json_lines(lines: Iterable[str]) -> list:
+    """The JSON value of each non-blank line (``ValueError`` naming the first line that is not JSON)."""
+    values = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: {error}") from error
+    return values
 
 
 def _evidence(text: str, answer: tuple[int, int]) -> tuple[tuple[int, int], ...]:
@@ -115,20 +134,47 @@ def load_squad(path: Path) -> list[Passage]:
     return _squad_passages(_read_json(path)["data"], "wikipedia-squad", "squad")
 
 
-def _squad_passages(articles: list[dict], source: str, prefix: str) -> list[Passage]:
+UNANSWERABLE = "unanswerable (no answer text, or is_impossible)"
+MISPLACED = "whose answer text is not at its answer_start"
+"""Why a SQuAD question is left out (the keys of :func:`load_own_squad`'s ``left_out``)."""
+
+
+class _LeftOut(Exception):
+    """A question that cannot be asked; its message is the reason (:data:`UNANSWERABLE` or :data:`MISPLACED`)."""
+
+
+def _first_answer(text: str, qa: dict) -> tuple[int, int]:
+    """The character range of the first answer of SQuAD question ``qa`` in its paragraph ``text``, without the
+    answer's leading and trailing whitespace.
+
+    Raises:
+        _LeftOut: the question has no answer with text (SQuAD v2's unanswerable, also written as an empty answer at
+            ``answer_start`` -1), or that text is not at its ``answer_start``.
+    """
+    answers = qa.get("answers")
+    if not answers or qa.get("is_impossible") or not answers[0]["text"].strip():
+        raise _LeftOut(UNANSWERABLE)
+    start, answer = answers[0]["answer_start"], answers[0]["text"]
+    if start < 0 or text[start : start + len(answer)] != answer:
+        raise _LeftOut(MISPLACED)
+    return strip_range(text, start, start + len(answer))  # type: ignore[return-value]  # not blank: checked above
+
+
+def _squad_passages(articles: list[dict], source: str, prefix: str, left_out: Counter[str] | None = None) -> list[Passage]:
     """The paragraphs of SQuAD-format ``articles`` with their answerable questions, each question answered by its
-    first answer (skipped where that text is not at its offset), grouped by article as ``prefix:title``."""
+    first answer (:func:`_first_answer`), grouped by article as ``prefix:title``; ``left_out`` counts the questions
+    left out by reason."""
     passages = []
     for number, article in enumerate(articles):
         for paragraph in article["paragraphs"]:
             text = paragraph["context"]
             questions = []
             for qa in paragraph["qas"]:
-                if not qa.get("answers") or qa.get("is_impossible"):
-                    continue
-                answer = qa["answers"][0]
-                span = (answer["answer_start"], answer["answer_start"] + len(answer["text"]))
-                if text[span[0] : span[1]] != answer["text"]:
+                try:
+                    span = _first_answer(text, qa)
+                except _LeftOut as reason:
+                    if left_out is not None:
+                        left_out[str(reason)] += 1
                     continue
                 questions.append(Question(qa["question"].strip(), (span,), _evidence(text, span)))
             if questions:
@@ -137,37 +183,90 @@ def _squad_passages(articles: list[dict], source: str, prefix: str) -> list[Pass
     return passages
 
 
+def _squad_articles(payload: object) -> list:
+    """The articles of a SQuAD-format JSON value: ``{"data": [...]}``, or that list alone, or a list of flat
+    question rows (:func:`_articles_of_rows`)."""
+    articles = payload["data"] if isinstance(payload, dict) else payload
+    if isinstance(articles, list) and articles and all(isinstance(row, dict) and "question" in row for row in articles):
+        return _articles_of_rows(articles)
+    return articles  # type: ignore[return-value]  # anything else fails in _squad_passages, naming the problem
+
+
+def _articles_of_rows(rows: list[dict]) -> list[dict]:
+    """Flat question rows, as Hugging Face's ``squad`` datasets write them (``title``, ``context``, ``question``,
+    ``answers``: ``{"text": [...], "answer_start": [...]}`` or SQuAD's list), as SQuAD articles: by title (a row
+    without one: by its context), then by context."""
+    articles: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for row in rows:
+        answers = row.get("answers") or []
+        if isinstance(answers, dict):
+            answers = [{"text": text, "answer_start": start}
+                       for text, start in zip(answers["text"], answers["answer_start"])]
+        articles[row.get("title") or row["context"]].setdefault(row["context"], []).append({**row, "answers": answers})
+    return [{"title": title, "paragraphs": [{"context": context, "qas": qas} for context, qas in paragraphs.items()]}
+            for title, paragraphs in articles.items()]
+
+
+OWN_SUFFIXES = (".json", ".jsonl")
+"""What a question file of one's own is named: ``.json`` (one value) or ``.jsonl`` (one per line), each of them
+optionally compressed (``.xz``, ``.gz``)."""
+
+
 def own_source_name(path: str | Path) -> str:
-    """The source name of a question file given by a user: its file name without ``.json`` / ``.json.xz``."""
+    """The source name of a question file given by a user: its file name without :data:`OWN_SUFFIXES` and
+    compression suffixes."""
     name = Path(path).name
-    for suffix in (".xz", ".json"):
-        name = name.removesuffix(suffix)
+    for suffixes in (tuple(_OPENERS), OWN_SUFFIXES):
+        name = next((name.removesuffix(suffix) for suffix in suffixes if name.endswith(suffix)), name)
     return name
 
 
-def load_own_squad(path: str | Path) -> list[Passage]:
-    """Every answerable question of a SQuAD-format file of one's own (v1.1, or v2 whose unanswerable questions
-    are left out; ``.json`` or ``.json.xz``), as passages of the source :func:`own_source_name` grouped by article.
-    Unlike the built-in sources it is not split: all of it is for evaluation.
+def load_own_squad(path: str | Path, left_out: Counter[str] | None = None) -> list[Passage]:
+    """Every answerable question of a SQuAD-format file of one's own, as passages of the source
+    :func:`own_source_name` grouped by article. Unlike the built-in sources it is not split: all of it is for
+    evaluation.
+
+    The file holds SQuAD v1.1 or v2 (whose unanswerable questions are left out) as ``{"data": [...]}``, or that list
+    of articles alone, or flat question rows as Hugging Face's ``squad`` datasets write them; as one JSON value
+    (``.json``) or one per line (``.jsonl``: articles or question rows), compressed (``.xz``, ``.gz``) or not.
+    ``left_out`` counts the questions left out, by reason (:data:`UNANSWERABLE`, :data:`MISPLACED`).
 
     Raises:
-        ValueError: the file cannot be read as SQuAD-format JSON, or holds no answerable question.
+        ValueError: the file cannot be read as such JSON, or is not in SQuAD format, or holds no answerable question.
     """
     path = Path(path)
     source = own_source_name(path)
+    left_out = Counter() if left_out is None else left_out
     try:
-        articles = _read_any_json(path)["data"]
-        passages = _squad_passages(articles, source, source)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, lzma.LZMAError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from error
+        payload = _read_any_json(path)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as error:  # ValueError: JSON, UTF-8, a .jsonl line
+        raise ValueError(f"cannot read {path}: {error}{_reading_hint(error)}") from error
+    try:
+        passages = _squad_passages(_squad_articles(payload), source, source, left_out)
     except (KeyError, TypeError, AttributeError, IndexError) as error:
         raise ValueError(
             f"{path} is not in SQuAD format (data > paragraphs > context and qas > question and answers > text and "
             f"answer_start): {type(error).__name__}: {error}"
         ) from error
     if not passages:
-        raise ValueError(f"{path} has no answerable question whose answer text lies at its answer_start")
+        raise ValueError(f"{path} has no answerable question whose answer text lies at its answer_start "
+                         f"({describe_left_out(left_out) if left_out else 'it has no question'})")
     return passages
+
+
+def _reading_hint(error: Exception) -> str:
+    """What to do about a file that could not be read, where the error suggests it."""
+    if isinstance(error, UnicodeDecodeError):
+        return " (save it as UTF-8)"
+    if isinstance(error, json.JSONDecodeError) and error.msg == "Extra data":
+        return " (one JSON value per line? name it .jsonl)"
+    return ""
+
+
+def describe_left_out(left_out: Counter[str]) -> str:
+    """``left out: 5 unanswerable (...), 2 whose answer text is not at its answer_start`` (what
+    :func:`load_own_squad` counted)."""
+    return "left out: " + ", ".join(f"{count} {reason}" for reason, count in sorted(left_out.items()))
 
 
 def load_coqa(path: Path) -> list[Passage]:
