@@ -455,7 +455,9 @@ class WindowParallelEngine:
                     Unit(i, i, i + 1, start, end, float(keep_scores[i])) for i, (start, end) in enumerate(tokens.offsets)
                 ]
                 chosen = select_by_budget(candidates, budget, granularity)
-                check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+                check_forced_kept(
+                    text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget, tokens.offsets
+                )
                 return merge_adjacent(chosen)
             return [
                 [Unit(i, start, end, tokens.offsets[start][0], tokens.offsets[end - 1][1], 0.0)]
@@ -477,7 +479,9 @@ class WindowParallelEngine:
                 above_threshold = scores.keep >= _logit(getattr(self.critic, "relevance_threshold", None))
         if budget is not None:  # a share (target_ratio) that no whole unit fits in keeps the best unit alone
             chosen = select_by_budget(candidates, budget, granularity, anchors, best_if_none_fits)
-            check_forced_kept(text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget)
+            check_forced_kept(
+                text, forced.ranges, [(unit.char_start, unit.char_end) for unit in chosen], budget, tokens.offsets
+            )
             return merge_adjacent(chosen)
         spanned = np.zeros(len(labels), dtype=bool)  # tokens inside a span the critic tagged
         for start, end in decoded:

@@ -82,8 +82,11 @@ def split_patterns(keep: Sequence[KeepPattern]) -> tuple[list[str], list[str]]:
 
 
 def regex_text(pattern: "re.Pattern[str] | regex.Pattern[str]") -> str:
-    """A compiled pattern as text, its flags (``IGNORECASE``, ``MULTILINE``, ``DOTALL``, ``VERBOSE``) inline."""
-    flags = "".join(letter for flag, letter in _INLINE_FLAGS.items() if pattern.flags & flag)
+    """A compiled pattern as text, its flags (``IGNORECASE``, ``MULTILINE``, ``DOTALL``, ``VERBOSE``, ``ASCII``)
+    inline."""
+    ascii_flag = re.ASCII if isinstance(pattern, re.Pattern) else regex.ASCII  # the two packages number it apart
+    letters = {**_INLINE_FLAGS, ascii_flag: "a"}
+    flags = "".join(letter for flag, letter in letters.items() if pattern.flags & flag)
     return f"(?{flags}){pattern.pattern}" if flags else pattern.pattern
 
 
@@ -117,10 +120,14 @@ def forced_ranges(
 ) -> list[tuple[int, int]]:
     """Character ranges of ``text`` to keep: every match of every pattern, and every span (unsorted).
 
+    ``keep_spans`` were checked against the whole context; when ``text`` is that context truncated
+    (``truncate_over_length=True``), a span is cut at its end and one wholly past it is left out, as the rest of
+    the truncated text is.
+
     Raises:
         KeepError: the ``regex``-compiled patterns took more than :data:`KEEP_REGEX_SECONDS` together.
     """
-    ranges = [tuple(span) for span in keep_spans]
+    ranges = [(start, min(end, len(text))) for start, end in keep_spans if start < len(text)]
     deadline = time.monotonic() + KEEP_REGEX_SECONDS
     for pattern in keep:
         if isinstance(pattern, regex.Pattern):
@@ -163,19 +170,30 @@ def force(keep_scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, inside_
 
 
 def check_forced_kept(
-    text: str, ranges: Sequence[tuple[int, int]], kept: Sequence[tuple[int, int]], budget: int | None
+    text: str,
+    ranges: Sequence[tuple[int, int]],
+    kept: Sequence[tuple[int, int]],
+    budget: int | None,
+    offsets: Sequence[tuple[int, int]],
 ) -> None:
-    """Raise :class:`BudgetError` when a budget left out a forced character (whitespace aside)."""
+    """Raise :class:`BudgetError` when a budget left out a forced character: whitespace aside, and characters in no
+    token (by ``offsets``: a zero-width space, BOM or control character the tokenizer drops cannot be kept)."""
     if not ranges:
         return
-    covered = np.zeros(len(text) + 1, dtype=np.int64)
-    for start, end in kept:
-        covered[start] += 1
-        covered[end] -= 1
-    covered = np.cumsum(covered)[:-1] > 0
+    covered = _covered(len(text), kept)
+    readable = _covered(len(text), offsets)
     for start, end in ranges:
-        if any(not covered[i] and not text[i].isspace() for i in range(start, end)):
+        if any(readable[i] and not covered[i] and not text[i].isspace() for i in range(start, end)):
             raise BudgetError(
                 f"the force-kept text {text[start:end][:40]!r} does not fit in the budget of {budget} tokens "
                 "together with the other forced text; raise target_tokens/target_ratio or keep less"
             )
+
+
+def _covered(length: int, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Which of ``length`` characters lie inside at least one of the character ``ranges``."""
+    edges = np.zeros(length + 1, dtype=np.int64)
+    for start, end in ranges:
+        edges[start] += 1
+        edges[end] -= 1
+    return np.cumsum(edges)[:-1] > 0

@@ -111,10 +111,25 @@ def plain_json_text(value: Any) -> str:
         ContextTypeError: ``value`` nests deeper than Python's ``json`` writes.
     """
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        try:
+            return json.dumps(value, ensure_ascii=False, default=str)
+        except TypeError:  # a dict key JSON cannot write: json.dumps has no default for keys
+            return json.dumps(_writable_keys(value), ensure_ascii=False, default=str)
     except RecursionError:
         raise ContextTypeError(
             f"the value nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
+
+
+def _writable_keys(value: Any) -> Any:
+    """``value`` with every dict key that JSON cannot write (a tuple, a date, an object) as its ``str()``."""
+    if isinstance(value, dict):
+        return {
+            key if key is None or isinstance(key, (str, int, float, bool)) else str(key): _writable_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_writable_keys(item) for item in value]
+    return value
 
 
 def plain_json(value: Any) -> Any:

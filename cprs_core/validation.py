@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError
-from .prompt import INSTRUCTIONS
+from .prompt import INSTRUCTIONS, LITERAL_INSTRUCTIONS
 
 if TYPE_CHECKING:
     from .engine import CompressionRequest
@@ -53,7 +53,8 @@ def check_query(query: Any, allow_empty_query: Any = False, name: str = "query")
 
 
 def check_instruction(instruction: Any) -> None:
-    """``instruction`` must be ``None`` (the ``fact`` preset), a preset name, or free text with its tagging rule.
+    """``instruction`` must be ``None`` (the ``fact`` preset), a preset name (or its ``-literal`` form, see
+    :data:`~cprs_core.prompt.LITERAL_INSTRUCTIONS`), or free text with its tagging rule.
 
     Raises:
         InstructionError: not a string, empty/whitespace, or a single word close to a preset name but not one
@@ -69,13 +70,14 @@ def check_instruction(instruction: Any) -> None:
             f"instruction is empty: leave it out (None) for the default 'fact' preset, name a preset "
             f"({', '.join(INSTRUCTIONS)}), or write your own with a tagging rule (\"... tag the X with 'x'\")"
         )
-    if text in INSTRUCTIONS or len(text.split()) > 1:
+    if text in INSTRUCTIONS or text in LITERAL_INSTRUCTIONS or len(text.split()) > 1:
         return
-    close = difflib.get_close_matches(text.lower(), list(INSTRUCTIONS), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(text.lower(), [*INSTRUCTIONS, *LITERAL_INSTRUCTIONS], n=1, cutoff=0.6)
     if close:
         raise InstructionError(
             f"unknown instruction preset {text!r}: did you mean {close[0]!r}? The presets are "
-            f"{', '.join(repr(name) for name in INSTRUCTIONS)}; free text needs a tagging rule (\"... tag the X with 'x'\")"
+            f"{', '.join(repr(name) for name in INSTRUCTIONS)} (and their '-literal' forms); free text needs a "
+            "tagging rule (\"... tag the X with 'x'\")"
         )
 
 

@@ -246,3 +246,21 @@ def test_a_context_of_only_characters_the_tokenizer_drops_is_empty_not_a_failure
             compressor.compress(invisible, "What is it?", granularity=granularity)
     [outcome] = compressor.compress_batch([CompressionRequest(invisible, "What is it?")])
     assert isinstance(outcome, EmptyContextError)
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\x01", "\xad"])
+def test_forced_characters_the_tokenizer_drops_do_not_break_a_budget(critic: MiniCritic, invisible: str) -> None:
+    """A ``keep``/``keep_spans`` match holding only characters no token covers cannot be kept, so a budget does not
+    have to keep it (it was a ``BudgetError`` saying the forced text does not fit in any budget)."""
+    compressor = CPRSCompressor(critic)
+    context = f"The code is 4471.{invisible} Nothing else is here. The sky is blue."
+    at = context.index(invisible)
+    for granularity in ("token", "sentence"):
+        for forcing in ({"keep_spans": [(at, at + 1)]}, {"keep": [invisible]}):
+            result = compressor.compress(context, "What is the code?", granularity=granularity, target_tokens=10,
+                                         **forcing)
+            assert result.compressed_tokens <= 10 and result.spans
+    # a forced range that also holds a readable character still has to be kept whole
+    result = compressor.compress(context, "What is the code?", granularity="token", target_tokens=10,
+                                 keep_spans=[(at, at + 9)])
+    assert any(span.start <= at + 2 and span.end >= at + 9 for span in result.spans)

@@ -14,6 +14,7 @@ import torch
 from cprs_core import (
     BudgetError,
     CompressionRequest,
+    CompressionResult,
     ContextTooLargeError,
     ContextTruncatedWarning,
     CPRSCompressor,
@@ -163,6 +164,25 @@ def test_over_long_contexts_are_refused_unless_truncation_is_asked_for(digit_com
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert lenient.compress("Room 5.", QUERY, "needle", granularity="token").metadata["truncated"] is False
+
+
+def test_keep_spans_past_the_cut_of_a_truncated_context_are_cut_with_it(digit_compressor: CPRSCompressor) -> None:
+    """``keep_spans`` are checked against the whole context; a truncated one keeps what of them is left (a span past
+    the cut under a budget was a ``CompressionFailedError`` wrapping an ``IndexError``)."""
+    context = "Room 1 is left. Room 2 is right. Room 3 is up. Room 4 is down."
+    tokens = digit_compressor.critic.tokenize_context(context)
+    limit = next(i for i, (start, _) in enumerate(tokens.offsets) if context[start:].startswith(" is up"))
+    lenient = CPRSCompressor(digit_compressor.critic, window_size=128, max_context_tokens=limit, truncate_over_length=True)
+    across, past = (context.index("Room 3"), context.index(" is up") + 3), (context.index("Room 4"), len(context))
+    options = {"granularity": "token", "target_tokens": limit, "keep_spans": [across, past]}
+    for compress in (
+        lambda: lenient.compress(context, QUERY, "needle", **options),  # the streaming path
+        lambda: lenient.compress_batch([CompressionRequest(context, QUERY, "needle", **options)])[0],
+    ):
+        with pytest.warns(ContextTruncatedWarning):
+            result = compress()
+        assert isinstance(result, CompressionResult) and result.metadata["truncated"] is True
+        assert "Room 3" in result.text and "Room 4" not in result.text
 
 
 def test_literal_presets_are_what_upstreams_readme_sends() -> None:

@@ -47,6 +47,7 @@ WRONG_ARGUMENTS = [
     ({"instruction": "needles"}, InstructionError, "did you mean 'needle'?"),
     ({"instruction": "Fact"}, InstructionError, "did you mean 'fact'?"),
     ({"instruction": "chians"}, InstructionError, "did you mean 'chain'?"),
+    ({"instruction": "needle-literl"}, InstructionError, "did you mean 'needle-literal'?"),
     ({"instruction": "   "}, InstructionError, "instruction is empty"),
     ({"instruction": 3}, InstructionError, "instruction must be a string or None"),
     ({"granularity": "word"}, GranularityError, "granularity must be one of"),
@@ -82,6 +83,9 @@ def test_each_wrong_argument_is_its_named_error(changes: dict[str, Any], error: 
         {"instruction": " fact "},
         {"instruction": "Extract the dates.\n## tagging rule:\n- tag the dates with 'date'"},
         {"instruction": "summary"},  # one word, but not close to a preset: free text
+        {"instruction": "needle-literal"},  # upstream's README prompts (docs/upstream-behaviour.md); was "did you
+        {"instruction": "fact-literal"},  # mean 'needle'?" for the needle one
+        {"instruction": "chain-literal"},
         {"target_ratio": 1},
         {"target_tokens": 5, "granularity": "token"},
         {"sentence_windows": False, "fill_backward": True},
