@@ -13,7 +13,7 @@ import threading
 import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
 
@@ -22,6 +22,7 @@ from cprs_core import (
     CompressionRequest,
     CompressionResult,
     Compressor,
+    ContextTypeError,
     CPRSCompressor,
     CPRSError,
     EmptyContextError,
@@ -171,9 +172,10 @@ class CompressorSettings(BaseModel):
         default_factory=list, description="Always kept: (start, end) character offsets (into each text)."
     )
     budget_tokenizer: Any = Field(
-        default=None, exclude=True, repr=False,
+        default=None, repr=False,
         description="Count target_tokens/target_ratio in the reader's tokenizer: a transformers tokenizer, "
-        "a tiktoken encoding name or a str -> int function.",
+        "a tiktoken encoding name or a str -> int function (a name or tokenizer directory survives "
+        "to_json/model_dump_json; an object or function is written as null: pass it again when loading).",
     )
     allow_empty_query: bool = Field(default=False, description="Opt in to query-free compression of an empty query.")
     compressor: Any = Field(default=None, exclude=True, repr=False, description="A Compressor object to use.")
@@ -204,6 +206,8 @@ class CompressorSettings(BaseModel):
         check_timeout("timeout", given("timeout"))
         if given("server_url") is not None:
             check_server_url("server_url", given("server_url"))
+        if "keep_spans" in data:  # as given: pydantic would make (True, "2") the span (1, 2)
+            check_keep((), data["keep_spans"], None)
         try:
             super().__init__(**data)
         except ValidationError as error:
@@ -227,6 +231,12 @@ class CompressorSettings(BaseModel):
         """Patterns as ``{"regex": text with inline flags}``, so that ``to_dict``/``to_json``/``model_dump_json``
         give JSON and load back as patterns (a bare string would load back as a literal)."""
         return [{"regex": regex_text(item)} if isinstance(item, re.Pattern) else item for item in keep]
+
+    @field_serializer("budget_tokenizer")
+    def _budget_tokenizer_name(self, budget_tokenizer: Any) -> str | None:
+        """A tiktoken encoding name or tokenizer directory as itself, so a restored adapter counts budgets in the
+        same tokens; a tokenizer object or function cannot be written as JSON, so ``None``."""
+        return budget_tokenizer if isinstance(budget_tokenizer, str) else None
 
     @model_validator(mode="after")
     def _one_source(self) -> "CompressorSettings":
@@ -294,7 +304,10 @@ class DocumentSettings(CompressorSettings):
         "'joint': all texts as one context (budgets shared, the most relevant parts of all texts win).",
     )
     document_separator: str = Field(default="\n\n", description="Joins the texts into one context in joint mode.")
-    metadata_key: str = Field(default="cprs", description="Metadata key of the compression metadata.")
+    metadata_key: str = Field(
+        default="cprs", description="Metadata key of the compression metadata: free in the documents' metadata, "
+        "or holding an earlier compression's metadata (replaced); another value there is an OptionError.",
+    )
     min_score: float | None = Field(
         default=None,
         description="Drop a document whose best kept span scores below this (0..1; with cprs-mini, the relevance "
@@ -332,6 +345,23 @@ class DocumentSettings(CompressorSettings):
         """Whether ``keep`` or ``keep_spans`` force any of ``text``."""
         return bool((self.keep or self.keep_spans) and forced_ranges(text, self.keep, self.keep_spans))
 
+    def check_metadata(self, metadata: Any, name: str) -> None:
+        """Check that the compression metadata can be added to ``metadata``, the metadata of the document or node
+        ``name``, without losing any of it: a dict whose ``metadata_key`` is free or holds the compression metadata
+        of an earlier pass (which the new one replaces).
+
+        Raises:
+            ContextTypeError: ``metadata`` is not a dict.
+            OptionError: ``metadata_key`` holds something else, which the compression metadata would overwrite.
+        """
+        if not isinstance(metadata, Mapping):
+            raise ContextTypeError(f"{name}.metadata must be a dict, got {type(metadata).__name__}")
+        if self.metadata_key in metadata and not _is_compression_metadata(metadata[self.metadata_key]):
+            raise OptionError(
+                f"{name}.metadata already has the key {self.metadata_key!r} (holding "
+                f"{metadata[self.metadata_key]!r:.60}), where the compression metadata goes; pass a free key as "
+                "metadata_key so that it is not overwritten")
+
     def compression_metadata(self, kept: KeptText) -> dict[str, Any]:
         """The compression metadata of one kept text (stored under ``metadata_key``).
 
@@ -357,7 +387,8 @@ class DocumentSettings(CompressorSettings):
         for text in texts:
             starts.append(position)
             position += len(text) + len(self.document_separator)
-        outcome = self.compress_batch([self.document_separator.join(texts)], query)[0]
+        settings = self._with_spans_in_each(texts, starts) if self.keep_spans else self
+        outcome = settings.compress_batch([self.document_separator.join(texts)], query)[0]
         if isinstance(outcome, EmptyContextError):
             return [None] * len(texts)
         if isinstance(outcome, CPRSError):
@@ -367,6 +398,25 @@ class DocumentSettings(CompressorSettings):
             spans = [clipped for span in outcome.spans if (clipped := _clip(span, text, start)) is not None]
             kept.append(KeptText(self.separator.join(span.text for span in spans), spans, outcome) if spans else None)
         return kept
+
+    def _with_spans_in_each(self, texts: Sequence[str], starts: Sequence[int]) -> "DocumentSettings":
+        """These settings with ``keep_spans`` (offsets into each text, as in per-document mode) moved to every
+        non-blank text's place in the joint context.
+
+        Raises:
+            KeepError: a span ending past a non-blank text's end, as per-document mode raises it.
+        """
+        spans = []
+        for text, start in zip(texts, starts):
+            if text.strip():
+                check_keep((), self.keep_spans, len(text))
+                spans.extend((start + span_start, start + span_end) for span_start, span_end in self.keep_spans)
+        return self.model_copy(update={"keep_spans": spans})
+
+
+def _is_compression_metadata(value: Any) -> bool:
+    """Whether ``value`` is what :meth:`DocumentSettings.compression_metadata` wrote (an earlier pass)."""
+    return isinstance(value, Mapping) and value.get("mode") in get_args(Mode) and "spans" in value
 
 
 def _kept(outcome: CompressionResult | CPRSError) -> KeptText | None:

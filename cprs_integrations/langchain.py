@@ -50,7 +50,9 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
         Raises:
             cprs_core.CPRSError: an invalid option (e.g. both budgets) or a document too large;
                 :class:`~cprs_core.errors.ContextTypeError` for ``documents`` that are not a list (a generator is
-                read once, as a list) or an item that is not a ``Document``.
+                read once, as a list), an item that is not a ``Document`` or a ``page_content`` that is not a
+                str; :class:`~cprs_core.OptionError` for metadata that already holds ``metadata_key`` (other
+                than an earlier compression's metadata), which would be overwritten.
         """
         documents = listed(documents, "documents", Document, ContextTypeError)
         for index, document in enumerate(documents):
@@ -58,6 +60,10 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
                 raise ContextTypeError(
                     f"documents[{index}] is a {type(document).__name__}, not a langchain Document; wrap text as "
                     "Document(page_content=text)")
+            if not isinstance(document.page_content, str):
+                raise ContextTypeError(
+                    f"documents[{index}].page_content must be a str, got {type(document.page_content).__name__}")
+            self.check_metadata(document.metadata, f"documents[{index}]")
         kept = self.compress_texts([document.page_content for document in documents], query)
         return [
             document.model_copy(

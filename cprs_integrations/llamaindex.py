@@ -53,6 +53,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
                 raise ContextTypeError(
                     f"nodes[{index}] is a {type(item).__name__}, not a NodeWithScore; wrap a node as "
                     "NodeWithScore(node=node)")
+            if not _image_only(item.node):  # an image node passes unchanged
+                self.check_metadata(item.node.metadata, f"nodes[{index}].node")
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
         processed = []
         for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str)):

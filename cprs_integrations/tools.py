@@ -102,7 +102,8 @@ def prune(
     structure-preserving (:func:`cprs_core.structured.prune_json`): the content is the kept JSON followed by a
     line noting what was dropped, and the summary has a ``"json"`` entry (``kept_units``,
     ``total_units``, ``note``). JSON nested deeper than :data:`~cprs_core.structured.MAX_JSON_DEPTH` levels is
-    compressed as text. Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
+    compressed as text, and so is JSON when ``keep_spans`` are set: they are offsets into the output's text (the
+    string, or a dict or list's JSON text). Outputs of at most ``min_tokens`` tokens and empty ones come back unchanged; a
     long output from which nothing was kept becomes the :data:`NOTHING_KEPT` note.
 
     Any other value (a number, ``None``, an object) is passed through unpruned: there is no text to select from.
@@ -129,7 +130,7 @@ def prune(
     count_tokens = getattr(compressor, "count_tokens", None)
     if count_tokens is not None and count_tokens(text) <= min_tokens:
         return output, None
-    if value is not None and value:
+    if value is not None and value and not settings.keep_spans:  # keep_spans are offsets into the text
         return _prune_json(output, value, question, settings, min_tokens, unit_chars)
     result = settings.compress(text, question)
     if result.original_tokens <= min_tokens:

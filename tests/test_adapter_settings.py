@@ -66,15 +66,28 @@ def test_allow_empty_query_must_be_a_bool_as_in_the_core(adapter: type, value: o
         adapter(allow_empty_query=value)
 
 
+def test_a_budget_tokenizer_name_survives_json_round_trips() -> None:
+    """It was left out of the JSON: a restored adapter counted target_tokens in the critic's tokens instead."""
+    restored = [
+        CPRSNodePostprocessor.from_dict(json.loads(CPRSNodePostprocessor(budget_tokenizer="cl100k_base").to_json())),
+        CPRSDocumentCompressor.model_validate_json(
+            CPRSDocumentCompressor(budget_tokenizer="cl100k_base").model_dump_json()),
+    ]
+    assert [adapter.budget_tokenizer for adapter in restored] == ["cl100k_base", "cl100k_base"]
+    function = CPRSDocumentCompressor(budget_tokenizer=len)
+    assert json.loads(function.model_dump_json())["budget_tokenizer"] is None  # not JSON: pass it again
+
+
 def test_keep_regexes_survive_json_round_trips_with_their_flags() -> None:
-    keep = [re.compile("os+lo", re.IGNORECASE), "literal (text)"]
+    keep = [re.compile("os+lo", re.IGNORECASE), "literal (text)", re.compile(r"caf\w", re.ASCII)]
     restored = [
         CPRSNodePostprocessor.from_dict(json.loads(CPRSNodePostprocessor(keep=keep).to_json())).keep,
         CPRSDocumentCompressor.model_validate_json(CPRSDocumentCompressor(keep=keep).model_dump_json()).keep,
     ]
-    for pattern, literal in restored:
+    for pattern, literal, ascii_only in restored:
         assert isinstance(pattern, re.Pattern) and pattern.search("The OSSLO ferry") is not None
         assert literal == "literal (text)"
+        assert ascii_only.search("café") is None and ascii_only.search("cafe") is not None  # re.ASCII was lost
     with pytest.raises(OptionError, match="not a valid regular expression"):
         CPRSDocumentCompressor(keep=[{"regex": "("}])
     with pytest.raises(OptionError, match=r'must be \{"regex"'):
@@ -88,6 +101,9 @@ def test_keep_spans_and_budget_tokenizer_are_checked_when_the_adapter_is_built(a
     with pytest.raises(BudgetTokenizerError, match="got int"):
         adapter(budget_tokenizer=5)
     assert adapter(keep_spans=[(0, 10**9)], budget_tokenizer=len).keep_spans == [(0, 10**9)]  # length: on the call
+    for span in ((True, 4), ("0", "4"), (0.0, 4.0)):  # as in the core, not made (1, 4) or (0, 4) by pydantic
+        with pytest.raises(KeepError, match=r"0 <= start < end; got \("):
+            adapter(keep_spans=[span])
 
 
 def test_a_server_url_that_is_not_http_or_a_timeout_sockets_refuse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from cprs_core import (
     ContextTypeError,
     CPRSCompressor,
     CPRSError,
+    KeepError,
     OptionError,
 )
 from cprs_integrations.langchain import CPRSDocumentCompressor
@@ -263,3 +264,48 @@ def test_min_score_drops_the_documents_whose_best_kept_sentence_is_not_relevant(
     forced = CPRSDocumentCompressor(compressor=core, mode=mode, min_score=0.5, keep=["Basalt columns"])
     kept = forced.compress_documents([other, answer], query)  # text forced by keep= is never dropped
     assert [document.page_content[:9] for document in kept] == ["Basalt co", "The ferry"]
+
+
+def test_joint_mode_keeps_keep_spans_of_every_document_as_per_document_mode_does(
+    digit_compressor: CPRSCompressor,
+) -> None:
+    documents = [Document(f"Alpha first. {FILLER}"), Document(f"Omega first. {FILLER}The code is 4471.")]
+    for mode in ("per_document", "joint"):
+        forced = CPRSDocumentCompressor(
+            compressor=digit_compressor, instruction="needle", mode=mode, keep_spans=[(0, 5)]
+        ).compress_documents(documents, QUERY)
+        assert [document.page_content.split(" ")[0] for document in forced] == ["Alpha", "Omega"], mode
+        assert forced[1].page_content.endswith("The code is 4471."), mode
+    with pytest.raises(KeepError, match=r"<= 3 \(the context's length\); got \(0, 5\)"):  # as per document
+        CPRSDocumentCompressor(compressor=digit_compressor, mode="joint", keep_spans=[(0, 5)]).compress_documents(
+            [*documents, Document("4 5")], QUERY)
+
+
+def test_metadata_already_under_the_metadata_key_is_an_option_error_not_overwritten(
+    digit_compressor: CPRSCompressor,
+) -> None:
+    compressor = CPRSDocumentCompressor(compressor=digit_compressor, instruction="needle")
+    mine = Document(f"The code is 4471. {FILLER}", metadata={"cprs": "my own data"})
+    with pytest.raises(OptionError, match=r"documents\[1\]\.metadata already has the key 'cprs' \(holding 'my own"):
+        compressor.compress_documents([DOCUMENTS[0], mine], QUERY)
+    renamed = CPRSDocumentCompressor(compressor=digit_compressor, instruction="needle", metadata_key="compression")
+    assert renamed.compress_documents([mine], QUERY)[0].metadata["cprs"] == "my own data"
+    once = compressor.compress_documents([DOCUMENTS[0]], QUERY)
+    twice = compressor.compress_documents(once, QUERY)  # an earlier compression's metadata is replaced
+    assert twice[0].metadata["cprs"]["original_tokens"] < once[0].metadata["cprs"]["original_tokens"]
+
+
+@pytest.mark.parametrize("mode", ["per_document", "joint"])
+def test_a_document_whose_page_content_or_metadata_is_not_a_str_or_dict_is_named(
+    digit_compressor: CPRSCompressor, mode: str
+) -> None:
+    compressor = CPRSDocumentCompressor(compressor=digit_compressor, mode=mode)
+    for content in (None, 4471, b"The code is 4471."):  # Document does not check assignments
+        document = Document("The code is 4471.")
+        document.page_content = content  # type: ignore[assignment]
+        with pytest.raises(ContextTypeError, match=rf"documents\[1\]\.page_content must be a str, got {type(content).__name__}"):
+            compressor.compress_documents([DOCUMENTS[0], document], QUERY)
+    document = Document("The code is 4471.")
+    document.metadata = None  # type: ignore[assignment]
+    with pytest.raises(ContextTypeError, match=r"documents\[0\]\.metadata must be a dict, got NoneType"):
+        compressor.compress_documents([document], QUERY)

@@ -23,7 +23,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from cprs_core import ContextTypeError, CPRSCompressor, QueryError
+from cprs_core import ContextTypeError, CPRSCompressor, OptionError, QueryError
 from cprs_integrations.llamaindex import CPRSNodePostprocessor
 
 from .event_loop import ticks_while
@@ -194,3 +194,16 @@ def test_remote_mode_calls_a_running_cprs_server(
     assert [(item.node.node_id, item.node.text, item.score, item.node.metadata) for item in remote] == [
         (item.node.node_id, item.node.text, item.score, item.node.metadata) for item in local
     ]
+
+
+def test_metadata_already_under_the_metadata_key_is_an_option_error_not_overwritten(
+    postprocessor: CPRSNodePostprocessor,
+) -> None:
+    mine = NodeWithScore(node=TextNode(text=f"The code is 4471. {FILLER}", metadata={"cprs": "my own data"}))
+    with pytest.raises(OptionError, match=r"nodes\[1\]\.node\.metadata already has the key 'cprs' \(holding 'my own"):
+        postprocessor.postprocess_nodes([_nodes()[0], mine], query_str=QUERY)
+    renamed = CPRSNodePostprocessor(compressor=postprocessor.compressor, instruction="needle", metadata_key="kept")
+    assert renamed.postprocess_nodes([mine], query_str=QUERY)[0].node.metadata["cprs"] == "my own data"
+    once = postprocessor.postprocess_nodes(_nodes()[:1], query_str=QUERY)
+    twice = postprocessor.postprocess_nodes(once, query_str=QUERY)  # an earlier pass's metadata is replaced
+    assert twice[0].node.metadata["cprs"]["retrieval_score"] == once[0].score

@@ -143,6 +143,8 @@ def test_python_values_json_cannot_hold_prune_as_their_json_text(digit_compresso
     assert json.loads(kept) == {"7": [refund]} and note.startswith("[cprs: JSON pruned")
     assert prune_json(digit_compressor, output, QUESTION, "needle").value == {"7": [refund]}
     assert plain_json(output)["7"][11] == refund
+    by_pair = {(2, 3): "x", "rows": [{datetime.date(2026, 1, 5): "due"}]}  # keys JSON cannot write: a TypeError
+    assert plain_json(by_pair) == {"(2, 3)": "x", "rows": [{"2026-01-05": "due"}]}
     with pytest.raises(ContextTypeError, match="prune_json prunes a dict or list, got str"):
         prune_json(digit_compressor, LONG_OUTPUT, QUESTION, "needle")
 
@@ -189,3 +191,13 @@ def test_json_nested_too_deeply_is_pruned_as_text_or_refused_by_name(digit_compr
         prune_json(digit_compressor, deep, QUESTION, "needle")
     with pytest.raises(ContextTypeError, match="3000 levels deep, too deep to write as JSON text"):
         prune_tool_output(deep, QUESTION, **options)
+
+
+def test_keep_spans_are_offsets_into_a_json_outputs_text(digit_compressor: CPRSCompressor) -> None:
+    output = {"note": FILLER, "tail": "The code is 4471.", "end": "Nothing here either."}
+    text = json.dumps(output)
+    end = (text.index('"end"'), len(text))
+    for given in (output, text):  # JSON pruned by its records would count the offsets in its lines
+        pruned = prune_tool_output(given, QUESTION, digit_compressor, instruction="needle", granularity="token",
+                                   min_tokens=0, keep_spans=[end])
+        assert pruned.endswith('"end": "Nothing here either."}') and "4471" in pruned and FILLER not in pruned
