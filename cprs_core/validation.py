@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import threading
+import unicodedata
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -45,11 +46,18 @@ def check_query(query: Any, allow_empty_query: Any = False, name: str = "query")
     check_bool("allow_empty_query", allow_empty_query)
     if not isinstance(query, str):
         raise QueryError(f"{name} must be a string (the question the kept text must answer), got {_describe(query)}")
-    if not query.strip() and not allow_empty_query:
+    if not has_visible_text(query) and not allow_empty_query:
+        what = "is empty" if not query.strip() else f"holds only invisible characters ({query[:20]!r})"
         raise QueryError(
-            f"{name} is empty: give the question the kept text must answer (without one the critic keeps stray "
+            f"{name} {what}: give the question the kept text must answer (without one the critic keeps stray "
             "fragments), or pass allow_empty_query=True (CLI: --no-query) to compress without a question on purpose"
         )
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character other than whitespace, control and format characters (zero-width
+    spaces, BOMs, soft hyphens), which tokenizers drop: a question of only those asks nothing."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf") for char in text)
 
 
 def check_instruction(instruction: Any) -> None:

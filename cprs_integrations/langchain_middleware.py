@@ -16,6 +16,7 @@ from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 
 from cprs_core import Compressor, OptionError
+from cprs_core.validation import has_visible_text
 
 from ._shared import CompressorSettings
 from .tools import DEFAULT_MIN_TOKENS, asked_question, check_wrapper_options, prune, text_content
@@ -88,7 +89,7 @@ class CPRSToolOutputMiddleware(AgentMiddleware):
             return result
         text = text_content(result.content)
         question = asked_question(self.question, state)
-        if text is None or not (question.strip() or self.settings.allow_empty_query):
+        if text is None or not (has_visible_text(question) or self.settings.allow_empty_query):
             return result
         content, summary = prune(text, question, self.settings, self.min_tokens)
         if summary is None:

@@ -19,6 +19,7 @@ from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOu
 from llama_index.core.workflow import Context
 
 from cprs_core import Compressor, OptionError, QueryError
+from cprs_core.validation import has_visible_text
 
 from ._shared import CompressorSettings
 from .tools import DEFAULT_MIN_TOKENS, asked_question, check_wrapper_options, prune
@@ -108,7 +109,7 @@ class CPRSPrunedTool(FunctionTool):
         return asked_question(self.question, arguments) if callable(self.question) else self.question
 
     def _pruned(self, output: ToolOutput, question: str) -> ToolOutput:
-        if output.is_error or not (question.strip() or self.settings.allow_empty_query):
+        if output.is_error or not (has_visible_text(question) or self.settings.allow_empty_query):
             return output
         raw = output.raw_output
         content, summary = prune(raw if isinstance(raw, (dict, list)) else output.content, question, self.settings,

@@ -258,5 +258,10 @@ def test_without_a_question_results_pass_unless_empty_queries_are_allowed(digit_
     assert allowed.pruned(message, no_question).content == "The code is 4471."
     inner = FunctionTool.from_defaults(fn=lambda topic: output, name="search")
     assert CPRSPrunedTool(inner, lambda arguments: "", digit_compressor, min_tokens=50).call(topic="x").content == output
+    # a question of only invisible characters asks nothing either (the core refuses it as a query)
+    invisible = {"messages": [HumanMessage("\u200b\ufeff")]}
+    assert middleware.pruned(message, invisible) is message
+    assert CPRSPrunedTool(inner, lambda arguments: "\u200b", digit_compressor, min_tokens=50).call(
+        topic="x").content == output
     pruned = CPRSPrunedTool(inner, lambda arguments: "", digit_compressor, min_tokens=50, allow_empty_query=True)
     assert pruned.call(topic="x").content == "The code is 4471."

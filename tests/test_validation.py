@@ -42,6 +42,7 @@ QUERY = "Which numbers appear?"
 WRONG_ARGUMENTS = [
     ({"query": ""}, QueryError, "query is empty"),
     ({"query": " \n\t"}, QueryError, "allow_empty_query=True"),
+    ({"query": "\u200b\ufeff "}, QueryError, "query holds only invisible characters"),
     ({"query": None}, QueryError, "query must be a string"),
     ({"allow_empty_query": "yes"}, OptionError, "allow_empty_query must be True or False"),
     ({"instruction": "needles"}, InstructionError, "did you mean 'needle'?"),
