@@ -234,4 +234,7 @@ def _is_number(value: Any) -> bool:
 
 def _describe(value: Any) -> str:
     text = repr(value)
-    return f"{text[:60] + '...' if len(text) > 60 else text} ({type(value).__name__})"
+    kind = type(value).__name__
+    if type(value).__module__ == "numpy":  # np.int64(5) reads like an int: say how to pass one
+        kind = f"a NumPy {kind}: convert it with int() or float()"
+    return f"{text[:60] + '...' if len(text) > 60 else text} ({kind})"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from cprs_core import (
@@ -55,6 +56,7 @@ WRONG_ARGUMENTS = [
     ({"target_ratio": 1.5}, BudgetError, "in (0, 1]"),
     ({"target_ratio": float("nan")}, BudgetError, "target_ratio must be a number"),
     ({"target_ratio": "0.5"}, BudgetError, "target_ratio must be a number"),
+    ({"target_tokens": np.int64(5)}, BudgetError, "(a NumPy int64: convert it with int() or float())"),
     ({"target_tokens": 0}, BudgetError, "target_tokens must be a positive integer"),
     ({"target_ratio": 0.5, "target_tokens": 10}, BudgetError, "not both"),
     ({"min_span_tokens": -1}, OptionError, "min_span_tokens must be an integer >= 1"),
