@@ -70,7 +70,14 @@ def _tiktoken_counter(name: str) -> TokenCounter:
 
 def _checked_counter(count: Callable[[str], Any]) -> TokenCounter:
     def checked(text: str) -> int:
-        value = count(text)
+        try:
+            value = count(text)
+        except BudgetTokenizerError:
+            raise
+        except Exception as error:  # a wrong signature, or a bug in the caller's function
+            raise BudgetTokenizerError(
+                f"budget_tokenizer failed on a text: {type(error).__name__}: {error}; it must take one str and "
+                "return its token count") from error
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise BudgetTokenizerError(f"budget_tokenizer returned {value!r} for a text; it must return an int >= 0")
         return value

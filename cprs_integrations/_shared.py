@@ -174,7 +174,7 @@ class CompressorSettings(BaseModel):
     budget_tokenizer: Any = Field(
         default=None, repr=False,
         description="Count target_tokens/target_ratio in the reader's tokenizer: a transformers tokenizer, "
-        "a tiktoken encoding name or a str -> int function (a name or tokenizer directory survives "
+        "a tiktoken encoding name or a str -> int function (a tiktoken name survives "
         "to_json/model_dump_json; an object or function is written as null: pass it again when loading).",
     )
     allow_empty_query: bool = Field(default=False, description="Opt in to query-free compression of an empty query.")
@@ -234,7 +234,7 @@ class CompressorSettings(BaseModel):
 
     @field_serializer("budget_tokenizer")
     def _budget_tokenizer_name(self, budget_tokenizer: Any) -> str | None:
-        """A tiktoken encoding name or tokenizer directory as itself, so a restored adapter counts budgets in the
+        """A tiktoken encoding name as itself, so a restored adapter counts budgets in the
         same tokens; a tokenizer object or function cannot be written as JSON, so ``None``."""
         return budget_tokenizer if isinstance(budget_tokenizer, str) else None
 

@@ -182,6 +182,9 @@ def test_budget_in_a_tiktoken_encoding(digit_compressor: CPRSCompressor, monkeyp
         digit_compressor.compress(CONTEXT, QUESTION, "needle", target_tokens=5, budget_tokenizer=42)
     with pytest.raises(BudgetTokenizerError, match="int >= 0"):
         digit_compressor.compress(CONTEXT, QUESTION, "needle", target_tokens=5, budget_tokenizer=lambda text: "3")
+    with pytest.raises(BudgetTokenizerError, match="failed on a text: TypeError: .*take one str"):  # was a
+        digit_compressor.compress(CONTEXT, QUESTION, "needle", target_tokens=5,  # CompressionFailedError
+                                  budget_tokenizer=lambda text, model: len(text))
     with pytest.raises(BudgetError, match="no kept text fits in 2 tokens"):
         digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="paragraph", target_tokens=2,
                                   budget_tokenizer=len)
