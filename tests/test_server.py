@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from random import Random
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -476,6 +477,47 @@ def test_keep_spans_are_limited(url: str) -> None:
     body = {"context": CONTEXT, "query": QUERY, "keep_spans": [[0, 4]] * 10_001}
     response = post(url, "/v1/compress", json.dumps(body, separators=(",", ":")).encode())  # within MAX_BODY
     assert response.status_code == 422 and "keep_spans: List should have at most 10000 items" in response.text
+
+
+@pytest.mark.parametrize("pattern", ["a{100000}", "((a{100}){100}){10}", r"(?:a|b{1000}){1000}", r"\p{L}{2000}"])
+def test_a_keep_regex_whose_counted_repeats_compile_too_large_is_a_422(
+    url: str, digit_compressor: CPRSCompressor, pattern: str
+) -> None:
+    """``regex`` writes counted repeats out when it compiles: ``a{1000000000}`` (13 characters) took the server's
+    memory until the process was killed. These smaller ones cost 13-240 MB each, and were compiled."""
+    response = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep_regex": [r"\d{4}", pattern]})
+    assert response.status_code == 422, response.text[:300]
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"invalid request: keep_regex.1: Value error, {pattern!r} has counted repeats")
+    assert "limit of 1000" in message
+    usual = [r"\d{4}-\d{2}-\d{2}", "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", r"(\d{1,3}\.){3}\d{1,3}",
+             r"\w{1,100000}", r"\p{Lu}{3}", "x" * 1000]
+    kept = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep_regex": usual})
+    assert kept.status_code == 200 and "1984" in kept.json()["text"]
+    assert_still_serves(url, digit_compressor)
+
+
+def test_compiling_many_keep_regexes_does_not_stall_the_other_clients(serve: Callable[..., BackgroundServer]) -> None:
+    """Validating and compiling a batch's patterns took about a second per 256 of them on the event loop, so
+    every other client (health checks included) waited for all of them."""
+    server = serve(max_body_bytes=8 * 1024 * 1024)
+    random = Random(0)
+    letters = [chr(code) for code in range(97, 123)]
+    body = {"requests": [
+        {"context": CONTEXT, "query": QUERY, "keep_regex": ["".join(random.choices(letters, k=1000)) for _ in range(256)]}
+        for _ in range(8)  # all different: regex caches what it compiled
+    ]}
+    slowest = 0.0
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, server.url, "/v1/compress_batch", body)
+        while not pending.done():
+            started = time.monotonic()
+            assert httpx.get(server.url + "/health", timeout=60).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.05)
+        response = pending.result()
+    assert response.status_code == 200 and all(slot["result"] for slot in response.json()["results"])
+    assert slowest < 1.5
 
 
 def test_upstream_echo_of_a_deeply_nested_field_is_never_a_500(url: str) -> None:

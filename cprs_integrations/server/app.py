@@ -148,8 +148,9 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     async def compress(request: Request) -> JSONAnswer:
         """Compress one context; the body holds the arguments of ``CPRSCompressor.compress`` (and ``timeout_s``)."""
         authorize(request)
-        body = validate(CompressBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
-        item = _request(body)
+        data = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
+        body = await asyncio.to_thread(validate, CompressBody, data)  # keep_regex sizes: off the event loop
+        item = await asyncio.to_thread(_request, body)
         if isinstance(item, ApiError):
             raise item
         outcome = _raise_for((await run(request, [(item, body.timeout_s)]))[0])
@@ -159,8 +160,9 @@ def create_app(compressor: CPRSCompressor, settings: ServerSettings | None = Non
     async def compress_batch(request: Request) -> JSONAnswer:
         """Compress several contexts; each slot of ``results`` holds ``result`` or its own ``error``."""
         authorize(request)
-        body = validate(BatchBody, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
-        items = [_request(item) for item in body.requests]
+        data = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
+        body = await asyncio.to_thread(validate, BatchBody, data)
+        items = await asyncio.to_thread(_requests, body.requests)
         sent = [(item, each.timeout_s) for item, each in zip(items, body.requests) if not isinstance(item, ApiError)]
         computed = iter(await run(request, sent))
         slots = [_slot(item if isinstance(item, ApiError) else next(computed)) for item in items]
@@ -207,6 +209,13 @@ def _request(body: CompressBody) -> CompressionRequest | ApiError:
         return body.to_request()
     except CPRSError as error:
         return from_compression_error(error)
+
+
+def _requests(bodies: list[CompressBody]) -> list[CompressionRequest | ApiError]:
+    """Each body as a request or its own error (see :func:`_request`). Compiling a body's ``keep_regex`` takes up
+    to about a second, so endpoints call this (and validate, which sizes them) on a thread, never on the event loop,
+    which every other client's request needs."""
+    return [_request(body) for body in bodies]
 
 
 def _outcome(job: Job) -> Outcome:

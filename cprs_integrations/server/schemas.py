@@ -4,18 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from cprs_core import CompressionRequest
 from cprs_core.keep import KEEP_REGEX_SECONDS, join_patterns
 from cprs_core.validation import DEFAULT_GRANULARITY
 
+from .regex_size import written_out_items
+
 MAX_KEEP_PATTERNS = 256
 """Most entries in ``keep`` or ``keep_regex``: each is a pass over the context."""
 MAX_KEEP_CHARS = 10_000
 MAX_KEEP_REGEX_CHARS = 1_000
+MAX_KEEP_REGEX_ITEMS = 1_000
+"""Most items a ``keep_regex`` may hold once its counted repeats are written out (``a{1000}``: 1,000), as compiling
+does: as many as the longest pattern holds without them (see :mod:`.regex_size`)."""
 MAX_KEEP_SPANS = 10_000
 """Most ``keep_spans`` entries: each is checked and marked on the context's tokens while the request is prepared."""
+
+
+def _compilable(pattern: str) -> str:
+    """``pattern``, unless compiling it would write out more than :data:`MAX_KEEP_REGEX_ITEMS` items."""
+    items = written_out_items(pattern)
+    if items > MAX_KEEP_REGEX_ITEMS:
+        raise ValueError(
+            f"{pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, more "
+            f"than the server's limit of {MAX_KEEP_REGEX_ITEMS}; use smaller counts, or * and + (not counted)"
+        )
+    return pattern
 
 
 class CompressBody(BaseModel):
@@ -42,7 +58,7 @@ class CompressBody(BaseModel):
     keep: list[Annotated[str, Field(max_length=MAX_KEEP_CHARS)]] = Field(
         default_factory=list, max_length=MAX_KEEP_PATTERNS, description="literal strings always kept"
     )
-    keep_regex: list[Annotated[str, Field(max_length=MAX_KEEP_REGEX_CHARS)]] = Field(
+    keep_regex: list[Annotated[str, Field(max_length=MAX_KEEP_REGEX_CHARS), AfterValidator(_compilable)]] = Field(
         default_factory=list, max_length=MAX_KEEP_PATTERNS,
         description=f"regular expressions always kept (all matched within {KEEP_REGEX_SECONDS:g} s together)",
     )
