@@ -21,6 +21,7 @@ import numpy as np
 import regex
 
 from .errors import BudgetError, KeepError
+from .regex_size import MAX_COMPILED_ITEMS, written_out_items
 
 KeepPattern = Union[str, "re.Pattern[str]", "regex.Pattern[str]"]
 """A literal string (matched as is) or a compiled regular expression."""
@@ -48,7 +49,7 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
         if isinstance(pattern, _PATTERN_TYPES):
             if not isinstance(pattern.pattern, str):
                 raise KeepError(f"keep patterns must match str, got a bytes pattern {pattern.pattern!r}")
-            if pattern.fullmatch(""):
+            if _matches(pattern, ""):
                 raise KeepError(f"keep pattern {pattern.pattern!r} matches the empty string")
         elif not isinstance(pattern, str) or not pattern:
             raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
@@ -64,6 +65,11 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
 def compile_regex(pattern: str) -> "regex.Pattern[str]":
     """``pattern`` compiled by the ``regex`` package (``re``'s syntax; matched with a time limit), with a bad
     pattern reported as :class:`KeepError`."""
+    items = written_out_items(pattern)
+    if items > MAX_COMPILED_ITEMS:
+        raise KeepError(
+            f"keep_regex {pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, "
+            f"more than {MAX_COMPILED_ITEMS}; use smaller counts, or * and + (not counted)")
     try:
         return regex.compile(pattern)
     except regex.error as error:
@@ -125,7 +131,8 @@ def forced_ranges(
     the truncated text is.
 
     Raises:
-        KeepError: the ``regex``-compiled patterns took more than :data:`KEEP_REGEX_SECONDS` together.
+        KeepError: the ``regex``-compiled patterns took more than :data:`KEEP_REGEX_SECONDS` together, or one
+            recursed without end.
     """
     ranges = [(start, min(end, len(text))) for start, end in keep_spans if start < len(text)]
     deadline = time.monotonic() + KEEP_REGEX_SECONDS
@@ -149,6 +156,24 @@ def _timed_matches(pattern: "regex.Pattern[str]", text: str, deadline: float) ->
             f"keep_regex {pattern.pattern!r} took more than {KEEP_REGEX_SECONDS:g} s to match this context (a pattern "
             "that backtracks without end, such as '(a|aa)+$'?); simplify it"
         ) from None
+    except MemoryError:
+        raise _recursing(pattern) from None
+
+
+def _matches(pattern: "re.Pattern[str] | regex.Pattern[str]", text: str) -> bool:
+    """Whether ``pattern`` matches all of ``text``."""
+    try:
+        return pattern.fullmatch(text) is not None
+    except MemoryError:
+        raise _recursing(pattern) from None
+
+
+def _recursing(pattern: "re.Pattern[str] | regex.Pattern[str]") -> KeepError:
+    """The error for a pattern the ``regex`` package gave up on with a ``MemoryError`` (it recurses without end)."""
+    return KeepError(
+        f"keep_regex {pattern.pattern!r} ran out of memory matching (a pattern that recurses without end, such as "
+        "'(?R)'?); simplify it"
+    )
 
 
 def _forced_token_mask(offsets: Sequence[tuple[int, int]], ranges: Sequence[tuple[int, int]]) -> np.ndarray:

@@ -373,3 +373,14 @@ def test_an_unknown_budget_tokenizer_name_fails_on_one_line_before_the_model_loa
     err = capsys.readouterr().err
     assert err.startswith("cprs compress: error: --budget-tokenizer 'o200k' is neither a tokenizer directory nor a "
                           "tiktoken encoding this machine can load (") and err.count("\n") == 1
+
+
+def test_a_keep_regex_too_large_to_compile_fails_on_one_line(
+    text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--keep-regex 'a{1000000000}'`` asked the regex package for a billion copies: the process ran out of memory."""
+    argv = ["compress", "-q", QUERY, "--model", "/no/such/model", "--keep-regex", "a{1000000000}", str(text_file)]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "'a{1000000000}' has counted repeats ({n}) that compiling writes out to about 1000000000 items" in err
+    assert err.count("\n") == 1

@@ -218,6 +218,8 @@ def test_a_backtracking_keep_regex_is_a_400_and_does_not_stall_the_server(
         response = pending.result()
     assert response.status_code == 400 and response.json()["error"]["type"] == "KeepError"
     assert "(a|aa)+$" in response.json()["error"]["message"] and slowest < 1.0
+    recursing = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep_regex": ["(?R)"]})  # was a 500
+    assert recursing.status_code == 400 and "'(?R)' ran out of memory" in recursing.json()["error"]["message"]
     too_many = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep": ["x"] * 257})
     assert too_many.status_code == 422 and "keep: List should have at most 256 items" in too_many.text
     too_long = post(url, "/v1/compress", {"context": CONTEXT, "query": QUERY, "keep_regex": ["a" * 1001]})

@@ -212,6 +212,10 @@ def test_a_backtracking_keep_regex_is_stopped_without_holding_other_threads(digi
     ordinary = join_patterns([], ["^Nothing"])
     kept = digit_compressor.compress(CONTEXT, QUESTION, "needle", granularity="sentence", keep=ordinary)
     assert kept.text.startswith("Nothing here is a number at all.")  # ordinary patterns work as before
+    with pytest.raises(KeepError, match=r"'\(\?R\)' ran out of memory matching"):  # was a
+        digit_compressor.compress(CONTEXT, QUESTION, "needle", keep=join_patterns([], ["(?R)"]))  # 500 on a server
+    with pytest.raises(KeepError, match=r"writes out to about 1000000000 items, more than 100000"):  # compiling
+        join_patterns([], ["((a{1000}){1000}){1000}"])  # it took the process's memory
 
 
 def test_a_keep_regex_fails_before_its_windows_join_the_models_batches(digit_compressor: CPRSCompressor) -> None:

@@ -10,7 +10,7 @@ from cprs_core import CompressionRequest
 from cprs_core.keep import KEEP_REGEX_SECONDS, join_patterns
 from cprs_core.validation import DEFAULT_GRANULARITY
 
-from .regex_size import written_out_items
+from cprs_core.regex_size import written_out_items
 
 MAX_KEEP_PATTERNS = 256
 """Most entries in ``keep`` or ``keep_regex``: each is a pass over the context."""
@@ -18,7 +18,7 @@ MAX_KEEP_CHARS = 10_000
 MAX_KEEP_REGEX_CHARS = 1_000
 MAX_KEEP_REGEX_ITEMS = 1_000
 """Most items a ``keep_regex`` may hold once its counted repeats are written out (``a{1000}``: 1,000), as compiling
-does: as many as the longest pattern holds without them (see :mod:`.regex_size`)."""
+does: as many as the longest pattern holds without them (see :mod:`cprs_core.regex_size`)."""
 MAX_KEEP_SPANS = 10_000
 """Most ``keep_spans`` entries: each is checked and marked on the context's tokens while the request is prepared."""
 

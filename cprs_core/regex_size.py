@@ -1,9 +1,10 @@
-"""How large a client's ``keep_regex`` becomes once compiled, told before it is compiled.
+"""How large a ``keep_regex`` becomes once compiled, told before it is compiled.
 
 The ``regex`` package writes a counted repeat out when it compiles it: ``a{1000000000}`` asks for a billion copies
-of ``a`` (about 250 bytes each), which takes the server's memory until the process is killed, and ``a{10000000}``
-takes 2.8 GB and 6 s. Nested repeats multiply (``((a{1000}){1000}){1000}``). So a pattern's written-out size is
-estimated from its text first, with Python's own regular expression parser, and a pattern too large is refused.
+of ``a`` (about 250 bytes each), which takes the process's memory until it is killed, and ``a{10000000}`` takes
+2.8 GB and 6 s. Nested repeats multiply (``((a{1000}){1000}){1000}``). So a pattern's written-out size is estimated
+from its text first, with Python's own regular expression parser, and a pattern too large is refused:
+:func:`cprs_core.keep.compile_regex` above :data:`MAX_COMPILED_ITEMS`, a server above its own, smaller limit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ try:
     from re import _parser as _regex_parser  # Python 3.11+
 except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _regex_parser  # type: ignore[no-redef]
+
+MAX_COMPILED_ITEMS = 100_000
+"""Most items a regex compiled for ``keep`` may hold once written out (about 25 MB; ``a{100000}`` compiles in
+well under a second)."""
 
 _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 _COUNTED_REPEAT = re.compile(r"\{(\d*),?\d*\}")
