@@ -21,7 +21,7 @@ import numpy as np
 import regex
 
 from .errors import BudgetError, KeepError
-from .regex_size import MAX_COMPILED_ITEMS, written_out_items
+from .regex_size import MAX_COMPILED_ITEMS, check_compiled_size
 
 KeepPattern = Union[str, "re.Pattern[str]", "regex.Pattern[str]"]
 """A literal string (matched as is) or a compiled regular expression."""
@@ -65,11 +65,7 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
 def compile_regex(pattern: str) -> "regex.Pattern[str]":
     """``pattern`` compiled by the ``regex`` package (``re``'s syntax; matched with a time limit), with a bad
     pattern reported as :class:`KeepError`."""
-    items = written_out_items(pattern)
-    if items > MAX_COMPILED_ITEMS:
-        raise KeepError(
-            f"keep_regex {pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, "
-            f"more than {MAX_COMPILED_ITEMS}; use smaller counts, or * and + (not counted)")
+    check_compiled_size(pattern, MAX_COMPILED_ITEMS)
     try:
         return regex.compile(pattern)
     except regex.error as error:

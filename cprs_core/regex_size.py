@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .errors import KeepError
+
 try:
     from re import _parser as _regex_parser  # Python 3.11+
 except ImportError:  # pragma: no cover - Python 3.10
@@ -23,6 +25,22 @@ well under a second)."""
 
 _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 _COUNTED_REPEAT = re.compile(r"\{(\d*),?\d*\}")
+
+
+def check_compiled_size(pattern: str, limit: int, *, name: str = "keep_regex ", limit_text: str = "") -> None:
+    """Refuse ``pattern`` when compiling it would write out more than ``limit`` items (:func:`written_out_items`).
+
+    ``name`` starts the message (a server's validation error already names the field); ``limit_text`` says whose
+    limit it is.
+
+    Raises:
+        KeepError: the pattern is too large (a ``ValueError``, so pydantic validators report it as theirs).
+    """
+    items = written_out_items(pattern)
+    if items > limit:
+        raise KeepError(
+            f"{name}{pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, "
+            f"more than {limit_text}{limit}; use smaller counts, or * and + (not counted)")
 
 
 def written_out_items(pattern: str) -> int:

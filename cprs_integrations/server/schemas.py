@@ -8,9 +8,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from cprs_core import CompressionRequest
 from cprs_core.keep import KEEP_REGEX_SECONDS, join_patterns
+from cprs_core.regex_size import check_compiled_size
 from cprs_core.validation import DEFAULT_GRANULARITY
-
-from cprs_core.regex_size import written_out_items
 
 MAX_KEEP_PATTERNS = 256
 """Most entries in ``keep`` or ``keep_regex``: each is a pass over the context."""
@@ -25,12 +24,7 @@ MAX_KEEP_SPANS = 10_000
 
 def _compilable(pattern: str) -> str:
     """``pattern``, unless compiling it would write out more than :data:`MAX_KEEP_REGEX_ITEMS` items."""
-    items = written_out_items(pattern)
-    if items > MAX_KEEP_REGEX_ITEMS:
-        raise ValueError(
-            f"{pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, more "
-            f"than the server's limit of {MAX_KEEP_REGEX_ITEMS}; use smaller counts, or * and + (not counted)"
-        )
+    check_compiled_size(pattern, MAX_KEEP_REGEX_ITEMS, name="", limit_text="the server's limit of ")
     return pattern
 
 
