@@ -11,7 +11,7 @@ import torch
 
 from .critic import TokenCritic
 from .engine import DEFAULT_MAX_CONTEXT_TOKENS, CompressionRequest, Granularity, ProgressCallback, WindowParallelEngine
-from .errors import ContextTypeError, CPRSError, ModelLoadError, OptionError, WindowSizeError
+from .errors import ContextTypeError, CPRSError, ModelLoadError, OptionError, WindowSizeError, quoted
 from .keep import KeepPattern
 from .qwen_critic import QwenCritic
 from .result import CompressionResult
@@ -31,12 +31,15 @@ def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
     """A local directory for ``path_or_id``: the path itself, or a Hugging Face cache snapshot (never downloads)."""
     if not str(path_or_id).strip():  # Path("") is the working directory
         raise ModelLoadError("the model path is empty; give a model directory, or nothing for the embedded cprs-mini")
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelLoadError(f"{path} is a file; give the model directory that holds config.json")
     text = str(path_or_id)
+    path = Path(path_or_id).expanduser()
+    try:
+        if path.is_dir():
+            return path
+        if path.exists():
+            raise ModelLoadError(f"{quoted(str(path))} is a file; give the model directory that holds config.json")
+    except OSError as error:  # a name too long for the file system, a directory that cannot be read
+        raise ModelLoadError(f"cannot look up the model path {quoted(text)}: {error.strerror or error}") from None
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
@@ -46,7 +49,7 @@ def _resolve_model_dir(path_or_id: str | os.PathLike[str]) -> Path:
         except (LocalEntryNotFoundError, OSError, ValueError):
             pass
     raise ModelLoadError(
-        f"no model at {text!r}: it is not a local directory and not in the Hugging Face cache. cprs never "
+        f"no model at {quoted(text)}: it is not a local directory and not in the Hugging Face cache. cprs never "
         "downloads at run time; fetch it first, e.g. `hf download Tongyi-Zhiwen/QwenLong-CPRS-7B "
         "--local-dir ./QwenLong-CPRS-7B`, then pass that directory"
     )
@@ -149,7 +152,7 @@ class CPRSCompressor:
         check_bool("compile", compile)
         if path_or_id is not None and not isinstance(path_or_id, (str, os.PathLike)):
             raise ModelLoadError(
-                f"path_or_id must be a directory, a hub id or 'cprs-mini', got {type(path_or_id).__name__} {path_or_id!r}"
+                f"path_or_id must be a directory, a hub id or 'cprs-mini', got {type(path_or_id).__name__} {quoted(path_or_id)}"
             )
         critic: TokenCritic
         if path_or_id is None or str(path_or_id) == DEFAULT_MODEL:

@@ -20,6 +20,7 @@ from .errors import (
     EmptyContextError,
     GranularityError,
     KeepError,
+    OptionError,
     TextDecodingError,
     WindowSizeError,
 )
@@ -105,8 +106,19 @@ class CompressionRequest:
     allow_empty_query: bool = False
 
     def __new__(cls, *args: Any, **named: Any) -> CompressionRequest:
-        # before the generated __init__, which would raise a bare TypeError for an unknown keyword
-        check_known_options(named, [field.name for field in fields(cls)])
+        # before the generated __init__, which would raise a bare TypeError for an unknown keyword, a missing
+        # context or too many positional arguments (pickle calls __new__ with none at all: left to __init__)
+        names = [field.name for field in fields(cls)]
+        check_known_options(named, names)
+        if len(args) > len(names):
+            raise OptionError(f"CompressionRequest takes at most {len(names)} positional arguments "
+                              f"({', '.join(names)}), got {len(args)}")
+        twice = [name for name in names[: len(args)] if name in named]
+        if twice:
+            raise OptionError(f"CompressionRequest got {twice[0]} both as a positional argument and by name")
+        if named and not args and "context" not in named:
+            raise OptionError("CompressionRequest needs a context (the text to compress), as its first argument "
+                              "or context=...")
         return super().__new__(cls)
 
     @property

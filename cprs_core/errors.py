@@ -78,3 +78,16 @@ class InstructionError(CPRSError):
 
 class OptionError(CPRSError):
     """Any other option of the wrong type or out of range (``min_span_tokens``, ``separator``, ...)."""
+
+
+QUOTED_CHARACTERS = 80
+"""How much of a wrong value an error message quotes (a 100,000-character value is cut, with its length said)."""
+
+
+def quoted(value: object, limit: int = QUOTED_CHARACTERS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters with the value's length said when longer."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}... ({length:,} {'bytes' if isinstance(value, bytes) else 'characters'})"

@@ -20,7 +20,7 @@ from typing import Sequence, Union
 import numpy as np
 import regex
 
-from .errors import BudgetError, KeepError
+from .errors import BudgetError, KeepError, quoted
 from .regex_size import MAX_COMPILED_ITEMS, check_compiled_size
 
 KeepPattern = Union[str, "re.Pattern[str]", "regex.Pattern[str]"]
@@ -48,18 +48,18 @@ def check_keep(keep: Sequence[KeepPattern], keep_spans: Sequence[tuple[int, int]
     for pattern in keep:
         if isinstance(pattern, _PATTERN_TYPES):
             if not isinstance(pattern.pattern, str):
-                raise KeepError(f"keep patterns must match str, got a bytes pattern {pattern.pattern!r}")
+                raise KeepError(f"keep patterns must match str, got a bytes pattern {quoted(pattern.pattern)}")
             if _matches(pattern, ""):
-                raise KeepError(f"keep pattern {pattern.pattern!r} matches the empty string")
+                raise KeepError(f"keep pattern {quoted(pattern.pattern)} matches the empty string")
         elif not isinstance(pattern, str) or not pattern:
-            raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {pattern!r}")
+            raise KeepError(f"keep entries must be non-empty strings or re.Pattern objects, got {quoted(pattern)}")
     for span in keep_spans:
         offsets = (isinstance(span, (list, tuple)) and len(span) == 2
                    and all(isinstance(x, int) and not isinstance(x, bool) for x in span))
         if not offsets or not 0 <= span[0] < span[1] or (text_length is not None and span[1] > text_length):
             bound = "" if text_length is None else f" <= {text_length} (the context's length)"
             raise KeepError(f"keep_spans entries are (start, end) character offsets with 0 <= start < end{bound}; "
-                            f"got {span!r}")
+                            f"got {quoted(span)}")
 
 
 def compile_regex(pattern: str) -> "regex.Pattern[str]":
@@ -69,7 +69,7 @@ def compile_regex(pattern: str) -> "regex.Pattern[str]":
     try:
         return regex.compile(pattern)
     except regex.error as error:
-        raise KeepError(f"keep_regex {pattern!r} is not a valid regular expression: {error}") from error
+        raise KeepError(f"keep_regex {quoted(pattern)} is not a valid regular expression: {error}") from error
 
 
 def split_patterns(keep: Sequence[KeepPattern]) -> tuple[list[str], list[str]]:
@@ -149,7 +149,7 @@ def _timed_matches(pattern: "regex.Pattern[str]", text: str, deadline: float) ->
         return list(pattern.finditer(text, concurrent=True, timeout=max(deadline - time.monotonic(), 0.001)))
     except TimeoutError:
         raise KeepError(
-            f"keep_regex {pattern.pattern!r} took more than {KEEP_REGEX_SECONDS:g} s to match this context (a pattern "
+            f"keep_regex {quoted(pattern.pattern)} took more than {KEEP_REGEX_SECONDS:g} s to match this context (a pattern "
             "that backtracks without end, such as '(a|aa)+$'?); simplify it"
         ) from None
     except MemoryError:
@@ -167,7 +167,7 @@ def _matches(pattern: "re.Pattern[str] | regex.Pattern[str]", text: str) -> bool
 def _recursing(pattern: "re.Pattern[str] | regex.Pattern[str]") -> KeepError:
     """The error for a pattern the ``regex`` package gave up on with a ``MemoryError`` (it recurses without end)."""
     return KeepError(
-        f"keep_regex {pattern.pattern!r} ran out of memory matching (a pattern that recurses without end, such as "
+        f"keep_regex {quoted(pattern.pattern)} ran out of memory matching (a pattern that recurses without end, such as "
         "'(?R)'?); simplify it"
     )
 

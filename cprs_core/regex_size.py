@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import KeepError
+from .errors import KeepError, quoted
 
 try:
     from re import _parser as _regex_parser  # Python 3.11+
@@ -37,10 +37,14 @@ def check_compiled_size(pattern: str, limit: int, *, name: str = "keep_regex ", 
         KeepError: the pattern is too large (a ``ValueError``, so pydantic validators report it as theirs).
     """
     items = written_out_items(pattern)
-    if items > limit:
+    if items <= limit:
+        return
+    if _COUNTED_REPEAT.search(pattern):
         raise KeepError(
-            f"{name}{pattern[:80]!r} has counted repeats ({{n}}) that compiling writes out to about {items} items, "
+            f"{name}{quoted(pattern)} has counted repeats ({{n}}) that compiling writes out to about {items} items, "
             f"more than {limit_text}{limit}; use smaller counts, or * and + (not counted)")
+    raise KeepError(f"{name}{quoted(pattern)} compiles to about {items} items, more than {limit_text}{limit}; "
+                    "use a shorter pattern")
 
 
 def written_out_items(pattern: str) -> int:

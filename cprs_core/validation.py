@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError
+from .errors import BudgetError, CPRSError, GranularityError, InstructionError, OptionError, QueryError, quoted
 from .prompt import INSTRUCTIONS, LITERAL_INSTRUCTIONS
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def check_instruction(instruction: Any) -> None:
 def check_granularity(granularity: Any) -> None:
     """``granularity`` must be one of :data:`GRANULARITIES`."""
     if granularity not in GRANULARITIES:
-        raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        raise GranularityError(f"granularity must be one of {GRANULARITIES}, got {quoted(granularity)}")
 
 
 def check_budget(target_ratio: Any, target_tokens: Any) -> None:
@@ -178,7 +178,7 @@ def check_known_options(given: Iterable[str], known: Collection[str]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise OptionError(f"unknown option {name!r}: {hint}The options are {', '.join(sorted(known))}")
+            raise OptionError(f"unknown option {quoted(name)}: {hint}The options are {', '.join(sorted(known))}")
 
 
 def check_timeout(name: str, value: Any) -> None:
@@ -186,7 +186,7 @@ def check_timeout(name: str, value: Any) -> None:
     ``threading.TIMEOUT_MAX`` (``nan`` and ``inf`` included in what is refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= threading.TIMEOUT_MAX:
         raise OptionError(
-            f"{name} must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}; got {value!r}"
+            f"{name} must be a positive number of seconds, at most {threading.TIMEOUT_MAX:.0f}; got {quoted(value)}"
         )
 
 
@@ -195,7 +195,7 @@ def check_server_url(name: str, url: Any) -> None:
     deep inside urllib on the first call)."""
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OptionError(f"{name} must be an http:// or https:// URL such as http://gpu-box:8091, got {url!r}")
+        raise OptionError(f"{name} must be an http:// or https:// URL such as http://gpu-box:8091, got {quoted(url)}")
 
 
 def check_progress(progress: Any) -> None:
@@ -233,8 +233,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
     kind = type(value).__name__
     if type(value).__module__ == "numpy":  # np.int64(5) reads like an int: say how to pass one
         kind = f"a NumPy {kind}: convert it with int() or float()"
-    return f"{text[:60] + '...' if len(text) > 60 else text} ({kind})"
+    return f"{quoted(value)} ({kind})"

@@ -30,6 +30,7 @@ from cprs_core import (
     Span,
     WindowSizeError,
 )
+from cprs_core.errors import QUOTED_CHARACTERS, quoted
 from cprs_core.keep import check_keep, forced_ranges, regex_text
 from cprs_core.reader_tokens import reader_tokenizer
 from cprs_core.remote import API_KEY_ENV
@@ -69,20 +70,27 @@ def pydantic_problems(error: ValidationError, root: str, with_input: bool = Fals
     """Each of pydantic's complaints as ``field: message``, ``root`` naming the whole object; ``with_input`` adds
     ``(got value)`` to each complaint about a field."""
     return "; ".join(
-        f"{'.'.join(map(str, item['loc'])) or root}: {item['msg']}"
-        + (f" (got {item['input']!r})" if with_input and item["loc"] else "")
+        f"{'.'.join(_place(part) for part in item['loc']) or root}: {item['msg']}"
+        + (f" (got {quoted(item['input'])})" if with_input and item["loc"] else "")
         for item in error.errors()
     )
+
+
+def _place(part: Any) -> str:
+    """One part of a pydantic error location: a field name or index, quoted short when it is long (an unknown
+    field's name is the client's own text)."""
+    text = str(part)
+    return text if len(text) <= QUOTED_CHARACTERS else quoted(text)
 
 
 def _compiled(entry: dict[str, Any]) -> re.Pattern[str]:
     """A serialized ``keep`` regex, ``{"regex": "..."}``, compiled."""
     if set(entry) != {"regex"} or not isinstance(entry["regex"], str):
-        raise ValueError(f'a keep entry given as a dict must be {{"regex": "<pattern>"}}, got {entry!r}')
+        raise ValueError(f'a keep entry given as a dict must be {{"regex": "<pattern>"}}, got {quoted(entry)}')
     try:
         return re.compile(entry["regex"])
     except re.error as error:
-        raise ValueError(f"keep regex {entry['regex']!r} is not a valid regular expression: {error}") from None
+        raise ValueError(f"keep regex {quoted(entry['regex'])} is not a valid regular expression: {error}") from None
 
 
 def local_compressor(
@@ -314,6 +322,13 @@ class DocumentSettings(CompressorSettings):
         "probability of its best kept sentence), unless it holds keep/keep_spans text. None: no cut-off.",
     )
 
+    @field_validator("metadata_key")
+    @classmethod
+    def _key_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("metadata_key must name a metadata key (such as 'cprs'), not be empty or blank")
+        return value
+
     @field_validator("min_score", mode="before")
     @classmethod
     def _score_in_range(cls, value: Any) -> Any:
@@ -321,21 +336,25 @@ class DocumentSettings(CompressorSettings):
             raise ValueError("min_score must be a span score between 0 and 1, or None")
         return value
 
-    def compress_texts(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
+    def compress_texts(
+        self, texts: Sequence[str], query: str, names: Sequence[str] | None = None
+    ) -> list[KeptText | None]:
         """What was kept of each text for ``query``; ``None`` for a text that is empty, had nothing kept, or
         whose best span scored below ``min_score`` (unless ``keep``/``keep_spans`` force some of it: forced text
-        is never dropped).
+        is never dropped). ``names`` (default ``texts[i]``) name the texts in errors about one of them.
 
         Raises:
-            CPRSError: any error other than an empty text (an empty query, a context too large, ...).
+            CPRSError: any error other than an empty text (an empty query, a context too large, ...); an error
+                about one text starts with its name.
         """
         check_query(query, self.allow_empty_query)
         if not texts:
             return []
+        names = [f"texts[{index}]" for index in range(len(texts))] if names is None else names
         if self.mode == "joint":
-            kept = self._compress_jointly(texts, query)
+            kept = self._compress_jointly(texts, query, names)
         else:
-            kept = [_kept(outcome) for outcome in self.compress_batch(texts, query)]
+            kept = [_kept(outcome, name) for outcome, name in zip(self.compress_batch(texts, query), names)]
         if self.min_score is None:
             return kept
         return [item if item is not None and (item.score >= self.min_score or self._forces_some_of(text)) else None
@@ -358,7 +377,7 @@ class DocumentSettings(CompressorSettings):
             raise ContextTypeError(f"{name}.metadata must be a dict, got {type(metadata).__name__}")
         if self.metadata_key in metadata and not _is_compression_metadata(metadata[self.metadata_key]):
             raise OptionError(
-                f"{name}.metadata already has the key {self.metadata_key!r} (holding "
+                f"{name}.metadata already has the key {quoted(self.metadata_key)} (holding "
                 f"{metadata[self.metadata_key]!r:.60}), where the compression metadata goes; pass a free key as "
                 "metadata_key so that it is not overwritten")
 
@@ -381,13 +400,13 @@ class DocumentSettings(CompressorSettings):
             "spans": [span.to_dict() for span in kept.spans],
         }
 
-    def _compress_jointly(self, texts: Sequence[str], query: str) -> list[KeptText | None]:
+    def _compress_jointly(self, texts: Sequence[str], query: str, names: Sequence[str]) -> list[KeptText | None]:
         starts = []
         position = 0
         for text in texts:
             starts.append(position)
             position += len(text) + len(self.document_separator)
-        settings = self._with_spans_in_each(texts, starts) if self.keep_spans else self
+        settings = self._with_spans_in_each(texts, starts, names) if self.keep_spans else self
         outcome = settings.compress_batch([self.document_separator.join(texts)], query)[0]
         if isinstance(outcome, EmptyContextError):
             return [None] * len(texts)
@@ -399,17 +418,22 @@ class DocumentSettings(CompressorSettings):
             kept.append(KeptText(self.separator.join(span.text for span in spans), spans, outcome) if spans else None)
         return kept
 
-    def _with_spans_in_each(self, texts: Sequence[str], starts: Sequence[int]) -> "DocumentSettings":
+    def _with_spans_in_each(
+        self, texts: Sequence[str], starts: Sequence[int], names: Sequence[str]
+    ) -> "DocumentSettings":
         """These settings with ``keep_spans`` (offsets into each text, as in per-document mode) moved to every
         non-blank text's place in the joint context.
 
         Raises:
-            KeepError: a span ending past a non-blank text's end, as per-document mode raises it.
+            KeepError: a span ending past a non-blank text's end, as per-document mode raises it (its name first).
         """
         spans = []
-        for text, start in zip(texts, starts):
+        for text, start, name in zip(texts, starts, names):
             if text.strip():
-                check_keep((), self.keep_spans, len(text))
+                try:
+                    check_keep((), self.keep_spans, len(text))
+                except CPRSError as error:
+                    raise _about(error, name) from None
                 spans.extend((start + span_start, start + span_end) for span_start, span_end in self.keep_spans)
         return self.model_copy(update={"keep_spans": spans})
 
@@ -419,12 +443,17 @@ def _is_compression_metadata(value: Any) -> bool:
     return isinstance(value, Mapping) and value.get("mode") in get_args(Mode) and "spans" in value
 
 
-def _kept(outcome: CompressionResult | CPRSError) -> KeptText | None:
+def _kept(outcome: CompressionResult | CPRSError, name: str) -> KeptText | None:
     if isinstance(outcome, EmptyContextError):
         return None
     if isinstance(outcome, CPRSError):
-        raise outcome
+        raise _about(outcome, name) from outcome.__cause__
     return KeptText(outcome.text, list(outcome.spans), outcome) if outcome.spans else None
+
+
+def _about(error: CPRSError, name: str) -> CPRSError:
+    """``error`` as the same kind of error, its message starting with ``name`` (the text it is about)."""
+    return type(error)(f"{name}: {error}")
 
 
 def _clip(span: Span, text: str, offset: int) -> Span | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cprs_core import CPRSError
+from cprs_core.errors import quoted
 
 MANIFEST = "manifest.json"
 _PART_PREFIX = "part-"
@@ -183,7 +184,7 @@ def _record_id(line: bytes, where: str, id_field: str) -> Any:
     if not isinstance(record, dict):
         raise BatchInputError(f"{where}: a JSON {type(record).__name__}, not an object")
     if record.get(id_field) is None:
-        raise BatchInputError(f"{where}: no {id_field!r} field; every record needs a unique id")
+        raise BatchInputError(f"{where}: no {quoted(id_field)} field; every record needs a unique id")
     return record[id_field]
 
 

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from cprs_core.errors import CPRSError, WindowSizeError
+from cprs_core.errors import CPRSError, WindowSizeError, quoted
 from cprs_core.prompt import INSTRUCTIONS
 from cprs_core.validation import (
     DEFAULT_MODEL,
@@ -150,9 +150,9 @@ def _finite_float(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {quoted(value)}") from None
     if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {quoted(value)}")
     return number
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cprs_core.errors import BudgetTokenizerError
+from cprs_core.errors import BudgetTokenizerError, quoted
 from cprs_core.keep import join_patterns
 from cprs_core.reader_tokens import reader_tokenizer
 from cprs_core.validation import DEFAULT_GRANULARITY, GRANULARITIES
@@ -74,7 +74,7 @@ def _budget_tokenizer(name: str, local: bool) -> Any:
         return AutoTokenizer.from_pretrained(Path(name).expanduser())
     except (OSError, ValueError) as error:
         raise BudgetTokenizerError(
-            f"--budget-tokenizer {name!r} is a directory but not a transformers tokenizer ({_one_line(error)})"
+            f"--budget-tokenizer {quoted(name)} is a directory but not a transformers tokenizer ({_one_line(error)})"
         ) from error
 
 
@@ -85,7 +85,7 @@ def _check_encoding(name: str) -> None:
         reader_tokenizer(name)
     except BudgetTokenizerError as error:
         raise BudgetTokenizerError(
-            f"--budget-tokenizer {name!r} is neither a tokenizer directory nor a tiktoken encoding this machine can "
+            f"--budget-tokenizer {quoted(name)} is neither a tokenizer directory nor a tiktoken encoding this machine can "
             f"load ({_one_line(error)})"
         ) from error
 
@@ -98,5 +98,5 @@ def _one_line(error: Exception) -> str:
 def _span(value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+):(\d+)", value.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"expected START:END character offsets, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected START:END character offsets, got {quoted(value)}")
     return int(match.group(1)), int(match.group(2))

@@ -64,7 +64,8 @@ class CPRSDocumentCompressor(DocumentSettings, BaseDocumentCompressor):
                 raise ContextTypeError(
                     f"documents[{index}].page_content must be a str, got {type(document.page_content).__name__}")
             self.check_metadata(document.metadata, f"documents[{index}]")
-        kept = self.compress_texts([document.page_content for document in documents], query)
+        kept = self.compress_texts([document.page_content for document in documents], query,
+                                   [f"documents[{index}]" for index in range(len(documents))])
         return [
             document.model_copy(
                 update={

@@ -57,7 +57,8 @@ class CPRSNodePostprocessor(DocumentSettings, BaseNodePostprocessor):
                 self.check_metadata(item.node.metadata, f"nodes[{index}].node")
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
         processed = []
-        for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str)):
+        names = [f"nodes[{index}].node" for index in range(len(nodes))]
+        for item, kept in zip(nodes, self.compress_texts(texts, query_bundle.query_str, names)):
             if kept is None:
                 if _image_only(item.node):
                     processed.append(item)

@@ -38,6 +38,7 @@ import ray
 import ray.data
 
 from cprs_core import DEFAULT_MODEL, INSTRUCTIONS, CompressionRequest, CompressionResult, Compressor, CPRSError
+from cprs_core.errors import quoted
 from cprs_core.validation import DEFAULT_GRANULARITY, Granularity, check_query, check_settings
 
 from .batch_store import BatchInputError, Block, InputPlan, PartStore, plan_blocks, read_block
@@ -409,10 +410,10 @@ def _output_line(id_field: str, record_id: Any, outcome: CompressionResult | CPR
 
 def _text_field(record: dict[str, Any], field: str) -> str:
     if field not in record:
-        raise InvalidRecordError(f"the record has no {field!r} field")
+        raise InvalidRecordError(f"the record has no {quoted(field)} field")
     value = record[field]
     if not isinstance(value, str):
-        raise InvalidRecordError(f"field {field!r} must be a string, got {json.dumps(value)[:60]}")
+        raise InvalidRecordError(f"field {quoted(field)} must be a string, got {quoted(value)}")
     return value
 
 

@@ -276,9 +276,10 @@ def test_joint_mode_keeps_keep_spans_of_every_document_as_per_document_mode_does
         ).compress_documents(documents, QUERY)
         assert [document.page_content.split(" ")[0] for document in forced] == ["Alpha", "Omega"], mode
         assert forced[1].page_content.endswith("The code is 4471."), mode
-    with pytest.raises(KeepError, match=r"<= 3 \(the context's length\); got \(0, 5\)"):  # as per document
-        CPRSDocumentCompressor(compressor=digit_compressor, mode="joint", keep_spans=[(0, 5)]).compress_documents(
-            [*documents, Document("4 5")], QUERY)
+    for mode in ("per_document", "joint"):  # the same error, naming the document
+        with pytest.raises(KeepError, match=r"^documents\[2\]: keep_spans .*<= 3 \(the context's length\); got \(0, 5\)"):
+            CPRSDocumentCompressor(compressor=digit_compressor, mode=mode, keep_spans=[(0, 5)]).compress_documents(
+                [*documents, Document("4 5")], QUERY)
 
 
 def test_metadata_already_under_the_metadata_key_is_an_option_error_not_overwritten(
@@ -288,6 +289,9 @@ def test_metadata_already_under_the_metadata_key_is_an_option_error_not_overwrit
     mine = Document(f"The code is 4471. {FILLER}", metadata={"cprs": "my own data"})
     with pytest.raises(OptionError, match=r"documents\[1\]\.metadata already has the key 'cprs' \(holding 'my own"):
         compressor.compress_documents([DOCUMENTS[0], mine], QUERY)
+    for blank in ("", " "):
+        with pytest.raises(OptionError, match="metadata_key must name a metadata key"):
+            CPRSDocumentCompressor(compressor=digit_compressor, metadata_key=blank)
     renamed = CPRSDocumentCompressor(compressor=digit_compressor, instruction="needle", metadata_key="compression")
     assert renamed.compress_documents([mine], QUERY)[0].metadata["cprs"] == "my own data"
     once = compressor.compress_documents([DOCUMENTS[0]], QUERY)

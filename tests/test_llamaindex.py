@@ -23,7 +23,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from cprs_core import ContextTypeError, CPRSCompressor, OptionError, QueryError
+from cprs_core import ContextTypeError, CPRSCompressor, KeepError, OptionError, QueryError
 from cprs_integrations.llamaindex import CPRSNodePostprocessor
 
 from .event_loop import ticks_while
@@ -207,3 +207,10 @@ def test_metadata_already_under_the_metadata_key_is_an_option_error_not_overwrit
     once = postprocessor.postprocess_nodes(_nodes()[:1], query_str=QUERY)
     twice = postprocessor.postprocess_nodes(once, query_str=QUERY)  # an earlier pass's metadata is replaced
     assert twice[0].node.metadata["cprs"]["retrieval_score"] == once[0].score
+
+
+def test_an_error_about_one_node_names_it(postprocessor: CPRSNodePostprocessor) -> None:
+    short = NodeWithScore(node=TextNode(text="4 5"), score=0.1)
+    spanning = CPRSNodePostprocessor(compressor=postprocessor.compressor, instruction="needle", keep_spans=[(0, 5)])
+    with pytest.raises(KeepError, match=r"^nodes\[1\]\.node: keep_spans .* <= 3 \(the context's length\)"):
+        spanning.postprocess_nodes([_nodes()[0], short], query_str=QUERY)

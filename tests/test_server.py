@@ -233,6 +233,9 @@ def test_missing_and_wrong_fields_are_named(url: str, digit_compressor: CPRSComp
     assert missing.json()["error"] == {"type": "ValidationError", "message": "invalid request: context: Field required"}
     typo = post(url, "/v1/compress", {"context": CONTEXT, "target_ration": 0.5})
     assert typo.status_code == 422 and "target_ration: Extra inputs are not permitted" in typo.text
+    long = post(url, "/v1/compress", {"context": CONTEXT, "k" * 5_000: 1, "granularity": ["g" * 5_000]})
+    assert long.status_code == 422 and len(long.text) < 1_000, long.text[:200]  # the client's text was echoed whole
+    assert "'kkkk" in long.text and "... (5,000 characters): Extra inputs are not permitted" in long.text
     not_object = post(url, "/v1/compress", [1, 2])
     assert not_object.status_code == 422
     body = upstream_body()

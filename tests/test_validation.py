@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,14 @@ from cprs_core import (
     CPRSError,
     GranularityError,
     InstructionError,
+    KeepError,
     ModelLoadError,
     OptionError,
     QueryError,
     TextDecodingError,
     WindowSizeError,
 )
+from cprs_core.keep import compile_regex
 from cprs_core.remote import RemoteCompressor
 from cprs_core.validation import check_request
 from cprs_integrations.server import BackgroundServer, create_app
@@ -282,3 +285,35 @@ def test_an_unknown_compression_request_field_is_an_option_error_naming_the_clos
     positional = CompressionRequest(CONTEXT, QUERY, "needle", "token", None, 5)
     assert positional == request(granularity="token", target_tokens=5) and dataclasses.is_dataclass(positional)
     assert pickle.loads(pickle.dumps(positional)) == positional
+
+
+def test_compression_request_positional_mistakes_are_option_errors() -> None:
+    """Too many positional arguments, a field given twice or no context raised Python's bare TypeError."""
+    with pytest.raises(OptionError, match=r"takes at most 15 positional arguments \(context, query, .*\), got 16"):
+        CompressionRequest(CONTEXT, *[None] * 15)  # type: ignore[misc]
+    with pytest.raises(OptionError, match="got context both as a positional argument and by name"):
+        CompressionRequest(CONTEXT, context=CONTEXT)  # type: ignore[misc]
+    with pytest.raises(OptionError, match="needs a context"):
+        CompressionRequest(query=QUERY)  # type: ignore[call-arg]
+
+
+def test_a_huge_wrong_value_is_quoted_short_with_its_length(digit_compressor: CPRSCompressor, tmp_path: Path) -> None:
+    huge = "w" * 100_000
+
+    def compress(**options: Any) -> None:
+        digit_compressor.compress(CONTEXT, query=QUERY, **options)
+
+    cases = [
+        (lambda: check_request(request(granularity=huge)), GranularityError, "granularity must be one of"),
+        (lambda: compress(keep=[re.compile(huge.encode())]), KeepError, "a bytes pattern b'www"),
+        (lambda: compile_regex("(" + huge), KeepError, r"keep_regex '\(www.* compiles to about 100001 items, more than "
+                                                        "100000; use a shorter pattern"),  # the CLI's and server's
+        (lambda: compress(keep_spans=[(huge, 1)]), KeepError, r"got \('www"),
+        (lambda: check_request(request(target_ratio=huge)), BudgetError, "target_ratio must be a number"),
+        (lambda: CPRSCompressor.from_pretrained(huge), ModelLoadError, "cannot look up the model path 'www"),
+        (lambda: CPRSCompressor.from_pretrained(tmp_path / huge), ModelLoadError, "cannot look up the model path"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message) as raised:
+            call()
+        assert len(str(raised.value)) < 400 and re.search(r"\(100,0\d\d (characters|bytes)\)", str(raised.value))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cprs_core import BudgetTokenizerError, CompressionFailedError, CPRSError
+from cprs_core.errors import quoted
 
 
 class ApiError(Exception):
@@ -43,12 +44,12 @@ def from_budget_tokenizer_error(name: str, error: BudgetTokenizerError) -> ApiEr
         names = tiktoken.list_encoding_names()
         if name in names:
             problem = (
-                f"{name!r} names a tiktoken encoding this server cannot load ({type(error.__cause__).__name__}); "
+                f"{quoted(name)} names a tiktoken encoding this server cannot load ({type(error.__cause__).__name__}); "
                 "tiktoken fetches an encoding's files on first use, so the server's operator must give it network "
                 "access or start it with TIKTOKEN_CACHE_DIR holding those files"
             )
         else:
-            problem = f"{name!r} is not a tiktoken encoding name; the names are {', '.join(names)}"
+            problem = f"{quoted(name)} is not a tiktoken encoding name; the names are {', '.join(names)}"
     return ApiError(
         400, type(error).__name__,
         f"budget_tokenizer {problem}. A cprs server counts budgets only in a tiktoken encoding it can load: "
