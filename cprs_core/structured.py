@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ContextTypeError, KeepError
 from .result import CompressionResult
@@ -108,15 +108,15 @@ def plain_json_text(value: Any) -> str:
     other objects) as its ``str()``, so that a tool's output of Python values prunes as its JSON would.
 
     Raises:
-        ContextTypeError: ``value`` nests deeper than Python's ``json`` writes.
+        ContextTypeError: ``value`` nests deeper than Python's ``json`` writes, or holds itself.
     """
     try:
         try:
             return json.dumps(value, ensure_ascii=False, default=str)
         except TypeError:  # a dict key JSON cannot write: json.dumps has no default for keys
             return json.dumps(_writable_keys(value), ensure_ascii=False, default=str)
-    except RecursionError:
-        raise ContextTypeError(
+    except (RecursionError, ValueError):  # ValueError: json.dumps found a circular reference
+        raise ContextTypeError(  # json_depth names a circular reference itself
             f"the value nests {json_depth(value)} levels deep, too deep to write as JSON text") from None
 
 
@@ -138,12 +138,38 @@ def plain_json(value: Any) -> Any:
 
 
 def json_depth(value: Any) -> int:
-    """How many levels of containers ``value`` nests (0 for a scalar, 1 for a flat list), without recursing."""
-    depth, level = 0, [value]
-    while containers := [item for item in level if isinstance(item, (dict, list))]:
-        depth += 1
-        level = [member for item in containers for member in (item.values() if isinstance(item, dict) else item)]
-    return depth
+    """How many levels of containers (dicts, lists, tuples) ``value`` nests (0 for a scalar, 1 for a flat list),
+    without recursing; a container held in several places is measured once.
+
+    Raises:
+        ContextTypeError: ``value`` holds itself (a list appended to itself), which no JSON text can write.
+    """
+    depths: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, measured = stack.pop()
+        if not isinstance(item, _CONTAINERS):
+            continue
+        key = id(item)
+        if measured:  # its members are measured: the item is one level more than its deepest
+            on_path.discard(key)
+            depths[key] = 1 + max((depths[id(member)] for member in _members(item)
+                                   if isinstance(member, _CONTAINERS)), default=0)
+        elif key in on_path:
+            raise ContextTypeError("the value holds itself (a circular reference), which no JSON text can write")
+        elif key not in depths:
+            on_path.add(key)
+            stack.append((item, True))
+            stack.extend((member, False) for member in _members(item))
+    return depths.get(id(value), 0)
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _members(container: dict | list | tuple) -> Iterable[Any]:
+    return container.values() if isinstance(container, dict) else container
 
 
 def prune_json(

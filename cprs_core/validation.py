@@ -193,9 +193,15 @@ def check_timeout(name: str, value: Any) -> None:
 def check_server_url(name: str, url: Any) -> None:
     """An :class:`OptionError` unless ``url`` is an ``http(s)://host[:port]`` address (anything else would fail
     deep inside urllib on the first call)."""
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    try:  # urlsplit refuses a broken IPv6 address ('http://[::1'), .port a port that is not one ('h:abc', 'h:99999')
+        parts = urlsplit(url) if isinstance(url, str) else None
+        port_ok = parts is not None and (parts.port is None or parts.port > 0)
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise OptionError(f"{name} must be an http:// or https:// URL such as http://gpu-box:8091, got {quoted(url)}")
+    if any(character.isspace() for character in parts.netloc):
+        raise OptionError(f"{name} has a space in its host, {quoted(parts.netloc)}: no host name holds one")
 
 
 def check_progress(progress: Any) -> None:

@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Union
 
-from llama_index.core.base.llms.types import MessageRole
+from llama_index.core.base.llms.types import MessageRole, TextBlock
 from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput, adapt_to_async_tool
 from llama_index.core.workflow import Context
 
@@ -53,7 +53,9 @@ class CPRSPrunedTool(FunctionTool):
     The wrapper has ``tool``'s metadata (name, description, argument schema). Its ``ToolOutput`` content is the
     kept text (see :func:`cprs_integrations.tools.prune_tool_output`); ``raw_output`` is a
     :class:`PrunedOutput` holding the inner tool's full ``raw_output`` (``full_output``) and the compression
-    summary (``cprs``; ``None`` when the output was short and passed unchanged). Error outputs pass unchanged.
+    summary (``cprs``; ``None`` when the output was short and passed unchanged). A dict or list output is pruned
+    structure-preserving; one of text blocks or nodes is pruned as its text (the blocks joined by newlines). Error
+    outputs and outputs with other blocks (images, audio, documents) pass unchanged.
 
     Args:
         tool: the LlamaIndex tool to wrap.
@@ -111,9 +113,12 @@ class CPRSPrunedTool(FunctionTool):
     def _pruned(self, output: ToolOutput, question: str) -> ToolOutput:
         if output.is_error or not (has_visible_text(question) or self.settings.allow_empty_query):
             return output
+        if not all(isinstance(block, TextBlock) for block in output.blocks):  # images, files: no text to select
+            return output
         raw = output.raw_output
-        content, summary = prune(raw if isinstance(raw, (dict, list)) else output.content, question, self.settings,
-                                 self.min_tokens)
+        # a dict or list the tool wrote as its str() is pruned as JSON; content blocks and nodes as their text
+        as_json = isinstance(raw, (dict, list)) and output.content == str(raw)
+        content, summary = prune(raw if as_json else output.content, question, self.settings, self.min_tokens)
         if summary is None:
             return output
         return ToolOutput(content=content, tool_name=output.tool_name, raw_input=output.raw_input,

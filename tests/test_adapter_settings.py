@@ -107,9 +107,11 @@ def test_keep_spans_and_budget_tokenizer_are_checked_when_the_adapter_is_built(a
 
 
 def test_a_server_url_that_is_not_http_or_a_timeout_sockets_refuse_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    for url in ("notaurl", "localhost:8091", "ftp://gpu-box"):
-        with pytest.raises(OptionError, match=f"server_url must be an http:// or https:// URL .* got '{url}'"):
-            CPRSDocumentCompressor(server_url=url)
+    for url in ("notaurl", "localhost:8091", "ftp://gpu-box", "http://[::1", "http://gpu-box:abc", "http://h:99999"):
+        with pytest.raises(OptionError, match=f"server_url must be an http:// or https:// URL .* got '{re.escape(url)}'"):
+            CPRSDocumentCompressor(server_url=url)  # the last three: urllib's bare ValueError or InvalidURL
+    with pytest.raises(OptionError, match="server_url has a space in its host, 'gpu box:8091'"):
+        CPRSDocumentCompressor(server_url="http://gpu box:8091")
         with pytest.raises(OptionError, match="base_url must be an http"):
             RemoteCompressor(url)
     for timeout in (float("inf"), float("nan"), 0, -1):

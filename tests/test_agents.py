@@ -265,3 +265,27 @@ def test_without_a_question_results_pass_unless_empty_queries_are_allowed(digit_
         topic="x").content == output
     pruned = CPRSPrunedTool(inner, lambda arguments: "", digit_compressor, min_tokens=50, allow_empty_query=True)
     assert pruned.call(topic="x").content == "The code is 4471."
+
+
+def test_llamaindex_content_blocks_and_nodes_prune_as_text_and_images_pass_unchanged(
+    digit_compressor: CPRSCompressor,
+) -> None:
+    """A tool answering content blocks or documents: they were pruned as JSON of their reprs
+    (``["block_type='text' text=...``), and an image block was dropped from what the model sees."""
+    from llama_index.core import Document
+    from llama_index.core.base.llms.types import ImageBlock, TextBlock
+    from llama_index.core.tools import FunctionTool
+
+    from cprs_integrations.llamaindex_tools import CPRSPrunedTool, PrunedOutput
+
+    filler = "Nothing here is a number at all. " * 30
+    texts = [TextBlock(text=filler), TextBlock(text=f"The code is 4471. {filler}")]
+    documents = [Document(text=filler), Document(text=f"The code is 4471. {filler}")]
+    for answer in (texts, documents):
+        inner = FunctionTool.from_defaults(fn=lambda url, answer=answer: answer, name="page")
+        output = CPRSPrunedTool(inner, QUESTION, digit_compressor, instruction="needle", min_tokens=50).call(url="u")
+        assert output.content == "The code is 4471." and isinstance(output.raw_output, PrunedOutput)
+    with_image = [*texts, ImageBlock(image=b"\x89PNG" * 100, image_mimetype="image/png")]
+    inner = FunctionTool.from_defaults(fn=lambda url: with_image, name="page")
+    output = CPRSPrunedTool(inner, QUESTION, digit_compressor, instruction="needle", min_tokens=50).call(url="u")
+    assert output.blocks == with_image and output.raw_output == with_image

@@ -193,6 +193,25 @@ def test_json_nested_too_deeply_is_pruned_as_text_or_refused_by_name(digit_compr
         prune_tool_output(deep, QUESTION, **options)
 
 
+def test_a_value_that_holds_itself_is_refused_by_name_not_measured_for_ever(digit_compressor: CPRSCompressor) -> None:
+    options = {"compressor": digit_compressor, "instruction": "needle"}
+    looped: list[Any] = [LONG_OUTPUT]
+    looped.append(looped)  # json_depth looped for ever on it, taking memory
+    keyed: dict[Any, Any] = {("a", 1): LONG_OUTPUT}
+    keyed["self"] = keyed  # a tuple key too: the key-rewriting path recursed, then looped
+    through_tuple = ([LONG_OUTPUT],)
+    through_tuple[0].append(through_tuple)
+    for value in (looped, keyed, through_tuple):
+        with pytest.raises(ContextTypeError, match=r"holds itself \(a circular reference\)"):
+            prune_tool_output(value, QUESTION, **options)
+        with pytest.raises(ContextTypeError, match="holds itself"):
+            prune_json(digit_compressor, value, QUESTION, "needle")
+    shared = [LONG_OUTPUT]
+    for _ in range(60):  # held twice at every level: 2**60 paths, measured once each
+        shared = [shared, shared]
+    assert json_depth(shared) == 61 and json_depth(([1], {"a": (2,)})) == 3
+
+
 def test_keep_spans_are_offsets_into_a_json_outputs_text(digit_compressor: CPRSCompressor) -> None:
     output = {"note": FILLER, "tail": "The code is 4471.", "end": "Nothing here either."}
     text = json.dumps(output)
